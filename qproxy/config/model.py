@@ -1,0 +1,209 @@
+"""The shape of `server.json`: seed 004's sections plus `upstreams` and `routes`.
+
+Every model forbids unknown keys (a misspelt key is an error, not a silent default) and is
+frozen: a loaded configuration is a value that a reload replaces whole.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ServerSection(Section):
+    listen_address: str = "0.0.0.0"
+    listen_port: Port = 8443
+    # The seed calls it worker_threads; both names mean worker processes.
+    workers: Annotated[int, Field(ge=0)] = Field(
+        default=1, validation_alias=AliasChoices("workers", "worker_threads")
+    )
+    max_connections: Annotated[int, Field(ge=1)] = 10000
+    backlog: Annotated[int, Field(ge=1)] = 511
+    handshake_timeout: PositiveFloat = 10.0
+    client_header_timeout: PositiveFloat = 30.0
+    keepalive_timeout: PositiveFloat = 75.0
+    shutdown_timeout: PositiveFloat = 30.0
+    max_request_line: Annotated[int, Field(ge=256)] = 8190
+    max_header_size: Annotated[int, Field(ge=256)] = 8190
+    max_header_count: Annotated[int, Field(ge=1)] = 100
+
+
+class TlsSection(Section):
+    protocol_version: Literal["1.3", "1.2"] = "1.3"
+    hybrid_mode: bool = True
+    pqc_only: bool = False
+    require_pq: bool = False
+    session_timeout: Annotated[int, Field(ge=0)] = 3600
+    # Sessions are resumed with stateless TLS 1.3 tickets; the size bounds the TLS 1.2
+    # session-ID cache only.
+    session_cache_size: Annotated[int, Field(ge=0)] = 10000
+    session_tickets: bool = True
+    alpn: tuple[str, ...] = ("http/1.1",)
+
+    @model_validator(mode="after")
+    def _modes_agree(self) -> "TlsSection":
+        if self.pqc_only and self.protocol_version == "1.2":
+            raise ValueError("pqc_only needs TLS 1.3: ML-KEM groups do not exist in TLS 1.2")
+        return self
+
+
+class KeyPair(Section):
+    cert: str
+    key: str
+
+
+class CertificatesSection(Section):
+    server_cert: str | None = None
+    server_key: str | None = None
+    server_key_uri: str | None = None
+    keypairs: tuple[KeyPair, ...] = ()
+    sni: dict[str, tuple[KeyPair, ...]] = {}
+    ca_bundle: str | None = None
+    verify_client: bool | Literal["optional"] = False
+    verify_depth: Annotated[int, Field(ge=0, le=100)] = 3
+
+    @model_validator(mode="after")
+    def _one_key_name(self) -> "CertificatesSection":
+        if self.server_key and self.server_key_uri:
+            raise ValueError("give server_key or server_key_uri, not both")
+        if (self.server_cert is None) != (self.server_key is None and self.server_key_uri is None):
+            raise ValueError("server_cert and server_key (or server_key_uri) go together")
+        if not self.default_pairs():
+            raise ValueError("no certificate: set server_cert + server_key, or keypairs")
+        if self.verify_client and not self.ca_bundle:
+            raise ValueError("verify_client needs ca_bundle: the CAs that sign client certificates")
+        return self
+
+    def default_pairs(self) -> tuple[KeyPair, ...]:
+        """The seed's single pair first, then `keypairs`."""
+        pairs = list(self.keypairs)
+        if self.server_cert:
+            key = self.server_key or self.server_key_uri
+            assert key is not None
+            pairs.insert(0, KeyPair(cert=self.server_cert, key=key))
+        return tuple(pairs)
+
+
+class HsmSection(Section):
+    enabled: bool = False
+    pkcs11_library: str | None = None
+    token_label: str | None = None
+    pin: str | None = None
+    pin_file: str | None = None
+    session_pool_size: Annotated[int, Field(ge=1)] = 10
+
+
+class AlgorithmsSection(Section):
+    kem: tuple[str, ...] = ()
+    signature: tuple[str, ...] = ()
+    cipher: tuple[str, ...] = ()
+
+
+class LoggingSection(Section):
+    level: Literal["debug", "info", "warn", "warning", "error", "critical"] = "info"
+    file: str | None = None
+    max_size_mb: Annotated[int, Field(ge=0)] = 100
+    max_files: Annotated[int, Field(ge=0)] = 10
+    console: bool = True
+    access_log: bool = True
+
+
+class MetricsSection(Section):
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: Port = 9091
+    path: str = "/metrics"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+class FipsSection(Section):
+    enabled: bool = False
+    self_test_on_load: bool = True
+
+
+class HealthCheck(Section):
+    path: str = "/healthz"
+    interval: PositiveFloat = 5.0
+    timeout: PositiveFloat = 2.0
+
+
+class UpstreamSection(Section):
+    servers: Annotated[tuple[str, ...], Field(min_length=1)]
+    connect_timeout: PositiveFloat = 5.0
+    read_timeout: PositiveFloat = 60.0
+    # How long a pooled keep-alive connection to the backend may sit unused.
+    idle_timeout: PositiveFloat = 60.0
+    keepalive: Annotated[int, Field(ge=0)] = 32
+    max_fails: Annotated[int, Field(ge=1)] = 1
+    fail_timeout: PositiveFloat = 10.0
+    health_check: HealthCheck | None = None
+
+    @field_validator("servers")
+    @classmethod
+    def _host_port(cls, servers: tuple[str, ...]) -> tuple[str, ...]:
+        for server in servers:
+            parse_host_port(server)
+        return servers
+
+
+class Route(Section):
+    host: str | None = None
+    path_prefix: str = "/"
+    upstream: str
+
+
+class ServerConfig(Section):
+    server: ServerSection = ServerSection()
+    tls: TlsSection = TlsSection()
+    certificates: CertificatesSection
+    hsm: HsmSection = HsmSection()
+    algorithms: AlgorithmsSection = AlgorithmsSection()
+    logging: LoggingSection = LoggingSection()
+    metrics: MetricsSection = MetricsSection()
+    fips: FipsSection = FipsSection()
+    upstreams: Annotated[dict[str, UpstreamSection], Field(min_length=1)]
+    routes: tuple[Route, ...] = ()
+
+    @model_validator(mode="after")
+    def _routes_name_upstreams(self) -> "ServerConfig":
+        for index, route in enumerate(self.routes):
+            if route.upstream not in self.upstreams:
+                known = ", ".join(sorted(self.upstreams))
+                raise ValueError(
+                    f"routes[{index}].upstream: no upstream named {route.upstream!r} "
+                    f"(known: {known})"
+                )
+        if not self.routes and len(self.upstreams) > 1:
+            raise ValueError("routes: several upstreams need routes saying which path goes where")
+        return self
+
+    def effective_routes(self) -> tuple[Route, ...]:
+        if self.routes:
+            return self.routes
+        return (Route(upstream=next(iter(self.upstreams))),)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """'127.0.0.1:5000', '[::1]:5000' or 'backend.local:80' -> (host, port)."""
+    text = value.removeprefix("http://")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]:")
+    else:
+        host, sep, rest = text.rpartition(":")
+    if not sep or not host or not rest.isdigit() or not 0 < int(rest) < 65536:
+        raise ValueError(f"{value!r} is not host:port (e.g. '127.0.0.1:5000' or '[::1]:5000')")
+    return host, int(rest)

@@ -1,0 +1,157 @@
+"""Turns connection and request events into log lines and metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+from aiohttp import web
+
+from ..proxy.handler import Exchange
+from ..tls import certinfo
+from ..tls.context import ServerTls
+from ..tls.machine import HandshakeInfo
+from ..tls.policy import is_post_quantum, sigalg_for_key
+from ..observability.metrics import Metrics
+
+# Headers carrying the verified client identity to the backend (nginx's $ssl_client_* family).
+IDENTITY_HEADERS = {
+    "subject": "X-Client-Cert-Subject",
+    "san": "X-Client-Cert-SAN",
+    "fingerprint": "X-Client-Cert-Fingerprint-SHA256",
+    "key": "X-Client-Cert-Key-Algorithm",
+}
+
+
+def client_identity(info: HandshakeInfo | None) -> Mapping[str, str] | None:
+    if info is None or info.peer_cert is None or not info.peer_verified:
+        return None
+    cert = info.peer_cert
+    return {
+        IDENTITY_HEADERS["subject"]: certinfo.subject_string(cert),
+        IDENTITY_HEADERS["san"]: ", ".join(certinfo.san_list(cert)),
+        IDENTITY_HEADERS["fingerprint"]: certinfo.sha256_fingerprint(cert),
+        IDENTITY_HEADERS["key"]: certinfo.describe_key(cert.public_key()),
+    }
+
+
+def _reason_class(reason: str) -> str:
+    """A bounded label for the failure metric (OpenSSL's reason strings are open-ended)."""
+    text = reason.lower()
+    for needle, label in (
+        ("timed out", "timeout"), ("during the handshake", "client_closed"),
+        ("key share", "no_shared_group"), ("no shared", "no_shared_cipher"),
+        ("version", "protocol_version"), ("certificate", "certificate"),
+        ("application protocol", "alpn"), ("packet length", "not_tls"),
+        ("record", "bad_record"), ("http request", "plain_http"),
+    ):
+        if needle in text:
+            return label
+    return "other"
+
+
+class Observer:
+    def __init__(self, metrics: Metrics, logger, access_logger, server_tls: ServerTls,
+                 access_log: bool = True) -> None:
+        self.metrics = metrics
+        self.log = logger
+        self.access = access_logger
+        self.server_tls = server_tls
+        self.access_log = access_log
+        self.open_connections = 0
+
+    # -- connections (ConnectionObserver) ------------------------------------------------
+    def connection_opened(self) -> None:
+        self.open_connections += 1
+        self.metrics.connections.inc()
+        self.metrics.connections_open.inc()
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
+        self.metrics.connections_open.dec()
+
+    def sigalg(self, info: HandshakeInfo) -> str | None:
+        if info.resumed:
+            return None  # a resumed handshake has no certificate signature
+        kind = self.server_tls.key_kind_of(info.own_cert_der)
+        return sigalg_for_key(kind, info.version) if kind else None
+
+    def handshake_done(self, peer: str, info: HandshakeInfo, seconds: float) -> None:
+        sigalg = self.sigalg(info)
+        group = info.group or "-"
+        m = self.metrics
+        m.handshakes.labels("ok", group, sigalg or "-", str(info.resumed).lower()).inc()
+        m.handshake_seconds.labels(group, sigalg or "-", "file").observe(seconds)
+        if not is_post_quantum(info.group):
+            m.classical_fallbacks.labels(group).inc()
+            self.log.info("classical key exchange", client=peer, ssl_curve=group,
+                          tls_version=info.version)
+
+    def handshake_failed(self, peer: str, reason: str, alert: str | None, seconds: float) -> None:
+        m = self.metrics
+        m.handshakes.labels("failed", "-", "-", "false").inc()
+        m.handshake_failures.labels(_reason_class(reason), alert or "none").inc()
+        if alert:
+            m.alerts_sent.labels(alert).inc()
+        self.log.warning("handshake failed", client=peer, reason=reason, alert=alert,
+                         duration_ms=round(seconds * 1000, 2))
+
+    def plain_http(self, peer: str) -> None:
+        self.metrics.handshake_failures.labels("plain_http", "none").inc()
+        self.log.warning("plain HTTP request on the TLS port", client=peer, status=400)
+
+    def request_timeout(self, peer: str, info: HandshakeInfo | None) -> None:
+        self.metrics.requests.labels("408", "-").inc()
+        self.log.warning("request headers timed out", client=peer, status=408)
+
+    def refused(self, limit: str) -> None:
+        self.metrics.connections_refused.labels(limit).inc()
+
+    # -- requests ------------------------------------------------------------------------
+    def bad_request(self, request: web.BaseRequest, status: int, reason: str) -> None:
+        self.metrics.requests.labels(str(status), "-").inc()
+        self.log.warning("bad request", client=request.remote, status=status, reason=reason[:200])
+
+    def exchange_done(self, exchange: Exchange, info: HandshakeInfo | None) -> None:
+        m = self.metrics
+        status = str(exchange.status)
+        m.requests.labels(status, exchange.upstream).inc()
+        if exchange.upstream_seconds is not None:
+            m.upstream_seconds.labels(exchange.upstream).observe(exchange.upstream_seconds)
+        if exchange.bytes_in:
+            m.request_bytes.labels(exchange.upstream).inc(exchange.bytes_in)
+        if exchange.bytes_out:
+            m.response_bytes.labels(exchange.upstream).inc(exchange.bytes_out)
+        if exchange.error and exchange.status >= 500:
+            m.upstream_errors.labels(exchange.upstream, status).inc()
+        if not self.access_log:
+            return
+        request = exchange.request
+        fields = {
+            "client": request.remote,
+            "method": request.method,
+            "path": request.raw_path,
+            "host": request.headers.get("Host"),
+            "status": exchange.status,
+            "bytes_sent": exchange.bytes_out,
+            "bytes_received": exchange.bytes_in,
+            "request_time_ms": round((time.monotonic() - exchange.started) * 1000, 2),
+            "upstream": exchange.upstream,
+            "upstream_addr": exchange.server,
+            "upstream_time_ms": (round(exchange.upstream_seconds * 1000, 2)
+                                 if exchange.upstream_seconds is not None else None),
+        }
+        if info is not None:
+            fields.update(
+                tls_version=info.version,
+                ssl_curve=info.group,
+                ssl_sigalg=self.sigalg(info),
+                ssl_cipher=info.cipher,
+                ssl_session_reused=info.resumed,
+                ssl_server_name=info.server_name,
+                ssl_client_subject=(certinfo.subject_string(info.peer_cert)
+                                    if info.peer_cert is not None else None),
+            )
+        if exchange.error:
+            fields["error"] = exchange.error
+        self.access.info("request", **fields)

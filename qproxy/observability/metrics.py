@@ -1,0 +1,55 @@
+"""Prometheus metrics, held in one object that is passed to whoever counts.
+
+Label names follow what operators already know: Envoy counts `ssl.curves.<group>` and
+`ssl.sigalgs.<sigalg>`, nginx logs `$ssl_curve` / `$ssl_sigalg`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+HANDSHAKE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.handshakes = Counter(
+            "qtls_handshakes", "TLS handshakes by outcome, group and signature algorithm",
+            ["result", "group", "sigalg", "resumed"], registry=r)
+        self.handshake_seconds = Histogram(
+            "qtls_handshake_duration_seconds", "Time from first byte to handshake completion",
+            ["group", "sigalg", "key_source"], buckets=HANDSHAKE_BUCKETS, registry=r)
+        self.handshake_failures = Counter(
+            "qtls_handshake_failures", "Failed handshakes by reason class and alert sent",
+            ["reason", "alert"], registry=r)
+        self.classical_fallbacks = Counter(
+            "qtls_classical_fallbacks",
+            "Handshakes that ended with a classical (not post-quantum) group", ["group"], registry=r)
+        self.alerts_sent = Counter("qtls_alerts_sent", "TLS alerts sent", ["alert"], registry=r)
+        self.connections_open = Gauge("qtls_connections_open", "Open client connections",
+                                      registry=r)
+        self.connections = Counter("qtls_connections", "Client connections accepted", registry=r)
+        self.connections_refused = Counter(
+            "qtls_connections_refused", "Connections refused by limits", ["limit"], registry=r)
+        self.requests = Counter("qtls_http_requests", "HTTP requests by status and upstream",
+                                ["status", "upstream"], registry=r)
+        self.upstream_seconds = Histogram(
+            "qtls_upstream_response_seconds", "Time to the backend's response headers",
+            ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.request_bytes = Counter("qtls_http_request_body_bytes", "Request body bytes proxied",
+                                     ["upstream"], registry=r)
+        self.response_bytes = Counter("qtls_http_response_body_bytes",
+                                      "Response body bytes proxied", ["upstream"], registry=r)
+        self.upstream_errors = Counter("qtls_upstream_errors", "Backend failures by kind",
+                                       ["upstream", "kind"], registry=r)
+        self.upstream_up = Gauge("qtls_upstream_server_up", "1 when a backend server is in rotation",
+                                 ["upstream", "server"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,290 @@
+"""Build the listener's OpenSSL contexts from a validated configuration.
+
+Everything that can be checked without binding a socket is checked here, so that
+`qtls-server --test-config` and a reload find the same problems a start would: files readable,
+certificates and keys parse, each key matches its certificate, algorithm names known, every
+certificate usable under the configured signature algorithms.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+
+from ..config.model import KeyPair, ServerConfig
+from ..errors import ConfigError, ConfigErrors, PlatformError
+from . import openssl_ext
+from .certinfo import describe_key
+from .policy import PolicyError, TlsPolicy, build_policy, key_usable
+
+ALPN_HTTP1 = b"http/1.1"
+SESSION_ID_CONTEXT = b"qproxy"
+
+
+
+def _openssl_slot(key_kind: str) -> str:
+    """OpenSSL keeps one certificate per key type: a second one of a type replaces the first."""
+    for family in ("ECDSA", "RSA"):
+        if key_kind.startswith(family):
+            return family
+    return key_kind
+
+
+@dataclass(frozen=True)
+class LoadedPair:
+    cert_path: str
+    key_path: str
+    key_kind: str
+    leaf: x509.Certificate
+    leaf_der: bytes
+
+
+@dataclass
+class ServerTls:
+    """The contexts a listener serves with: a default and one per SNI name."""
+
+    default: SSL.Context
+    by_name: dict[str, SSL.Context]
+    policy: TlsPolicy
+    pairs: list[LoadedPair]
+    warnings: list[str] = field(default_factory=list)
+    _key_kinds: dict[bytes, str] = field(default_factory=dict)
+
+    def context_for(self, server_name: str | None) -> SSL.Context:
+        if not server_name or not self.by_name:
+            return self.default
+        name = server_name.lower().rstrip(".")
+        if name in self.by_name:
+            return self.by_name[name]
+        _, _, parent = name.partition(".")
+        return self.by_name.get("*." + parent, self.default)
+
+    def key_kind_of(self, leaf_der: bytes | None) -> str | None:
+        """Which key signed: maps the certificate OpenSSL chose back to its key description."""
+        if leaf_der is None:
+            return None
+        if not self._key_kinds:
+            self._key_kinds = {p.leaf_der: p.key_kind for p in self.pairs}
+        return self._key_kinds.get(leaf_der)
+
+
+def check_platform() -> str:
+    """Refuse to run on an OpenSSL without ML-KEM hybrids and ML-DSA; return its version."""
+    probe = SSL.Context(SSL.TLS_METHOD)
+    version = openssl_ext.openssl_version()
+    try:
+        openssl_ext.set_groups(probe, "X25519MLKEM768")
+        openssl_ext.set_sigalgs(probe, "mldsa65")
+    except openssl_ext.OpenSSLCallError as exc:
+        raise PlatformError(
+            f"{version} cannot do post-quantum TLS ({exc}); qproxy needs OpenSSL >= 3.5, which "
+            "the pinned 'cryptography' wheel (>= 50) bundles: reinstall qproxy's dependencies"
+        ) from None
+    return version
+
+
+def _read(path: str, json_path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(json_path, f"cannot read {what} {path!r}: {exc.strerror}") from None
+
+
+def load_pair(pair: KeyPair, json_path: str, warnings: list[str]) -> LoadedPair:
+    """Parse one certificate chain and key with `cryptography`, for errors a person can act on."""
+    if pair.key.startswith("pkcs11:"):
+        raise ConfigError(json_path + ".key", "pkcs11: key URIs need HSM support, which this "
+                          "version does not have yet; give a PEM key file")
+    cert_data = _read(pair.cert, json_path + ".cert", "certificate")
+    try:
+        chain = x509.load_pem_x509_certificates(cert_data)
+    except ValueError:
+        raise ConfigError(json_path + ".cert", f"{pair.cert!r} holds no PEM certificate") from None
+    leaf = chain[0]
+    key_data = _read(pair.key, json_path + ".key", "private key")
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        raise ConfigError(json_path + ".key", f"{pair.key!r} is encrypted; give an "
+                          "unencrypted key (mode 0600) or keep it in an HSM") from None
+    except (ValueError, serialization.UnsupportedAlgorithm) as exc:
+        raise ConfigError(json_path + ".key", f"{pair.key!r} is not a usable PEM private key "
+                          f"({exc})") from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise ConfigError(json_path + ".key", f"{pair.key!r} does not match the certificate in "
+                          f"{pair.cert!r} (subject {leaf.subject.rfc4514_string()})")
+    mode = stat.S_IMODE(os.stat(pair.key).st_mode)
+    if mode & 0o077:
+        warnings.append(f"{json_path}.key: {pair.key!r} is readable by others (mode {mode:04o}); "
+                        "chmod 600 it")
+    now = dt.datetime.now(dt.timezone.utc)
+    if leaf.not_valid_after_utc < now:
+        warnings.append(f"{json_path}.cert: {pair.cert!r} expired on "
+                        f"{leaf.not_valid_after_utc:%Y-%m-%d}; clients will refuse it")
+    return LoadedPair(pair.cert, pair.key, describe_key(leaf.public_key()), leaf,
+                      leaf.public_bytes(serialization.Encoding.DER))
+
+
+def _alpn_select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
+    return ALPN_HTTP1 if ALPN_HTTP1 in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def _new_context(config: ServerConfig, policy: TlsPolicy,
+                 info_callback: Callable[[SSL.Connection, int, int], None] | None) -> SSL.Context:
+    tls, certs = config.tls, config.certificates
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION if tls.protocol_version == "1.3"
+                              else SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION
+                    | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_IGNORE_UNEXPECTED_EOF)
+    if not tls.session_tickets:
+        ctx.set_options(SSL.OP_NO_TICKET)
+    # Idle connections then hold no 16 KiB read/write buffers.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx.set_timeout(tls.session_timeout)
+    ctx.set_session_id(SESSION_ID_CONTEXT)
+    openssl_ext.set_groups(ctx, policy.groups)
+    if policy.sigalgs:
+        openssl_ext.set_sigalgs(ctx, policy.sigalgs)
+    if policy.ciphersuites:
+        openssl_ext.set_ciphersuites(ctx, policy.ciphersuites)
+    if policy.cipher_list and tls.protocol_version == "1.2":
+        ctx.set_cipher_list(policy.cipher_list.encode())
+    ctx.set_alpn_select_callback(_alpn_select)
+    if info_callback is not None:
+        ctx.set_info_callback(info_callback)
+    if certs.verify_client:
+        assert certs.ca_bundle is not None
+        mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+        if certs.verify_client is True:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        ctx.set_verify(mode)
+        ctx.set_verify_depth(certs.verify_depth)
+        ctx.load_verify_locations(certs.ca_bundle)
+        ctx.load_client_ca(certs.ca_bundle.encode())
+    return ctx
+
+
+def _install_pairs(ctx: SSL.Context, pairs: list[LoadedPair], json_paths: list[str]) -> None:
+    for pair, path in zip(pairs, json_paths):
+        try:
+            ctx.use_certificate_chain_file(pair.cert_path)
+            ctx.use_privatekey_file(pair.key_path)
+            ctx.check_privatekey()
+        except SSL.Error as exc:
+            raise ConfigError(path, f"OpenSSL refused {pair.cert_path!r} / {pair.key_path!r}: "
+                              f"{exc}") from None
+
+
+def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy,
+              errors: list[ConfigError], warnings: list[str]) -> list[LoadedPair]:
+    loaded: list[LoadedPair] = []
+    slots: dict[str, str] = {}
+    for pair, path in zip(pairs, paths):
+        try:
+            item = load_pair(pair, path, warnings)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        slot = _openssl_slot(item.key_kind)
+        if slot in slots:
+            errors.append(ConfigError(path, f"a second {slot} certificate on the same listener "
+                                      f"would replace {slots[slot]}; one per key type (use "
+                                      "certificates.sni for per-name certificates)"))
+            continue
+        if not key_usable(item.key_kind, policy.sigalgs):
+            errors.append(ConfigError(path, f"{item.key_kind} certificate can never be used: "
+                                      f"algorithms.signature allows only {policy.sigalgs}"))
+            continue
+        slots[slot] = path
+        loaded.append(item)
+    return loaded
+
+
+def _policy(config: ServerConfig) -> TlsPolicy:
+    algorithms, tls = config.algorithms, config.tls
+    try:
+        return build_policy(algorithms.kem, algorithms.signature, algorithms.cipher,
+                            hybrid_mode=tls.hybrid_mode, pqc_only=tls.pqc_only,
+                            require_pq=tls.require_pq)
+    except PolicyError as exc:
+        path = f"algorithms.{exc.field}" + (f"[{exc.index}]" if exc.index is not None else "")
+        raise ConfigError(path, str(exc)) from None
+
+
+def _unsupported_sections(config: ServerConfig) -> list[ConfigError]:
+    errors = []
+    if config.hsm.enabled:
+        errors.append(ConfigError("hsm.enabled", "HSM (PKCS#11) keys are not supported by this "
+                                  "version yet; set it to false and use key files"))
+    if config.fips.enabled:
+        errors.append(ConfigError("fips.enabled", "the bundled OpenSSL has no FIPS provider; "
+                                  "set it to false"))
+    return errors
+
+
+def build_server_tls(config: ServerConfig, source: str = "<config>",
+                     info_callback: Callable[[SSL.Connection, int, int], None] | None = None,
+                     ) -> ServerTls:
+    """All contexts for the listener, or ConfigErrors listing every problem found."""
+    errors = _unsupported_sections(config)
+    warnings: list[str] = []
+    try:
+        policy = _policy(config)
+    except ConfigError as exc:
+        raise ConfigErrors(source, [*errors, exc]) from None
+    certs = config.certificates
+    if certs.ca_bundle:
+        try:
+            x509.load_pem_x509_certificates(_read(certs.ca_bundle, "certificates.ca_bundle",
+                                                  "CA bundle"))
+        except ConfigError as exc:
+            errors.append(exc)
+        except ValueError:
+            errors.append(ConfigError("certificates.ca_bundle",
+                                      f"{certs.ca_bundle!r} holds no PEM certificate"))
+
+    default_pairs = certs.default_pairs()
+    offset = 1 if certs.server_cert else 0
+    default_paths = (["certificates.server_cert"] if certs.server_cert else []) + [
+        f"certificates.keypairs[{i}]" for i in range(len(default_pairs) - offset)]
+    loaded_default = _load_set(default_pairs, default_paths, policy, errors, warnings)
+    loaded_sni: dict[str, tuple[list[LoadedPair], list[str]]] = {}
+    for name, pairs in certs.sni.items():
+        paths = [f"certificates.sni.{name}[{i}]" for i in range(len(pairs))]
+        loaded_sni[name.lower()] = (_load_set(pairs, paths, policy, errors, warnings), paths)
+    if errors:
+        raise ConfigErrors(source, errors)
+
+    try:
+        default = _new_context(config, policy, info_callback)
+        _install_pairs(default, loaded_default, default_paths)
+        by_name = {}
+        for name, (pairs, paths) in loaded_sni.items():
+            ctx = _new_context(config, policy, info_callback)
+            _install_pairs(ctx, pairs, paths)
+            by_name[name] = ctx
+    except ConfigError as exc:
+        raise ConfigErrors(source, [exc]) from None
+    except (SSL.Error, openssl_ext.OpenSSLCallError) as exc:
+        raise ConfigErrors(source, [ConfigError("tls", f"OpenSSL refused the settings: {exc}")]) from None
+
+    all_pairs = loaded_default + [p for pairs, _ in loaded_sni.values() for p in pairs]
+    server_tls = ServerTls(default, by_name, policy, all_pairs, warnings)
+    if by_name:
+        def choose(connection: SSL.Connection) -> None:
+            name = connection.get_servername()
+            chosen = server_tls.context_for(name.decode("ascii", "replace") if name else None)
+            if chosen is not server_tls.default:
+                connection.set_context(chosen)
+        default.set_tlsext_servername_callback(choose)
+    return server_tls

@@ -1,0 +1,104 @@
+"""The few OpenSSL calls pyOpenSSL does not wrap.
+
+This is the only module that touches pyOpenSSL's private binding (`OpenSSL._util`,
+`Context._context`, `Connection._ssl`): if pyOpenSSL changes its internals, this is the one
+place to mend.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+
+class OpenSSLCallError(ValueError):
+    """OpenSSL refused a list (unknown group or signature algorithm name)."""
+
+
+def _drain_error_queue() -> str:
+    reasons = []
+    while True:
+        code = _lib.ERR_get_error()
+        if code == 0:
+            break
+        reason = _lib.ERR_reason_error_string(code)
+        reasons.append(_ffi.string(reason).decode() if reason != _ffi.NULL else hex(code))
+    return "; ".join(reasons)
+
+
+def set_groups(context: SSL.Context, groups: str) -> None:
+    """Key-exchange groups, colon separated, in preference order (SSL_CTX_set1_groups_list)."""
+    if _lib.SSL_CTX_set1_curves_list(context._context, groups.encode()) != 1:
+        raise OpenSSLCallError(f"OpenSSL rejected groups {groups!r}: {_drain_error_queue()}")
+
+
+def set_connection_groups(connection: SSL.Connection, groups: str) -> None:
+    if _lib.SSL_set1_curves_list(connection._ssl, groups.encode()) != 1:
+        raise OpenSSLCallError(f"OpenSSL rejected groups {groups!r}: {_drain_error_queue()}")
+
+
+def set_sigalgs(context: SSL.Context, sigalgs: str) -> None:
+    """Signature algorithms this end accepts and uses, colon separated (SSL_CTX_set1_sigalgs_list)."""
+    if _lib.SSL_CTX_set1_sigalgs_list(context._context, sigalgs.encode()) != 1:
+        raise OpenSSLCallError(
+            f"OpenSSL rejected signature algorithms {sigalgs!r}: {_drain_error_queue()}"
+        )
+
+
+def negotiated_group(connection: SSL.Connection) -> str | None:
+    """The key-exchange group of an established connection, e.g. 'X25519MLKEM768'."""
+    name = _lib.SSL_get0_group_name(connection._ssl)
+    return _ffi.string(name).decode() if name != _ffi.NULL else None
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    return bool(_lib.SSL_session_reused(connection._ssl))
+
+
+def own_certificate_der(connection: SSL.Connection) -> bytes | None:
+    """DER of the certificate this end presented: tells which of several pairs OpenSSL chose."""
+    cert = _lib.SSL_get_certificate(connection._ssl)
+    if cert == _ffi.NULL:
+        return None
+    copy = _lib.X509_dup(cert)
+    if copy == _ffi.NULL:
+        return None
+    return crypto.dump_certificate(crypto.FILETYPE_ASN1, crypto.X509._from_raw_x509_ptr(copy))
+
+
+def verify_result(connection: SSL.Connection) -> int:
+    """X509_V_OK (0) or the verification error code of the peer's chain."""
+    return int(_lib.SSL_get_verify_result(connection._ssl))
+
+
+def verify_result_string(code: int) -> str:
+    return _ffi.string(_lib.X509_verify_cert_error_string(code)).decode()
+
+
+def openssl_version() -> str:
+    return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+
+
+def set_ciphersuites(context: SSL.Context, suites: str) -> None:
+    """TLS 1.3 cipher suites, colon separated (pyOpenSSL only wraps the TLS 1.2 cipher list)."""
+    if _lib.SSL_CTX_set_ciphersuites(context._context, suites.encode()) != 1:
+        raise OpenSSLCallError(f"OpenSSL rejected cipher suites {suites!r}: {_drain_error_queue()}")
+
+
+def set_verify_host(connection: SSL.Connection, name: str) -> None:
+    """Make chain verification also check that the peer certificate covers `name`.
+
+    A DNS name or an IP address literal; a mismatch shows up in `verify_result` as
+    X509_V_ERR_HOSTNAME_MISMATCH / X509_V_ERR_IP_ADDRESS_MISMATCH (SSL_set1_host, SSL_set1_ip)."""
+    param = _lib.SSL_get0_param(connection._ssl)
+    try:
+        packed = ipaddress.ip_address(name).packed
+    except ValueError:
+        ok = _lib.X509_VERIFY_PARAM_set1_host(param, name.encode(), 0)
+    else:
+        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
+    if ok != 1:
+        raise OpenSSLCallError(f"OpenSSL rejected host name {name!r}: {_drain_error_queue()}")

@@ -1,0 +1,349 @@
+"""The asyncio edge of a TLS connection: socket transport below, HTTP protocol above.
+
+`TlsServerProtocol` owns the socket transport, the timers and flow control, and drives a
+`TlsServerMachine`. Once the handshake completes it creates the application protocol (aiohttp's
+request handler) and hands it a `TlsAppTransport`, which encrypts what the application writes.
+Modelled on CPython's `asyncio.sslproto`, with pyOpenSSL instead of `ssl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from OpenSSL import SSL
+
+from .machine import (
+    DataReceived,
+    HandshakeComplete,
+    HandshakeInfo,
+    PeerClosed,
+    TlsFailure,
+    TlsServerMachine,
+)
+
+TLS_HANDSHAKE_RECORD = 0x16
+_PLAIN_HTTP = re.compile(rb"^[A-Z]{3,7} ")
+PLAIN_HTTP_RESPONSE = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: 59\r\n\r\n"
+    b"400 Bad Request: plain HTTP was sent to an HTTPS port.\r\n\r\n"
+)
+REQUEST_TIMEOUT_BODY = b"408 Request Timeout: the request headers did not arrive in time.\n"
+LINGER_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    handshake_timeout: float
+    client_header_timeout: float
+
+
+class ConnectionObserver(Protocol):
+    """What the daemon wants to know about connections (logging and metrics)."""
+
+    def handshake_done(self, peer: str, info: HandshakeInfo, seconds: float) -> None: ...
+    def handshake_failed(self, peer: str, reason: str, alert: str | None, seconds: float) -> None: ...
+    def plain_http(self, peer: str) -> None: ...
+    def request_timeout(self, peer: str, info: HandshakeInfo | None) -> None: ...
+    def connection_closed(self) -> None: ...
+
+
+def looks_like_plain_http(first_bytes: bytes) -> bool:
+    return bool(first_bytes) and first_bytes[0] != TLS_HANDSHAKE_RECORD and bool(
+        _PLAIN_HTTP.match(first_bytes))
+
+
+def format_peer(peername: Any) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = peername[0], peername[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peername)
+
+
+class TlsServerProtocol(asyncio.Protocol):
+    def __init__(
+        self,
+        context_factory: Callable[[], SSL.Context],
+        app_factory: Callable[[], asyncio.Protocol],
+        observer: ConnectionObserver,
+        limits: Limits,
+    ) -> None:
+        self._context_factory = context_factory
+        self._app_factory = app_factory
+        self._observer = observer
+        self._limits = limits
+        self._transport: asyncio.Transport | None = None
+        self._machine: TlsServerMachine | None = None
+        self._app: asyncio.Protocol | None = None
+        self._app_transport: TlsAppTransport | None = None
+        self._peer = "-"
+        self._started = 0.0
+        self._first_data = True
+        self._lingering = False
+        self._write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._in_request = False
+        self._closed = False
+
+    # -- socket side ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._peer = format_peer(transport.get_extra_info("peername"))
+        self._started = time.monotonic()
+        self._machine = TlsServerMachine(self._context_factory())
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._limits.handshake_timeout, self._handshake_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering or self._machine is None:
+            return
+        if self._first_data:
+            self._first_data = False
+            if looks_like_plain_http(data[:8]):
+                self._observer.plain_http(self._peer)
+                self._cancel_timer()
+                assert self._transport is not None
+                self._transport.write(PLAIN_HTTP_RESPONSE)
+                self._linger_close()
+                return
+        try:
+            events = self._machine.receive(data)
+        except TlsFailure as failure:
+            self._tls_failed(failure)
+            return
+        self._flush()
+        for event in events:
+            if isinstance(event, DataReceived):
+                self._deliver(event.data)
+            elif isinstance(event, HandshakeComplete):
+                self._handshake_complete(event.info)
+            elif isinstance(event, PeerClosed):
+                self._peer_closed()
+
+    def eof_received(self) -> bool:
+        if self._machine is not None and self._app is None and not self._lingering:
+            self._cancel_timer()
+            self._observer.handshake_failed(self._peer, "client closed the connection during "
+                                            "the handshake", None, self._elapsed())
+        elif self._app is not None:
+            self._app.eof_received()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_timer()
+        self._cancel_header_timer()
+        if self._app is not None:
+            app, self._app = self._app, None
+            app.connection_lost(exc)
+        self._transport = None
+        self._observer.connection_closed()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._app is not None:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._app is not None:
+            self._app.resume_writing()
+
+    # -- TLS events ----------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def _handshake_complete(self, info: HandshakeInfo) -> None:
+        self._cancel_timer()
+        self._observer.handshake_done(self._peer, info, self._elapsed())
+        assert self._transport is not None
+        self._app_transport = TlsAppTransport(self, info)
+        self._app = self._app_factory()
+        self._app.connection_made(self._app_transport)
+        self._arm_header_timer()
+
+    def _deliver(self, plaintext: bytes) -> None:
+        if self._app is None:
+            return
+        if not self._in_request and self._header_timer is None:
+            self._arm_header_timer()
+        self._app.data_received(plaintext)
+
+    def _peer_closed(self) -> None:
+        if self._app is not None:
+            self._app.eof_received()
+        self._close_tls()
+
+    def _tls_failed(self, failure: TlsFailure) -> None:
+        self._cancel_timer()
+        if failure.during_handshake:
+            self._observer.handshake_failed(self._peer, failure.reason, failure.alert,
+                                            self._elapsed())
+        self._flush()
+        self._linger_close()
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        self._observer.handshake_failed(self._peer, "handshake timed out", None, self._elapsed())
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- request-header deadline (the slowloris defence) ----------------------------------
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(self._limits.client_header_timeout,
+                                             self._header_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def request_started(self) -> None:
+        self._in_request = True
+        self._cancel_header_timer()
+
+    def request_finished(self) -> None:
+        self._in_request = False
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self._in_request or self._closed or self._machine is None:
+            return
+        info = self._app_transport.info if self._app_transport else None
+        self._observer.request_timeout(self._peer, info)
+        head = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(REQUEST_TIMEOUT_BODY))
+        self.write_plaintext(head + REQUEST_TIMEOUT_BODY)
+        self._close_tls()
+
+    # -- writing and closing -------------------------------------------------------------
+    def write_plaintext(self, data: bytes) -> None:
+        if self._machine is None or self._transport is None or self._lingering:
+            return
+        try:
+            self._machine.send(data)
+        except (TlsFailure, RuntimeError):
+            self.abort()
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._machine is None or self._transport is None:
+            return
+        out = self._machine.data_to_send()
+        if out:
+            self._transport.write(out)
+
+    def _close_tls(self) -> None:
+        """close_notify, then a half-close so the peer reads it before any TCP reset."""
+        if self._machine is not None:
+            self._machine.close()
+            self._flush()
+        self._linger_close()
+
+    def _linger_close(self) -> None:
+        # Closing a socket with unread input sends a RST, which can overtake our last bytes
+        # (an alert, a 400): shut our side, read and drop what comes, then close.
+        if self._lingering or self._transport is None:
+            return
+        self._lingering = True
+        self._cancel_timer()
+        self._cancel_header_timer()
+        transport = self._transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._closed or self._lingering or (
+            self._transport is not None and self._transport.is_closing())
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    @property
+    def socket_transport(self) -> asyncio.Transport | None:
+        return self._transport
+
+
+class TlsAppTransport(asyncio.Transport):
+    """What the HTTP layer writes to: plaintext in, TLS records out."""
+
+    def __init__(self, protocol: TlsServerProtocol, info: HandshakeInfo) -> None:
+        super().__init__()
+        self._protocol = protocol
+        self.info = info
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "tls":
+            return self.info
+        if name == "sslcontext":
+            # aiohttp derives request.secure / scheme "https" from this being set.
+            return True
+        transport = self._protocol.socket_transport
+        return transport.get_extra_info(name, default) if transport else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if data:
+            self._protocol.write_plaintext(bytes(data))
+
+    def writelines(self, list_of_data) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_closing(self) -> bool:
+        return self._protocol.is_closing()
+
+    def close(self) -> None:
+        self._protocol._close_tls()
+
+    def abort(self) -> None:
+        self._protocol.abort()
+
+    def pause_reading(self) -> None:
+        transport = self._protocol.socket_transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self._protocol.socket_transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        transport = self._protocol.socket_transport
+        return transport.is_reading() if transport is not None else False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        transport = self._protocol.socket_transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        transport = self._protocol.socket_transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def request_started(self) -> None:
+        self._protocol.request_started()
+
+    def request_finished(self) -> None:
+        self._protocol.request_finished()
