@@ -77,7 +77,7 @@ def test_classical_python_ssl_client_gets_x25519_and_ecdsa(server, dev_pki):
             while chunk := tls.recv(65536):
                 data += chunk
     assert data.startswith(b"HTTP/1.1 200")
-    access = server.wait_log(lambda e: e.get("event") == "request" and e.get("ssl_curve") == "x25519")
+    access = server.wait_log(lambda e: e.get("event") == "request" and e.get("ssl_curve") == "X25519")
     assert access is not None and access["ssl_sigalg"] == "ecdsa_secp384r1_sha384"
     fallback = server.wait_log(lambda e: e.get("event") == "classical key exchange")
     assert fallback is not None

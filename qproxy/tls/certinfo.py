@@ -11,7 +11,9 @@ import ipaddress
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, mldsa, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import (
+    dsa, ec, ed448, ed25519, mldsa, rsa, x448, x25519,
+)
 
 # NIST names for the curves TLS uses; any other curve keeps its SEC/OpenSSL name.
 _NIST_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}

@@ -14,6 +14,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from . import openssl_ext
+from .policy import canonical_group
 
 READ_SIZE = 256 * 1024
 
@@ -212,7 +213,7 @@ class TlsServerMachine:
         return HandshakeInfo(
             version=conn.get_protocol_version_name(),
             cipher=conn.get_cipher_name() or "",
-            group=openssl_ext.negotiated_group(conn),
+            group=canonical_group(openssl_ext.negotiated_group(conn)),
             alpn=alpn.decode() if alpn else None,
             resumed=openssl_ext.session_reused(conn),
             server_name=name.decode("ascii", "replace") if name else None,

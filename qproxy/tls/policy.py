@@ -209,6 +209,13 @@ def build_policy(kem: tuple[str, ...], signature: tuple[str, ...], cipher: tuple
     )
 
 
+def canonical_group(name: str | None) -> str | None:
+    """OpenSSL reports classical groups in lower case ('x25519'); use the names of our tables."""
+    if name is None:
+        return None
+    return GROUP_NAMES.get(name.lower(), name)
+
+
 def is_post_quantum(group: str | None) -> bool:
     return group in PQ_GROUPS
 
