@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Mapping
 
 from aiohttp import web
@@ -50,24 +51,31 @@ def _reason_class(reason: str) -> str:
     return "other"
 
 
+@dataclass
+class ConnectionCount:
+    """Open client connections across configuration generations (for max_connections)."""
+
+    open: int = 0
+
+
 class Observer:
     def __init__(self, metrics: Metrics, logger, access_logger, server_tls: ServerTls,
-                 access_log: bool = True) -> None:
+                 connections: ConnectionCount, access_log: bool = True) -> None:
         self.metrics = metrics
         self.log = logger
         self.access = access_logger
         self.server_tls = server_tls
         self.access_log = access_log
-        self.open_connections = 0
+        self.connections = connections
 
     # -- connections (ConnectionObserver) ------------------------------------------------
     def connection_opened(self) -> None:
-        self.open_connections += 1
+        self.connections.open += 1
         self.metrics.connections.inc()
         self.metrics.connections_open.inc()
 
     def connection_closed(self) -> None:
-        self.open_connections -= 1
+        self.connections.open -= 1
         self.metrics.connections_open.dec()
 
     def sigalg(self, info: HandshakeInfo) -> str | None:

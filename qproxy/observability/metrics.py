@@ -54,5 +54,8 @@ class Metrics:
         self.upstream_up = Gauge("qtls_upstream_server_up", "1 when a backend server is in rotation",
                                  ["upstream", "server"], registry=r)
 
+        self.reloads = Counter("qtls_config_reloads", "Configuration reloads (SIGHUP) by result",
+                               ["result"], registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
