@@ -151,14 +151,28 @@ class Router:
     matching prefix (nginx's prefix locations)."""
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
-        self._routes = sorted(routes, key=lambda r: (r.host is None, -len(r.path_prefix)))
+        ordered = sorted(routes, key=lambda r: (r.host is None, -len(r.path_prefix)))
+        self._routes = [(None if r.host is None else host_name(r.host), r) for r in ordered]
 
     def match(self, host: str | None, path: str) -> str | None:
-        name = (host or "").lower().rsplit(":", 1)[0] if host and not host.startswith("[") else (
-            (host or "").lower().split("]")[0] + "]" if host else "")
-        for route in self._routes:
-            if route.host is not None and route.host.lower() != name:
+        name = host_name(host)
+        for route_host, route in self._routes:
+            if route_host is not None and route_host != name:
                 continue
             if path.startswith(route.path_prefix):
                 return route.upstream
         return None
+
+
+def host_name(host: str | None) -> str:
+    """The name part of a Host header (or of a route's host), for comparison: lower case,
+    without port, brackets or trailing dot.
+
+    'Example.COM:8443' -> 'example.com', '[::1]:8443' -> '::1', '[::1]' -> '::1',
+    'example.com.' -> 'example.com'; a bare IPv6 literal ('::1') is kept whole."""
+    text = (host or "").strip().lower()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    return text.rstrip(".")

@@ -1,0 +1,175 @@
+"""qproxy.proxy.headers: what the backend and the client see of each other's headers."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from qproxy.proxy.headers import (
+    HOP_BY_HOP,
+    downstream_response_headers,
+    is_websocket_upgrade,
+    response_connection_tokens,
+    upstream_request_headers,
+)
+
+
+def request(*pairs: tuple[str, str], client_ip: str = "198.51.100.7", host: str | None = "example.com",
+            identity=None, keep_upgrade: bool = False) -> CIMultiDict[str]:
+    return upstream_request_headers(CIMultiDict(pairs), client_ip=client_ip, host=host,
+                                    client_identity=identity, keep_upgrade=keep_upgrade)
+
+
+# --- hop-by-hop -----------------------------------------------------------------------------
+
+def test_hop_by_hop_headers_are_dropped():
+    out = request(
+        ("Host", "example.com"), ("Connection", "keep-alive"), ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"), ("TE", "trailers"), ("Trailer", "Expires"),
+        ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"),
+        ("Proxy-Authorization", "Basic eDp5"), ("Proxy-Authenticate", "Basic"),
+        ("Accept", "*/*"),
+    )
+    for name in HOP_BY_HOP:
+        assert name not in out, name
+    assert out["Host"] == "example.com"
+    assert out["Accept"] == "*/*"
+
+
+def test_headers_named_in_connection_are_dropped():
+    out = request(("Connection", "close, X-Secret ,x-other"), ("Connection", "X-Third"),
+                  ("X-Secret", "1"), ("X-Other", "2"), ("x-third", "3"), ("X-Kept", "4"))
+    assert "X-Secret" not in out
+    assert "X-Other" not in out
+    assert "X-Third" not in out
+    assert out["X-Kept"] == "4"
+
+
+def test_end_to_end_headers_kept_with_duplicates_in_order():
+    out = request(("Accept", "text/html"), ("X-Multi", "a"), ("Cookie", "a=1"), ("X-Multi", "b"))
+    assert out.getall("X-Multi") == ["a", "b"]
+    assert out["Cookie"] == "a=1"
+    assert [k for k, _ in out.items()][:4] == ["Accept", "X-Multi", "Cookie", "X-Multi"]
+
+
+# --- forwarding headers ---------------------------------------------------------------------
+
+def test_x_forwarded_for_set_when_absent():
+    assert request(client_ip="203.0.113.9")["X-Forwarded-For"] == "203.0.113.9"
+
+
+def test_x_forwarded_for_appended_to_existing_values():
+    out = request(("X-Forwarded-For", "10.0.0.1, 10.0.0.2"), ("x-forwarded-for", " 10.0.0.3 "),
+                  client_ip="203.0.113.9")
+    assert out.getall("X-Forwarded-For") == ["10.0.0.1, 10.0.0.2, 10.0.0.3, 203.0.113.9"]
+
+
+def test_blank_x_forwarded_for_ignored():
+    out = request(("X-Forwarded-For", "  "), client_ip="203.0.113.9")
+    assert out.getall("X-Forwarded-For") == ["203.0.113.9"]
+
+
+def test_forwarding_headers_overwritten_not_trusted():
+    out = request(("X-Real-IP", "1.2.3.4"), ("X-Forwarded-Proto", "http"),
+                  ("X-Forwarded-Host", "evil.example"), ("x-real-ip", "5.6.7.8"),
+                  client_ip="203.0.113.9", host="example.com:8443")
+    assert out.getall("X-Real-IP") == ["203.0.113.9"]
+    assert out.getall("X-Forwarded-Proto") == ["https"]
+    assert out.getall("X-Forwarded-Host") == ["example.com:8443"]
+
+
+def test_no_host_means_no_x_forwarded_host_even_if_client_sent_one():
+    out = request(("X-Forwarded-Host", "evil.example"), host=None)
+    assert "X-Forwarded-Host" not in out
+
+
+def test_ipv6_client():
+    out = request(client_ip="2001:db8::1")
+    assert out["X-Forwarded-For"] == "2001:db8::1"
+    assert out["X-Real-IP"] == "2001:db8::1"
+
+
+# --- client certificate identity ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["X-Client-Cert-Subject", "x-client-cert-subject",
+                                  "X-CLIENT-CERT-FINGERPRINT", "X-Client-Cert-Anything-Else",
+                                  "X-Client-Verify", "x-client-verify"])
+def test_client_sent_identity_headers_are_removed(name):
+    out = request((name, "CN=admin"))
+    assert "CN=admin" not in out.values()
+    assert out.getall("X-Client-Verify") == ["NONE"]
+
+
+def test_similar_but_different_header_names_are_kept():
+    out = request(("X-Client-Certificate", "kept"), ("X-Client-Cert", "kept too"))
+    assert out["X-Client-Certificate"] == "kept"
+    assert out["X-Client-Cert"] == "kept too"
+
+
+def test_verified_identity_headers_added_and_replace_forged_ones():
+    identity = {"X-Client-Cert-Subject": "CN=device-42",
+                "X-Client-Cert-Fingerprint": "ab:cd"}
+    out = request(("x-client-cert-subject", "CN=admin"), ("X-Client-Verify", "SUCCESS"),
+                  identity=identity)
+    assert out.getall("X-Client-Cert-Subject") == ["CN=device-42"]
+    assert out.getall("X-Client-Cert-Fingerprint") == ["ab:cd"]
+    assert out.getall("X-Client-Verify") == ["SUCCESS"]
+
+
+def test_empty_identity_is_none():
+    assert request(identity={})["X-Client-Verify"] == "NONE"
+
+
+# --- upgrade --------------------------------------------------------------------------------
+
+def test_keep_upgrade_restores_connection_and_upgrade():
+    out = request(("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket"),
+                  ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), keep_upgrade=True)
+    assert out.getall("Connection") == ["Upgrade"]
+    assert out.getall("Upgrade") == ["websocket"]
+    assert out["Sec-WebSocket-Key"] == "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def test_without_keep_upgrade_upgrade_is_dropped():
+    out = request(("Connection", "Upgrade"), ("Upgrade", "websocket"))
+    assert "Upgrade" not in out
+    assert "Connection" not in out
+
+
+@pytest.mark.parametrize("pairs,expected", [
+    ([("Connection", "Upgrade"), ("Upgrade", "websocket")], True),
+    ([("connection", "keep-alive, UPGRADE"), ("upgrade", "WebSocket")], True),
+    ([("Connection", "keep-alive"), ("Connection", "upgrade"), ("Upgrade", "websocket")], True),
+    ([("Upgrade", "websocket")], False),
+    ([("Connection", "Upgrade"), ("Upgrade", "h2c")], False),
+    ([("Connection", "Upgrade")], False),
+    ([("Connection", "keep-alive"), ("Upgrade", "websocket")], False),
+    ([], False),
+])
+def test_is_websocket_upgrade(pairs, expected):
+    assert is_websocket_upgrade(CIMultiDict(pairs)) is expected
+
+
+# --- responses ------------------------------------------------------------------------------
+
+def test_downstream_keeps_duplicate_set_cookie_in_order():
+    incoming = [("Content-Type", "text/plain"), ("Set-Cookie", "a=1; Path=/"),
+                ("X-Other", "x"), ("set-cookie", "b=2; HttpOnly"), ("Set-Cookie", "c=3")]
+    out = downstream_response_headers(incoming)
+    assert out.getall("Set-Cookie") == ["a=1; Path=/", "b=2; HttpOnly", "c=3"]
+    assert list(out.items()) == incoming
+
+
+def test_downstream_drops_hop_by_hop_and_connection_tokens():
+    incoming = [("Connection", "close, X-Backend-Only"), ("Keep-Alive", "timeout=5"),
+                ("Transfer-Encoding", "chunked"), ("X-Backend-Only", "secret"),
+                ("Content-Length", "3"), ("ETag", '"v1"')]
+    tokens = response_connection_tokens(CIMultiDict(incoming))
+    assert tokens == {"close", "x-backend-only"}
+    out = downstream_response_headers(incoming, tokens)
+    assert list(out.items()) == [("Content-Length", "3"), ("ETag", '"v1"')]
+
+
+def test_downstream_connection_tokens_case_insensitive():
+    out = downstream_response_headers([("X-Internal", "1"), ("X-Public", "2")], ["X-INTERNAL"])
+    assert list(out.items()) == [("X-Public", "2")]
