@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -230,3 +231,14 @@ def test_handshake_timeout_closes_silent_connections(start_server, dev_pki, back
         assert raw.recv(100) == b""
         assert time.monotonic() - started < 5
     assert server.wait_log(lambda e: e.get("reason") == "handshake timed out")
+
+
+def test_corrupted_record_after_handshake_gets_alert_and_one_log_line(server):
+    conn = tls_connect(server.port)
+    assert http_request(conn, "GET", "/healthz").status == 200
+    # An application-data record whose ciphertext is garbage: bad_record_mac.
+    with socket.socket(fileno=os.dup(conn.fileno())) as raw:  # the TCP socket under TLS
+        raw.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+    assert server.wait_log(lambda e: e.get("event") == "TLS error on an established connection"
+                           and e.get("alert") == "bad_record_mac")
+    assert http_request(tls_connect(server.port), "GET", "/healthz").status == 200

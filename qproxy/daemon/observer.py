@@ -104,6 +104,12 @@ class Observer:
         self.log.warning("handshake failed", client=peer, reason=reason, alert=alert,
                          duration_ms=round(seconds * 1000, 2))
 
+    def tls_error(self, peer: str, reason: str, alert: str | None) -> None:
+        if alert:
+            self.metrics.alerts_sent.labels(alert).inc()
+        self.log.warning("TLS error on an established connection", client=peer, reason=reason,
+                         alert=alert)
+
     def plain_http(self, peer: str) -> None:
         self.metrics.handshake_failures.labels("plain_http", "none").inc()
         self.log.warning("plain HTTP request on the TLS port", client=peer, status=400)
