@@ -6,6 +6,7 @@ Only this module decides exit codes: 0 success, 1 a problem the operator must fi
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -20,7 +21,7 @@ DEFAULT_CONFIG = "/etc/qtls/config/server.json"
 def _load_checked(path: str) -> tuple[ServerConfig, list[str]]:
     """Everything checkable without binding; raises QProxyError."""
     from .tls.context import check_platform
-    from .daemon.server import build_tls
+    from .daemon.worker import build_tls
 
     config = load_config(path)
     check_platform()
@@ -41,7 +42,7 @@ def _check(path: str) -> int:
 
 
 def _serve(path: str) -> int:
-    from .daemon.server import serve
+    from .observability import multiprocess
     from .observability.logging import configure_logging
 
     try:
@@ -55,7 +56,12 @@ def _serve(path: str) -> int:
         click.echo(f"qtls-server: logging.file: cannot open {config.logging.file!r}: "
                    f"{exc.strerror}", err=True)
         return 1
+    # Before prometheus_client is imported: workers keep their metrics there for the master.
+    metrics_dir, created = multiprocess.prepare()
+    master_pid = os.getpid()
     try:
+        from .daemon.server import serve
+
         return serve(config, path)
     except QProxyError as exc:
         configure_logging(LoggingSection(console=True))
@@ -65,6 +71,9 @@ def _serve(path: str) -> int:
         click.echo(f"qtls-server: cannot listen on {config.server.listen_address}:"
                    f"{config.server.listen_port} or the metrics port: {exc.strerror}", err=True)
         return 1
+    finally:
+        if os.getpid() == master_pid:
+            multiprocess.cleanup(metrics_dir, created)
 
 
 config_option = click.option(

@@ -33,7 +33,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory):
 
 def make_config(dev_pki: pki.DevPki, backend_address: str, **sections: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "server": {"listen_address": "127.0.0.1", "listen_port": 0},
+        "server": {"listen_address": "127.0.0.1", "listen_port": 0, "workers": 1},
         "certificates": {
             "keypairs": [
                 {"cert": str(dev_pki.mldsa_cert), "key": str(dev_pki.mldsa_key)},

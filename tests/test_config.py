@@ -50,7 +50,7 @@ def test_minimal_config_defaults():
     config = parse_config(doc(), environ={})
     assert isinstance(config, ServerConfig)
     assert config.server.listen_port == 8443
-    assert config.server.workers == 1
+    assert config.server.workers == 0  # one per CPU
     assert config.tls.hybrid_mode is True
     assert config.certificates.default_pairs()[0].cert == "server.pem"
     assert [r.upstream for r in config.effective_routes()] == ["app"]

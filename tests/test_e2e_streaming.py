@@ -58,7 +58,7 @@ def test_1gib_download_streams_with_bounded_memory(server, chunked):
     digest = hashlib.sha256()
     received = 0
     head = b""
-    with RssWatcher(server.pid) as rss:
+    with RssWatcher(server.worker_pids[0]) as rss:
         while b"\r\n\r\n" not in head:
             head += conn.recv(65536)
         header_block, _, rest = head.partition(b"\r\n\r\n")
@@ -97,7 +97,7 @@ def test_1gib_upload_streams_with_bounded_memory(server):
     _warm_up(server.port)
     conn = tls_connect(server.port, timeout=60)
     conn.sendall(f"PUT /sha256 HTTP/1.1\r\nHost: x\r\nContent-Length: {GIB}\r\n\r\n".encode())
-    with RssWatcher(server.pid) as rss:
+    with RssWatcher(server.worker_pids[0]) as rss:
         sent = 0
         while sent < GIB:
             piece = PATTERN[: min(CHUNK, GIB - sent)]

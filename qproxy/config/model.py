@@ -21,9 +21,9 @@ class Section(BaseModel):
 class ServerSection(Section):
     listen_address: str = "0.0.0.0"
     listen_port: Port = 8443
-    # The seed calls it worker_threads; both names mean worker processes.
-    workers: Annotated[int, Field(ge=0)] = Field(
-        default=1, validation_alias=AliasChoices("workers", "worker_threads")
+    # The seed calls it worker_threads; both names mean worker processes. 0: one per CPU.
+    workers: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default=0, validation_alias=AliasChoices("workers", "worker_threads")
     )
     max_connections: Annotated[int, Field(ge=1)] = 10000
     backlog: Annotated[int, Field(ge=1)] = 511

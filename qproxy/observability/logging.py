@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 
 import structlog
@@ -15,6 +16,12 @@ import structlog
 from ..config.model import LoggingSection
 
 _LEVELS = {"warn": "warning"}
+
+
+def _add_pid(_logger, _method, event_dict):
+    # Several worker processes share one output: say which one wrote the line.
+    event_dict["pid"] = os.getpid()
+    return event_dict
 
 
 def _formatter() -> structlog.stdlib.ProcessorFormatter:
@@ -26,6 +33,7 @@ def _formatter() -> structlog.stdlib.ProcessorFormatter:
         ],
         foreign_pre_chain=[
             structlog.stdlib.add_log_level,
+            _add_pid,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
         ],
     )
@@ -43,13 +51,10 @@ def configure_logging(section: LoggingSection, *, stream=None) -> None:
         console.setFormatter(formatter)
         root.addHandler(console)
     if section.file:
-        if section.max_size_mb > 0:
-            file_handler: logging.Handler = logging.handlers.RotatingFileHandler(
-                section.file, maxBytes=section.max_size_mb * 1024 * 1024,
-                backupCount=section.max_files, encoding="utf-8")
-        else:
-            # Rotation left to logrotate: reopen when the file is moved away.
-            file_handler = logging.handlers.WatchedFileHandler(section.file, encoding="utf-8")
+        # Every process appends whole lines (O_APPEND, one write per record: no torn lines)
+        # and reopens the file when it is moved away; the master rotates by size, or
+        # logrotate does and sends SIGUSR1.
+        file_handler = logging.handlers.WatchedFileHandler(section.file, encoding="utf-8")
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
     level = _LEVELS.get(section.level, section.level).upper()
@@ -63,6 +68,7 @@ def configure_logging(section: LoggingSection, *, stream=None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.filter_by_level,
             structlog.stdlib.add_log_level,
+            _add_pid,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
@@ -75,3 +81,30 @@ def configure_logging(section: LoggingSection, *, stream=None) -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
+
+
+def reopen_log_files() -> None:
+    """SIGUSR1: start writing to a file of the configured name again (after logrotate)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            handler.reopenIfNeeded()
+
+
+def rotate_by_size(path: str, max_bytes: int, keep: int) -> bool:
+    """Rotate `path` to `path.1` … `path.<keep>` when it has grown past `max_bytes`.
+
+    Run by the master only; the workers' WatchedFileHandlers notice the move and reopen."""
+    try:
+        if max_bytes <= 0 or os.stat(path).st_size < max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    if keep <= 0:
+        os.unlink(path)
+        return True
+    for index in range(keep - 1, 0, -1):
+        older = f"{path}.{index}"
+        if os.path.exists(older):
+            os.replace(older, f"{path}.{index + 1}")
+    os.replace(path, f"{path}.1")
+    return True

@@ -7,6 +7,7 @@ Label names follow what operators already know: Envoy counts `ssl.curves.<group>
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
 
 # The *_created series double the output and no dashboard reads them.
@@ -36,7 +37,7 @@ class Metrics:
             "Handshakes that ended with a classical (not post-quantum) group", ["group"], registry=r)
         self.alerts_sent = Counter("qtls_alerts_sent", "TLS alerts sent", ["alert"], registry=r)
         self.connections_open = Gauge("qtls_connections_open", "Open client connections",
-                                      registry=r)
+                                      registry=r, multiprocess_mode="livesum")
         self.connections = Counter("qtls_connections", "Client connections accepted", registry=r)
         self.connections_refused = Counter(
             "qtls_connections_refused", "Connections refused by limits", ["limit"], registry=r)
@@ -51,11 +52,30 @@ class Metrics:
                                       "Response body bytes proxied", ["upstream"], registry=r)
         self.upstream_errors = Counter("qtls_upstream_errors", "Backend failures by kind",
                                        ["upstream", "kind"], registry=r)
-        self.upstream_up = Gauge("qtls_upstream_server_up", "1 when a backend server is in rotation",
-                                 ["upstream", "server"], registry=r)
+        self.upstream_up = Gauge("qtls_upstream_server_up",
+                                 "1 when a backend server is in rotation (in every live worker)",
+                                 ["upstream", "server"], registry=r, multiprocess_mode="livemin")
 
         self.reloads = Counter("qtls_config_reloads", "Configuration reloads (SIGHUP) by result",
                                ["result"], registry=r)
+        self.generation = Gauge("qtls_config_generation", "Configuration generation serving",
+                                registry=r, multiprocess_mode="livemax")
+        self.workers = Gauge("qtls_workers", "Worker processes of the serving generation",
+                             registry=r, multiprocess_mode="livemax")
+        self.worker_restarts = Counter("qtls_worker_restarts",
+                                       "Workers that died unexpectedly and were respawned",
+                                       registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def render_multiprocess() -> bytes:
+    """The sum over every process's values (PROMETHEUS_MULTIPROC_DIR), for /metrics."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+def mark_process_dead(pid: int) -> None:
+    multiprocess.mark_process_dead(pid)

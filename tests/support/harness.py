@@ -66,6 +66,7 @@ class ServerProcess:
             raise RuntimeError("qtls-server did not start:\n" + "\n".join(self.raw[-30:]))
         self.port: int = ready["port"]
         self.metrics_port: int | None = ready["metrics_port"]
+        self.worker_pids: list[int] = ready["workers"]
 
     @property
     def pid(self) -> int:

@@ -1,0 +1,392 @@
+"""The master process: binds, builds TLS contexts, forks and supervises workers, handles signals.
+
+The nginx model. The master runs no event loop and no threads (so forking stays safe): a
+`select` on the signal wake-up pipe drives everything. TLS contexts are built here, before any
+fork, so that every worker of a generation shares the same session-ticket keys: a ticket issued
+by one worker resumes on any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from ..config.load import load_config
+from ..config.model import ServerConfig
+from ..errors import QProxyError
+from ..observability.logging import get_logger, reopen_log_files, rotate_by_size
+from ..observability.metrics import Metrics, mark_process_dead
+from ..tls.context import ServerTls
+from . import systemd
+from .worker import build_tls, worker_main
+
+log = get_logger("qproxy.master")
+
+READY_TIMEOUT = 30.0
+KILL_GRACE = 5.0
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
+
+
+def bind_listeners(address: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for every address `address` resolves to ('localhost' -> ::1 and
+    127.0.0.1); with port 0 all of them share the port the first one got."""
+    infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    unique = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
+    sockets: list[socket.socket] = []
+    try:
+        for family, sockaddr in unique:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and len(unique) > 1:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                sockaddr = (sockaddr[0], sockets[0].getsockname()[1], *sockaddr[2:])
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+@dataclass
+class ServingGeneration:
+    number: int
+    config: ServerConfig
+    server_tls: ServerTls
+    workers: dict[int, int] = field(default_factory=dict)  # slot -> pid
+
+    @property
+    def size(self) -> int:
+        return self.config.server.workers or (os.cpu_count() or 1)
+
+
+@dataclass
+class Respawn:
+    slot: int
+    due: float
+
+
+class Master:
+    def __init__(self, config: ServerConfig, source: str, server_tls: ServerTls,
+                 metrics: Metrics) -> None:
+        self.source = source
+        self.metrics = metrics
+        self.current = ServingGeneration(1, config, server_tls)
+        self.old: list[ServingGeneration] = []
+        self.listeners: list[socket.socket] = []
+        self.metrics_socket: socket.socket | None = None
+        self.metrics_pid: int | None = None
+        self._signals: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+        self._respawns: list[Respawn] = []
+        self._quick_deaths: dict[int, int] = {}  # slot -> consecutive early exits
+        self._started: dict[int, float] = {}  # pid -> start time
+        self._stopping = False
+
+    # -- setup ---------------------------------------------------------------------------
+    def _bind(self) -> None:
+        section = self.current.config.server
+        inherited = systemd.inherited_listener()
+        self.listeners = [inherited] if inherited else bind_listeners(
+            section.listen_address, section.listen_port, section.backlog)
+        metrics = self.current.config.metrics
+        if metrics.enabled:
+            self.metrics_socket = bind_listeners(metrics.address, metrics.port, 128)[0]
+
+    def _install_signals(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self._signals.append(signum)
+
+    # -- children ------------------------------------------------------------------------
+    def _become_child(self) -> None:
+        """In a fresh child: drop the master's signal handling and descriptors."""
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _fork(self, target) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self._become_child()
+                code = target()
+            except BaseException:  # a crashing child must never return into the master's loop
+                log.exception("child process failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self._started[pid] = time.monotonic()
+        return pid
+
+    def _spawn_worker(self, generation: ServingGeneration, slot: int) -> tuple[int, int]:
+        ready_r, ready_w = os.pipe()
+
+        def run() -> int:
+            os.close(ready_r)
+            if self.metrics_socket is not None:
+                self.metrics_socket.close()
+            return worker_main(generation.number, generation.config, generation.server_tls,
+                               self.metrics, self.listeners, generation.size, ready_w)
+
+        pid = self._fork(run)
+        os.close(ready_w)
+        generation.workers[slot] = pid
+        return pid, ready_r
+
+    def _spawn_metrics(self) -> None:
+        if self.metrics_socket is None:
+            return
+        sock, path = self.metrics_socket, self.current.config.metrics.path
+
+        def run() -> int:
+            from .metrics_server import metrics_main
+
+            for listener in self.listeners:
+                listener.close()
+            return metrics_main(sock, path)
+
+        self.metrics_pid = self._fork(run)
+
+    def _start_generation(self, generation: ServingGeneration) -> bool:
+        """Fork a whole generation and wait until every worker listens."""
+        pending = {}
+        for slot in range(generation.size):
+            pid, ready_fd = self._spawn_worker(generation, slot)
+            pending[ready_fd] = pid
+        deadline = time.monotonic() + READY_TIMEOUT
+        ok = True
+        while pending and ok:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                ok = False
+                break
+            readable, _, _ = select.select(list(pending), [], [], remaining)
+            for fd in readable:
+                data = os.read(fd, 1)
+                os.close(fd)
+                pid = pending.pop(fd)
+                if data != b"R":
+                    log.error("worker exited before it was ready", pid=pid,
+                              generation=generation.number)
+                    ok = False
+        for fd in pending:
+            os.close(fd)
+        if not ok:
+            self._terminate(generation, signal.SIGKILL)
+        return ok
+
+    def _terminate(self, generation: ServingGeneration, signum: int = signal.SIGTERM) -> None:
+        for pid in generation.workers.values():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    # -- events --------------------------------------------------------------------------
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            mark_process_dead(pid)
+            lived = time.monotonic() - self._started.pop(pid, time.monotonic())
+            self._child_exited(pid, status, lived)
+
+    def _child_exited(self, pid: int, status: int, lived: float) -> None:
+        how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exit code {os.WEXITSTATUS(status)}")
+        if pid == self.metrics_pid:
+            self.metrics_pid = None
+            if not self._stopping:
+                log.error("metrics process exited; restarting it", pid=pid, status=how)
+                self._spawn_metrics()
+            return
+        for generation in self.old:
+            for slot, worker in list(generation.workers.items()):
+                if worker == pid:
+                    del generation.workers[slot]
+                    log.info("old worker finished", pid=pid, generation=generation.number,
+                             status=how)
+        self.old = [g for g in self.old if g.workers]
+        for slot, worker in list(self.current.workers.items()):
+            if worker != pid:
+                continue
+            del self.current.workers[slot]
+            if self._stopping:
+                return
+            quick = self._quick_deaths.get(slot, 0) + 1 if lived < 10 else 0
+            self._quick_deaths[slot] = quick
+            delay = 0.0 if quick == 0 else min(30.0, 0.25 * 2 ** (quick - 1))
+            self.metrics.worker_restarts.inc()
+            log.error("worker died; respawning", pid=pid, status=how, slot=slot,
+                      generation=self.current.number, respawn_in_s=delay)
+            self._respawns.append(Respawn(slot, time.monotonic() + delay))
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        due = [r for r in self._respawns if r.due <= now]
+        self._respawns = [r for r in self._respawns if r.due > now]
+        for item in due:
+            if item.slot not in self.current.workers and not self._stopping:
+                pid, ready_fd = self._spawn_worker(self.current, item.slot)
+                os.close(ready_fd)
+                log.info("worker respawned", pid=pid, slot=item.slot,
+                         generation=self.current.number)
+
+    def _reload(self) -> None:
+        systemd.reloading()
+        old = self.current
+        try:
+            config = load_config(self.source)
+            server_tls = build_tls(config, self.source)
+        except QProxyError as exc:
+            self._reload_failed(old, str(exc))
+            return
+        section, before = config.server, old.config.server
+        fixed = [k for k in ("listen_address", "listen_port", "backlog")
+                 if getattr(section, k) != getattr(before, k)]
+        if fixed or config.metrics != old.config.metrics:
+            log.warning("listener and metrics settings change only on restart",
+                        changed=fixed + (["metrics"] if config.metrics != old.config.metrics else []))
+        new = ServingGeneration(old.number + 1, config, server_tls)
+        if not self._start_generation(new):
+            self._reload_failed(old, "the new workers did not start")
+            return
+        self.current = new
+        self._respawns.clear()
+        self._quick_deaths.clear()
+        self._terminate(old)
+        self.old.append(old)
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.generation.set(new.number)
+        self.metrics.workers.set(new.size)
+        for warning in server_tls.warnings:
+            log.warning("configuration warning", detail=warning)
+        log.info("reloaded", generation=new.number, workers=list(new.workers.values()),
+                 groups=server_tls.policy.groups,
+                 certificates=[p.key_kind for p in server_tls.pairs])
+        systemd.notify("READY=1")
+
+    def _reload_failed(self, old: ServingGeneration, error: str) -> None:
+        self.metrics.reloads.labels("failed").inc()
+        log.error("reload failed; still serving the previous configuration",
+                  generation=old.number, error=error)
+        systemd.notify("READY=1")
+
+    def _dispatch(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stopping = True
+        elif signum == signal.SIGHUP:
+            self._reload()
+        elif signum == signal.SIGUSR1:
+            reopen_log_files()
+            for generation in (self.current, *self.old):
+                for pid in generation.workers.values():
+                    os.kill(pid, signal.SIGUSR1)
+            log.info("log files reopened")
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        self._bind()
+        self._install_signals()
+        self._spawn_metrics()
+        if not self._start_generation(self.current):
+            log.error("workers did not start; giving up")
+            self._shutdown()
+            return 1
+        generation = self.current
+        self.metrics.generation.set(generation.number)
+        self.metrics.workers.set(generation.size)
+        log.info("listening", address=generation.config.server.listen_address,
+                 port=self.listeners[0].getsockname()[1],
+                 metrics_port=self.metrics_socket.getsockname()[1] if self.metrics_socket else None,
+                 workers=list(generation.workers.values()), groups=generation.server_tls.policy.groups,
+                 certificates=[p.key_kind for p in generation.server_tls.pairs],
+                 upstreams={n: list(u.servers) for n, u in generation.config.upstreams.items()})
+        systemd.notify("READY=1", f"MAINPID={os.getpid()}")
+        watchdog = systemd.watchdog_interval()
+        next_ping = time.monotonic()
+        while not self._stopping:
+            timeout = 1.0
+            if self._respawns:
+                timeout = min(timeout, max(0.0, min(r.due for r in self._respawns) - time.monotonic()))
+            if watchdog:
+                timeout = min(timeout, max(0.0, next_ping - time.monotonic()))
+            try:
+                select.select([self._wake_r], [], [], timeout)
+            except InterruptedError:
+                pass
+            self._drain_wakeups()
+            signals, self._signals = self._signals, []
+            for signum in signals:
+                self._dispatch(signum)
+            self._reap()
+            self._respawn_due()
+            if watchdog and time.monotonic() >= next_ping:
+                systemd.notify("WATCHDOG=1")
+                next_ping = time.monotonic() + watchdog
+            logging_section = self.current.config.logging
+            if logging_section.file and rotate_by_size(
+                    logging_section.file, logging_section.max_size_mb * 1024 * 1024,
+                    logging_section.max_files):
+                reopen_log_files()
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        systemd.notify("STOPPING=1")
+        timeout = self.current.config.server.shutdown_timeout
+        log.info("stopping: no new connections, finishing requests in flight", timeout_s=timeout)
+        for listener in self.listeners:
+            listener.close()
+        for generation in (self.current, *self.old):
+            self._terminate(generation)
+        deadline = time.monotonic() + timeout + KILL_GRACE
+        while self._workers_alive() and time.monotonic() < deadline:
+            try:
+                select.select([self._wake_r], [], [], 0.1)
+            except InterruptedError:
+                pass
+            self._drain_wakeups()
+            self._reap()
+        for generation in (self.current, *self.old):
+            self._terminate(generation, signal.SIGKILL)
+        if self.metrics_pid is not None:
+            os.kill(self.metrics_pid, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE
+        while (self._workers_alive() or self.metrics_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self._reap()
+        log.info("stopped")
+
+    def _workers_alive(self) -> bool:
+        return any(g.workers for g in (self.current, *self.old))

@@ -1,0 +1,137 @@
+"""A worker process: one uvloop event loop serving TLS connections on the inherited listener."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import socket
+
+from ..config.model import ServerConfig
+from ..observability.logging import get_logger, reopen_log_files
+from ..observability.metrics import Metrics
+from ..proxy.handler import ProxyHandler
+from ..proxy.http import HttpServer
+from ..proxy.upstream import Router, Upstream
+from ..tls.context import ServerTls, build_server_tls
+from ..tls.machine import info_callback
+from ..tls.protocol import Limits, TlsServerProtocol
+from .observer import ConnectionCount, Observer, client_identity
+
+log = get_logger("qproxy.worker")
+
+
+def build_tls(config: ServerConfig, source: str) -> ServerTls:
+    return build_server_tls(config, source, info_callback)
+
+
+class _Refuse(asyncio.Protocol):
+    """Accepted past the connection limit: closed at once, the worker unharmed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
+
+
+class Generation:
+    """Everything one configuration serves with inside a worker."""
+
+    def __init__(self, number: int, config: ServerConfig, server_tls: ServerTls,
+                 metrics: Metrics, connections: ConnectionCount) -> None:
+        self.number = number
+        self.config = config
+        self.server_tls = server_tls
+        self.observer = Observer(metrics, log, get_logger("qproxy.access"), server_tls,
+                                 connections, access_log=config.logging.access_log)
+
+        def upstream_state(upstream: str, server: str, up: bool) -> None:
+            metrics.upstream_up.labels(upstream, server).set(1 if up else 0)
+            if not up:
+                log.warning("backend server taken out of rotation", upstream=upstream,
+                            server=server, retry_in_s=config.upstreams[upstream].fail_timeout)
+
+        self.upstreams = {name: Upstream(name, section, upstream_state)
+                          for name, section in config.upstreams.items()}
+        handler = ProxyHandler(self.upstreams, Router(config.effective_routes()),
+                               self.observer.exchange_done, client_identity)
+        self.http_server = HttpServer(handler, config.server, self.observer.bad_request)
+        self.limits = Limits(config.server.handshake_timeout, config.server.client_header_timeout)
+
+    def start(self) -> None:
+        for upstream in self.upstreams.values():
+            upstream.start()
+
+    def protocol(self) -> TlsServerProtocol:
+        return TlsServerProtocol(lambda: self.server_tls.default, self.http_server,
+                                 self.observer, self.limits)
+
+    async def retire(self, timeout: float) -> None:
+        """Finish in-flight requests (closing idle keep-alive connections), then let go."""
+        await self.http_server.shutdown(timeout)
+        for upstream in self.upstreams.values():
+            await upstream.close()
+
+
+def connection_share(max_connections: int, workers: int) -> int:
+    """Each worker's part of `server.max_connections`."""
+    return max(1, math.ceil(max_connections / max(1, workers)))
+
+
+class Worker:
+    def __init__(self, generation: Generation, listeners: list[socket.socket], workers: int,
+                 ready_fd: int | None) -> None:
+        self.generation = generation
+        self.listeners = listeners
+        self.limit = connection_share(generation.config.server.max_connections, workers)
+        self.ready_fd = ready_fd
+        self.connections = generation.observer.connections
+        self._stop = asyncio.Event()
+
+    def _factory(self) -> asyncio.Protocol:
+        generation = self.generation
+        if self.connections.open >= self.limit:
+            generation.observer.refused("max_connections")
+            return _Refuse()
+        generation.observer.connection_opened()
+        return generation.protocol()
+
+    def _signal_ready(self) -> None:
+        if self.ready_fd is not None:
+            os.write(self.ready_fd, b"R")
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(self._factory, sock=sock,
+                                            backlog=self.generation.config.server.backlog)
+                   for sock in self.listeners]
+        self.generation.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
+        log.info("worker started", generation=self.generation.number, max_connections=self.limit)
+        self._signal_ready()
+        await self._stop.wait()
+
+        timeout = self.generation.config.server.shutdown_timeout
+        for server in servers:
+            server.close()
+        log.info("worker draining", generation=self.generation.number,
+                 open_connections=self.connections.open, timeout_s=timeout)
+        await self.generation.retire(timeout)
+        log.info("worker stopped", generation=self.generation.number)
+        return 0
+
+
+def worker_main(number: int, config: ServerConfig, server_tls: ServerTls, metrics: Metrics,
+                listeners: list[socket.socket], workers: int, ready_fd: int | None) -> int:
+    """Entry point in a freshly forked child."""
+    import uvloop
+
+    async def main() -> int:
+        # aiohttp's server objects bind to the running loop: build them inside it.
+        generation = Generation(number, config, server_tls, metrics, ConnectionCount())
+        return await Worker(generation, listeners, workers, ready_fd).run()
+
+    return uvloop.run(main())
