@@ -184,7 +184,7 @@ class Master:
                 os.close(fd)
                 pid = pending.pop(fd)
                 if data != b"R":
-                    log.error("worker exited before it was ready", pid=pid,
+                    log.error("worker exited before it was ready", worker_pid=pid,
                               generation=generation.number)
                     ok = False
         for fd in pending:
@@ -219,14 +219,14 @@ class Master:
         if pid == self.metrics_pid:
             self.metrics_pid = None
             if not self._stopping:
-                log.error("metrics process exited; restarting it", pid=pid, status=how)
+                log.error("metrics process exited; restarting it", metrics_pid=pid, status=how)
                 self._spawn_metrics()
             return
         for generation in self.old:
             for slot, worker in list(generation.workers.items()):
                 if worker == pid:
                     del generation.workers[slot]
-                    log.info("old worker finished", pid=pid, generation=generation.number,
+                    log.info("old worker finished", worker_pid=pid, generation=generation.number,
                              status=how)
         self.old = [g for g in self.old if g.workers]
         for slot, worker in list(self.current.workers.items()):
@@ -239,7 +239,7 @@ class Master:
             self._quick_deaths[slot] = quick
             delay = 0.0 if quick == 0 else min(30.0, 0.25 * 2 ** (quick - 1))
             self.metrics.worker_restarts.inc()
-            log.error("worker died; respawning", pid=pid, status=how, slot=slot,
+            log.error("worker died; respawning", worker_pid=pid, status=how, slot=slot,
                       generation=self.current.number, respawn_in_s=delay)
             self._respawns.append(Respawn(slot, time.monotonic() + delay))
 
@@ -251,7 +251,7 @@ class Master:
             if item.slot not in self.current.workers and not self._stopping:
                 pid, ready_fd = self._spawn_worker(self.current, item.slot)
                 os.close(ready_fd)
-                log.info("worker respawned", pid=pid, slot=item.slot,
+                log.info("worker respawned", worker_pid=pid, slot=item.slot,
                          generation=self.current.number)
 
     def _reload(self) -> None:

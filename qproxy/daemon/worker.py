@@ -97,9 +97,21 @@ class Worker:
 
     def _signal_ready(self) -> None:
         if self.ready_fd is not None:
-            os.write(self.ready_fd, b"R")
+            try:
+                os.write(self.ready_fd, b"R")
+            except BrokenPipeError:
+                pass  # a respawned worker: the master does not wait for it
             os.close(self.ready_fd)
             self.ready_fd = None
+
+    async def _handshakes_settled(self) -> None:
+        """Let connections still in their TLS handshake reach the HTTP layer (or fail) before
+        the drain, so none of them meets an HTTP server that has already shut down."""
+        deadline = asyncio.get_running_loop().time() + self.generation.limits.handshake_timeout
+        http_server = self.generation.http_server
+        while (self.connections.open > len(http_server.connections)
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.01)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -119,6 +131,7 @@ class Worker:
             server.close()
         log.info("worker draining", generation=self.generation.number,
                  open_connections=self.connections.open, timeout_s=timeout)
+        await self._handshakes_settled()
         await self.generation.retire(timeout)
         log.info("worker stopped", generation=self.generation.number)
         return 0
