@@ -151,7 +151,7 @@ class ProxyHandler:
     async def _forward(self, request: web.BaseRequest, upstream: Upstream,
                        headers: CIMultiDict[str], body: Any, exchange: Exchange,
                        ) -> web.StreamResponse:
-        backend, _server = await self._send(upstream, request, headers, body, exchange)
+        backend, server = await self._send(upstream, request, headers, body, exchange)
         async with backend:
             tokens = response_connection_tokens(backend.headers)
             response = web.StreamResponse(
@@ -166,7 +166,7 @@ class ProxyHandler:
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 # Headers are gone already: all we can do is cut the client off, as nginx does.
                 exchange.error = f"backend failed mid-response ({exc.__class__.__name__})"
-                upstream.mark_failed(_server)
+                upstream.mark_failed(server)
                 request.transport.close()
                 return response
             await response.write_eof()
