@@ -13,19 +13,23 @@ import click
 
 from .config.load import load_config
 from .config.model import LoggingSection, ServerConfig
-from .errors import ConfigErrors, QProxyError
+from .errors import QProxyError
+from .keys import provider
 
 DEFAULT_CONFIG = "/etc/qtls/config/server.json"
 
 
 def _load_checked(path: str) -> tuple[ServerConfig, list[str]]:
     """Everything checkable without binding; raises QProxyError."""
-    from .tls.context import check_platform
-    from .daemon.worker import build_tls
-
     config = load_config(path)
+    provider.install(config)  # OPENSSL_CONF, before OpenSSL is first loaded below
+    from .daemon.server import check_hsm_keys
+    from .daemon.worker import build_tls
+    from .tls.context import check_platform
+
     check_platform()
     server_tls = build_tls(config, path)
+    check_hsm_keys(config, server_tls, path)
     return config, server_tls.warnings
 
 
@@ -47,7 +51,8 @@ def _serve(path: str) -> int:
 
     try:
         config = load_config(path)
-    except ConfigErrors as exc:
+        provider.install(config)  # OPENSSL_CONF, before OpenSSL is first loaded
+    except QProxyError as exc:
         click.echo(f"qtls-server: {exc}", err=True)
         return 1
     try:
@@ -158,3 +163,184 @@ def probe(url: str, groups: str | None, sigalgs: str | None, cafile: str | None,
     click.echo(format_result(result))
     if result.verify_ok is False:
         sys.exit(1)
+
+
+@pki.command("sign-csr")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.argument("csr", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the certificate chain (leaf + intermediate)")
+@click.option("--name", "names", multiple=True, help="Server names (default: the CSR's SANs)")
+def pki_sign_csr(directory: str, csr: str, out: str, names: tuple[str, ...]) -> None:
+    """Issue a server certificate for CSR with the development CA in DIRECTORY."""
+    from pathlib import Path
+
+    from . import pki as dev_pki
+
+    try:
+        chain = dev_pki.sign_csr(directory, Path(csr).read_bytes(), names)
+    except (dev_pki.CsrError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    Path(out).write_bytes(chain)
+    click.echo(out)
+
+
+# -- qproxy hsm ----------------------------------------------------------------------------
+
+class HsmTarget:
+    def __init__(self, library: str, token: str | None, pin_file: str | None) -> None:
+        self.library = library
+        self.token = token
+        self.pin_file = pin_file
+
+    def pin(self) -> str | None:
+        from .config.model import HsmSection
+
+        return provider.resolve_pin(HsmSection(pin_file=self.pin_file))
+
+    def session(self, rw: bool = False):
+        from .keys.pkcs11 import open_session
+
+        return open_session(self.library, self.token, self.pin(), rw=rw)
+
+
+def _hsm_errors(func):
+    """Turn HSM problems into one clear line and exit code 1."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except QProxyError as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+@main.group()
+@click.option("--library", envvar="QTLS_PKCS11_LIBRARY", required=True,
+              help="PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so); env QTLS_PKCS11_LIBRARY")
+@click.option("--token", envvar="QTLS_HSM_TOKEN", help="Token label; env QTLS_HSM_TOKEN")
+@click.option("--pin-file", envvar="QTLS_HSM_PIN_FILE", type=click.Path(dir_okay=False),
+              help="File holding the user PIN; env QTLS_HSM_PIN_FILE (or QTLS_HSM_PIN)")
+@click.pass_context
+def hsm(ctx: click.Context, library: str, token: str | None, pin_file: str | None) -> None:
+    """Keys in a PKCS#11 token (Luna, SoftHSM2, ...). The PIN is never taken on the command line."""
+    ctx.obj = HsmTarget(library, token, pin_file)
+
+
+@hsm.command("status")
+@click.pass_obj
+@_hsm_errors
+def hsm_status(target: HsmTarget) -> None:
+    """Library, slots, tokens and the TLS-relevant mechanisms each offers."""
+    from .keys.pkcs11 import token_status
+
+    click.echo(f"library: {target.library}")
+    for row in token_status(target.library):
+        click.echo(f"slot {row['slot']}: token {row['token']!r} ({row['manufacturer']} "
+                   f"{row['model']}, serial {row['serial']})")
+        click.echo("  mechanisms: " + (", ".join(row["mechanisms"]) or "none of interest"))
+
+
+@hsm.command("keygen")
+@click.option("--label", required=True, help="Label (CKA_LABEL) of the new key pair")
+@click.option("--type", "key_type", type=click.Choice(["ec-p384", "ec-p256", "rsa-3072",
+                                                       "ml-dsa-65"]), default="ec-p384",
+              show_default=True)
+@click.option("--id", "key_id", default=None, help="CKA_ID in hex (default: random)")
+@click.pass_obj
+@_hsm_errors
+def hsm_keygen(target: HsmTarget, label: str, key_type: str, key_id: str | None) -> None:
+    """Generate a sensitive, non-extractable key pair inside the token and print its URI."""
+    from .keys.pkcs11 import keygen
+    from .keys.uri import Pkcs11Uri
+
+    ident = bytes.fromhex(key_id) if key_id else os.urandom(8)
+    with target.session(rw=True) as session:
+        keygen(session, label, key_type, ident)
+        token = session.token.label
+    click.echo(str(Pkcs11Uri(token=token, object=label, type="private")))
+
+
+@hsm.command("csr")
+@click.option("--label", required=True)
+@click.option("--subject", required=True, help="RFC 4514 subject, e.g. 'CN=ota.example.com,O=Example'")
+@click.option("--dns", "dns_names", multiple=True, help="subjectAltName DNS names (repeatable)")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the CSR here (default: stdout)")
+@click.pass_obj
+@_hsm_errors
+def hsm_csr(target: HsmTarget, label: str, subject: str, dns_names: tuple[str, ...],
+            out: str | None) -> None:
+    """A certificate request signed inside the token with the key LABEL."""
+    from cryptography import x509
+
+    from .keys.pkcs11 import make_csr, public_key_der
+    from .keys.uri import Pkcs11Uri
+
+    try:
+        name = x509.Name.from_rfc4514_string(subject)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--subject") from None
+    uri = Pkcs11Uri(object=label, type="private")
+    with target.session() as session:
+        pem = make_csr(session, uri, name, public_key_der(session, uri), list(dns_names))
+    if out:
+        from pathlib import Path
+
+        Path(out).write_bytes(pem)
+    else:
+        click.echo(pem.decode(), nl=False)
+
+
+@hsm.command("import-cert")
+@click.option("--label", required=True, help="Label for the certificate object (use the key's)")
+@click.option("--id", "key_id", default=None, help="CKA_ID in hex (use the key's)")
+@click.argument("cert", type=click.Path(dir_okay=False, exists=True))
+@click.pass_obj
+@_hsm_errors
+def hsm_import_cert(target: HsmTarget, label: str, key_id: str | None, cert: str) -> None:
+    """Store the leaf certificate of CERT on the token next to its key."""
+    from pathlib import Path
+
+    from cryptography import x509
+
+    from .keys.pkcs11 import import_certificate
+
+    leaf = x509.load_pem_x509_certificates(Path(cert).read_bytes())[0]
+    with target.session(rw=True) as session:
+        import_certificate(session, label, bytes.fromhex(key_id) if key_id else None, leaf)
+    click.echo(f"imported {leaf.subject.rfc4514_string()} as {label!r}")
+
+
+@hsm.command("list")
+@click.pass_obj
+@_hsm_errors
+def hsm_list(target: HsmTarget) -> None:
+    """Keys and certificates on the token."""
+    from .keys.pkcs11 import list_objects
+
+    with target.session() as session:
+        for row in list_objects(session):
+            click.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@hsm.command("uri")
+@click.option("--label", required=True)
+@click.option("--pem-out", type=click.Path(dir_okay=False),
+              help="Also write pkcs11-provider's PEM form of the URI (a key file OpenSSL accepts)")
+@click.pass_obj
+@_hsm_errors
+def hsm_uri(target: HsmTarget, label: str, pem_out: str | None) -> None:
+    """Print the pkcs11: URI of key LABEL (for certificates.server_key_uri)."""
+    from .keys.pkcs11 import public_key_der
+    from .keys.uri import Pkcs11Uri
+
+    with target.session() as session:
+        public_key_der(session, Pkcs11Uri(object=label, type="private"))  # it must exist
+        uri = Pkcs11Uri(token=session.token.label, object=label, type="private")
+    click.echo(str(uri))
+    if pem_out:
+        from pathlib import Path
+
+        Path(pem_out).write_bytes(provider.pem_uri(str(uri)))

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
+INTERMEDIATE_CERT = "ca-ecdsa-p384-intermediate-cert.pem"
+INTERMEDIATE_KEY = "ca-ecdsa-p384-intermediate-key.pem"
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,9 @@ def init(directory: str | os.PathLike[str],
         "qproxy dev ECDSA P-384", lambda: ec.generate_private_key(ec.SECP384R1()))
     write_certs(pki.path("ca-mldsa65-cert.pem"), pq_root)
     write_certs(pki.path("ca-ecdsa-p384-cert.pem"), ec_root)
+    # Kept so that `qproxy pki sign-csr` can issue certificates for keys made elsewhere (an HSM).
+    write_certs(pki.path(INTERMEDIATE_CERT), ec_inter)
+    write_key(pki.path(INTERMEDIATE_KEY), ec_inter_key)
     write_certs(pki.ca_bundle, pq_root, ec_root)
 
     servers = (
@@ -216,3 +221,32 @@ def init(directory: str | os.PathLike[str],
     write_key(pki.client_key, client_key)
     write_certs(pki.client_cert, client, ec_inter)
     return pki
+
+
+class CsrError(ValueError):
+    pass
+
+
+def sign_csr(directory: str | os.PathLike[str], csr_pem: bytes,
+             server_names: tuple[str, ...] = (), days: int = 825) -> bytes:
+    """Issue a server certificate for a CSR with the development ECDSA intermediate CA.
+
+    Returns the chain (leaf, intermediate) as PEM, ready for `certificates.*.cert`."""
+    pki = DevPki(Path(directory))
+    request = x509.load_pem_x509_csr(csr_pem)
+    if not request.is_signature_valid:
+        raise CsrError("the CSR's signature does not verify: it was not signed by its own key")
+    inter = x509.load_pem_x509_certificate(pki.path(INTERMEDIATE_CERT).read_bytes())
+    inter_key = serialization.load_pem_private_key(pki.path(INTERMEDIATE_KEY).read_bytes(), None)
+    names = server_names
+    if not names:
+        try:
+            san = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = tuple(str(v) for v in san.get_values_for_type(x509.DNSName)) + tuple(
+                str(v) for v in san.get_values_for_type(x509.IPAddress))
+        except x509.ExtensionNotFound:
+            names = DEFAULT_SERVER_NAMES
+    common = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    leaf = issue(str(common[0].value) if common else names[0], request.public_key(),
+                 inter.subject, inter_key, ca=False, server_names=names, days=days)
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, inter))

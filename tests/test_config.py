@@ -436,12 +436,12 @@ def test_cli_signature_list_covering_every_certificate(tmp_path, dev):
     assert check(write(tmp_path, config)).exit_code == 0
 
 
-def test_cli_hsm_enabled_is_a_clear_error(tmp_path, dev):
-    config = valid_config(dev, hsm={"enabled": True, "pkcs11_library": "/usr/lib/softhsm.so"})
+def test_cli_hsm_with_missing_library_is_a_clear_error(tmp_path, dev):
+    config = valid_config(dev, hsm={"enabled": True, "pkcs11_library": str(tmp_path / "none.so")})
     result = check(write(tmp_path, config))
     assert result.exit_code == 1
-    assert "hsm.enabled" in result.stderr
-    assert "not supported" in result.stderr
+    assert "hsm.pkcs11_library" in result.stderr
+    assert "does not exist" in result.stderr
 
 
 def test_cli_pkcs11_key_uri_is_a_clear_error(tmp_path, dev):
@@ -450,7 +450,7 @@ def test_cli_pkcs11_key_uri_is_a_clear_error(tmp_path, dev):
     result = check(write(tmp_path, config))
     assert result.exit_code == 1
     assert "certificates.keypairs[0].key" in result.stderr
-    assert "HSM" in result.stderr
+    assert "hsm section" in result.stderr
 
 
 def test_cli_sni_certificates_checked_too(tmp_path, dev):
@@ -464,13 +464,13 @@ def test_cli_sni_certificates_checked_too(tmp_path, dev):
 
 
 def test_cli_reports_several_certificate_problems_at_once(tmp_path, dev):
-    config = valid_config(dev, hsm={"enabled": True})
+    config = valid_config(dev, fips={"enabled": True})
     config["certificates"]["keypairs"][0]["cert"] = str(tmp_path / "gone.pem")
     config["certificates"]["keypairs"][2]["key"] = str(dev.ecdsa_key)
     result = check(write(tmp_path, config))
     assert result.exit_code == 1
     assert "3 problem(s)" in result.stderr
-    for path in ("hsm.enabled", "certificates.keypairs[0].cert", "certificates.keypairs[2].key"):
+    for path in ("fips.enabled", "certificates.keypairs[0].cert", "certificates.keypairs[2].key"):
         assert path in result.stderr
 
 

@@ -98,7 +98,28 @@ class HsmSection(Section):
     token_label: str | None = None
     pin: str | None = None
     pin_file: str | None = None
+    # pkcs11-provider keeps a session per process and per operation; the pool bound of the
+    # seed format is passed to it as its session cache size.
     session_pool_size: Annotated[int, Field(ge=1)] = 10
+    provider_module: str | None = None
+
+    @model_validator(mode="after")
+    def _library_when_enabled(self) -> "HsmSection":
+        if self.enabled and not self.pkcs11_library:
+            raise ValueError("pkcs11_library is required when enabled is true (the vendor's "
+                             "PKCS#11 library, e.g. /usr/lib/libCryptoki2_64.so)")
+        return self
+
+
+class ProviderSpec(Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    module: str | None = None
+    activate: bool = True
+    settings: dict[str, str] = {}
+
+
+class OpensslSection(Section):
+    providers: tuple[ProviderSpec, ...] = ()
 
 
 class AlgorithmsSection(Section):
@@ -171,6 +192,7 @@ class ServerConfig(Section):
     tls: TlsSection = TlsSection()
     certificates: CertificatesSection
     hsm: HsmSection = HsmSection()
+    openssl: OpensslSection = OpensslSection()
     algorithms: AlgorithmsSection = AlgorithmsSection()
     logging: LoggingSection = LoggingSection()
     metrics: MetricsSection = MetricsSection()

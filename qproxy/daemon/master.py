@@ -166,12 +166,22 @@ class Master:
         self.metrics_pid = self._fork(run)
 
     def _start_generation(self, generation: ServingGeneration) -> bool:
-        """Fork a whole generation and wait until every worker listens."""
-        pending = {}
+        """Fork a whole generation and wait until every worker listens.
+
+        Workers that log in to an HSM start one after another: PKCS#11 tokens (SoftHSM2's
+        file store among them) can fail a module initialised by several processes at once."""
+        one_by_one = generation.server_tls.uses_hsm
+        deadline = time.monotonic() + READY_TIMEOUT
+        pending: dict[int, int] = {}
         for slot in range(generation.size):
             pid, ready_fd = self._spawn_worker(generation, slot)
             pending[ready_fd] = pid
-        deadline = time.monotonic() + READY_TIMEOUT
+            if one_by_one and not self._await_ready(generation, pending, deadline):
+                return False
+        return self._await_ready(generation, pending, deadline)
+
+    def _await_ready(self, generation: ServingGeneration, pending: dict[int, int],
+                     deadline: float) -> bool:
         ok = True
         while pending and ok:
             remaining = deadline - time.monotonic()
@@ -187,9 +197,10 @@ class Master:
                     log.error("worker exited before it was ready", worker_pid=pid,
                               generation=generation.number)
                     ok = False
-        for fd in pending:
-            os.close(fd)
         if not ok:
+            for fd in pending:
+                os.close(fd)
+            pending.clear()
             self._terminate(generation, signal.SIGKILL)
         return ok
 

@@ -84,12 +84,17 @@ class Observer:
         kind = self.server_tls.key_kind_of(info.own_cert_der)
         return sigalg_for_key(kind, info.version) if kind else None
 
+    def _key_source(self, info: HandshakeInfo) -> str | None:
+        pair = None if info.resumed else self.server_tls.pair_of(info.own_cert_der)
+        return pair.key_source if pair else None
+
     def handshake_done(self, peer: str, info: HandshakeInfo, seconds: float) -> None:
         sigalg = self.sigalg(info)
         group = info.group or "-"
         m = self.metrics
         m.handshakes.labels("ok", group, sigalg or "-", str(info.resumed).lower()).inc()
-        m.handshake_seconds.labels(group, sigalg or "-", "file").observe(seconds)
+        key_source = self._key_source(info) or "none"
+        m.handshake_seconds.labels(group, sigalg or "-", key_source).observe(seconds)
         if not is_post_quantum(info.group):
             m.classical_fallbacks.labels(group).inc()
             self.log.info("classical key exchange", client=peer, ssl_curve=group,
@@ -101,6 +106,9 @@ class Observer:
         m.handshake_failures.labels(_reason_class(reason), alert or "none").inc()
         if alert:
             m.alerts_sent.labels(alert).inc()
+        if alert == "internal_error" and self.server_tls.uses_hsm:
+            # With an HSM, an internal error is almost always the token failing to sign.
+            m.hsm_errors.inc()
         self.log.warning("handshake failed", client=peer, reason=reason, alert=alert,
                          duration_ms=round(seconds * 1000, 2))
 
@@ -160,6 +168,7 @@ class Observer:
                 tls_version=info.version,
                 ssl_curve=info.group,
                 ssl_sigalg=self.sigalg(info),
+                ssl_key_source=self._key_source(info),
                 ssl_cipher=info.cipher,
                 ssl_session_reused=info.resumed,
                 ssl_server_name=info.server_name,

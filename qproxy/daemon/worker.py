@@ -142,6 +142,9 @@ def worker_main(number: int, config: ServerConfig, server_tls: ServerTls, metric
     """Entry point in a freshly forked child."""
     import uvloop
 
+    # Only now, in the worker, does the PKCS#11 module get loaded (it is not fork-safe).
+    server_tls.load_hsm_keys()
+
     async def main() -> int:
         # aiohttp's server objects bind to the running loop: build them inside it.
         generation = Generation(number, config, server_tls, metrics, ConnectionCount())

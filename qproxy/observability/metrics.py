@@ -56,6 +56,8 @@ class Metrics:
                                  "1 when a backend server is in rotation (in every live worker)",
                                  ["upstream", "server"], registry=r, multiprocess_mode="livemin")
 
+        self.hsm_errors = Counter("qtls_hsm_errors", "Handshakes that failed with an internal "
+                                  "error while HSM keys are in use", registry=r)
         self.reloads = Counter("qtls_config_reloads", "Configuration reloads (SIGHUP) by result",
                                ["result"], registry=r)
         self.generation = Gauge("qtls_config_generation", "Configuration generation serving",

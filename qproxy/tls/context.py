@@ -21,6 +21,9 @@ from OpenSSL import SSL
 
 from ..config.model import KeyPair, ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError
+from ..keys import uri as pkcs11_uri
+from ..keys.provider import memory_file, pem_uri
+from ..keys.uri import Pkcs11Uri
 from . import openssl_ext
 from .certinfo import describe_key
 from .policy import PolicyError, TlsPolicy, build_policy, key_usable
@@ -45,6 +48,13 @@ class LoadedPair:
     key_kind: str
     leaf: x509.Certificate
     leaf_der: bytes
+    json_path: str = ""
+    key_uri: Pkcs11Uri | None = None
+    """Set for keys in an HSM: `key_path` is then the provider's PEM form of the URI."""
+
+    @property
+    def key_source(self) -> str:
+        return "hsm" if self.key_uri is not None else "file"
 
 
 @dataclass
@@ -56,7 +66,9 @@ class ServerTls:
     policy: TlsPolicy
     pairs: list[LoadedPair]
     warnings: list[str] = field(default_factory=list)
-    _key_kinds: dict[bytes, str] = field(default_factory=dict)
+    deferred: list[tuple[SSL.Context, LoadedPair]] = field(default_factory=list)
+    """HSM keys to load after fork, in each worker (PKCS#11 modules are not fork-safe)."""
+    _by_der: dict[bytes, LoadedPair] = field(default_factory=dict)
 
     def context_for(self, server_name: str | None) -> SSL.Context:
         if not server_name or not self.by_name:
@@ -67,13 +79,31 @@ class ServerTls:
         _, _, parent = name.partition(".")
         return self.by_name.get("*." + parent, self.default)
 
-    def key_kind_of(self, leaf_der: bytes | None) -> str | None:
-        """Which key signed: maps the certificate OpenSSL chose back to its key description."""
+    def pair_of(self, leaf_der: bytes | None) -> LoadedPair | None:
+        """Which pair signed: maps the certificate OpenSSL chose back to its pair."""
         if leaf_der is None:
             return None
-        if not self._key_kinds:
-            self._key_kinds = {p.leaf_der: p.key_kind for p in self.pairs}
-        return self._key_kinds.get(leaf_der)
+        if not self._by_der:
+            self._by_der = {p.leaf_der: p for p in self.pairs}
+        return self._by_der.get(leaf_der)
+
+    def key_kind_of(self, leaf_der: bytes | None) -> str | None:
+        pair = self.pair_of(leaf_der)
+        return pair.key_kind if pair else None
+
+    @property
+    def uses_hsm(self) -> bool:
+        return any(p.key_uri is not None for p in self.pairs)
+
+    def load_hsm_keys(self) -> None:
+        """In a worker, after fork: put the HSM-backed keys into the inherited contexts."""
+        for ctx, pair in self.deferred:
+            try:
+                ctx.use_privatekey_file(pair.key_path)
+                ctx.check_privatekey()
+            except SSL.Error as exc:
+                raise ConfigError(pair.json_path, f"the HSM key {pair.key_uri} could not be "
+                                  f"used through pkcs11-provider: {exc}") from None
 
 
 def check_platform() -> str:
@@ -98,17 +128,35 @@ def _read(path: str, json_path: str, what: str) -> bytes:
         raise ConfigError(json_path, f"cannot read {what} {path!r}: {exc.strerror}") from None
 
 
-def load_pair(pair: KeyPair, json_path: str, warnings: list[str]) -> LoadedPair:
-    """Parse one certificate chain and key with `cryptography`, for errors a person can act on."""
-    if pair.key.startswith("pkcs11:"):
-        raise ConfigError(json_path + ".key", "pkcs11: key URIs need HSM support, which this "
-                          "version does not have yet; give a PEM key file")
+def _load_leaf(pair: KeyPair, json_path: str) -> x509.Certificate:
     cert_data = _read(pair.cert, json_path + ".cert", "certificate")
     try:
-        chain = x509.load_pem_x509_certificates(cert_data)
+        return x509.load_pem_x509_certificates(cert_data)[0]
     except ValueError:
         raise ConfigError(json_path + ".cert", f"{pair.cert!r} holds no PEM certificate") from None
-    leaf = chain[0]
+
+
+def load_hsm_pair(pair: KeyPair, json_path: str, hsm_enabled: bool) -> LoadedPair:
+    """A certificate whose key stays in the HSM; the key itself is checked with python-pkcs11."""
+    if not hsm_enabled:
+        raise ConfigError(json_path + ".key", "a pkcs11: key needs the hsm section "
+                          "(hsm.enabled: true, hsm.pkcs11_library, a PIN)")
+    try:
+        uri = pkcs11_uri.parse(pair.key)
+    except pkcs11_uri.UriError as exc:
+        raise ConfigError(json_path + ".key", str(exc)) from None
+    leaf = _load_leaf(pair, json_path)
+    key_path = memory_file("qtls-hsm-key", pem_uri(pair.key))
+    return LoadedPair(pair.cert, key_path, describe_key(leaf.public_key()), leaf,
+                      leaf.public_bytes(serialization.Encoding.DER), json_path, uri)
+
+
+def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
+              hsm_enabled: bool = False) -> LoadedPair:
+    """Parse one certificate chain and key with `cryptography`, for errors a person can act on."""
+    if pkcs11_uri.is_pkcs11_uri(pair.key):
+        return load_hsm_pair(pair, json_path, hsm_enabled)
+    leaf = _load_leaf(pair, json_path)
     key_data = _read(pair.key, json_path + ".key", "private key")
     try:
         key = serialization.load_pem_private_key(key_data, password=None)
@@ -131,7 +179,7 @@ def load_pair(pair: KeyPair, json_path: str, warnings: list[str]) -> LoadedPair:
         warnings.append(f"{json_path}.cert: {pair.cert!r} expired on "
                         f"{leaf.not_valid_after_utc:%Y-%m-%d}; clients will refuse it")
     return LoadedPair(pair.cert, pair.key, describe_key(leaf.public_key()), leaf,
-                      leaf.public_bytes(serialization.Encoding.DER))
+                      leaf.public_bytes(serialization.Encoding.DER), json_path)
 
 
 def _alpn_select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
@@ -174,24 +222,29 @@ def _new_context(config: ServerConfig, policy: TlsPolicy,
     return ctx
 
 
-def _install_pairs(ctx: SSL.Context, pairs: list[LoadedPair], json_paths: list[str]) -> None:
-    for pair, path in zip(pairs, json_paths):
+def _install_pairs(ctx: SSL.Context, pairs: list[LoadedPair],
+                   deferred: list[tuple[SSL.Context, LoadedPair]]) -> None:
+    for pair in pairs:
         try:
             ctx.use_certificate_chain_file(pair.cert_path)
+            if pair.key_uri is not None:
+                deferred.append((ctx, pair))
+                continue
             ctx.use_privatekey_file(pair.key_path)
             ctx.check_privatekey()
         except SSL.Error as exc:
-            raise ConfigError(path, f"OpenSSL refused {pair.cert_path!r} / {pair.key_path!r}: "
-                              f"{exc}") from None
+            raise ConfigError(pair.json_path, f"OpenSSL refused {pair.cert_path!r} / "
+                              f"{pair.key_path!r}: {exc}") from None
 
 
 def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy,
-              errors: list[ConfigError], warnings: list[str]) -> list[LoadedPair]:
+              errors: list[ConfigError], warnings: list[str], hsm_enabled: bool,
+              ) -> list[LoadedPair]:
     loaded: list[LoadedPair] = []
     slots: dict[str, str] = {}
     for pair, path in zip(pairs, paths):
         try:
-            item = load_pair(pair, path, warnings)
+            item = load_pair(pair, path, warnings, hsm_enabled)
         except ConfigError as exc:
             errors.append(exc)
             continue
@@ -223,9 +276,6 @@ def _policy(config: ServerConfig) -> TlsPolicy:
 
 def _unsupported_sections(config: ServerConfig) -> list[ConfigError]:
     errors = []
-    if config.hsm.enabled:
-        errors.append(ConfigError("hsm.enabled", "HSM (PKCS#11) keys are not supported by this "
-                                  "version yet; set it to false and use key files"))
     if config.fips.enabled:
         errors.append(ConfigError("fips.enabled", "the bundled OpenSSL has no FIPS provider; "
                                   "set it to false"))
@@ -257,29 +307,31 @@ def build_server_tls(config: ServerConfig, source: str = "<config>",
     offset = 1 if certs.server_cert else 0
     default_paths = (["certificates.server_cert"] if certs.server_cert else []) + [
         f"certificates.keypairs[{i}]" for i in range(len(default_pairs) - offset)]
-    loaded_default = _load_set(default_pairs, default_paths, policy, errors, warnings)
-    loaded_sni: dict[str, tuple[list[LoadedPair], list[str]]] = {}
+    hsm = config.hsm.enabled
+    loaded_default = _load_set(default_pairs, default_paths, policy, errors, warnings, hsm)
+    loaded_sni: dict[str, list[LoadedPair]] = {}
     for name, pairs in certs.sni.items():
         paths = [f"certificates.sni.{name}[{i}]" for i in range(len(pairs))]
-        loaded_sni[name.lower()] = (_load_set(pairs, paths, policy, errors, warnings), paths)
+        loaded_sni[name.lower()] = _load_set(pairs, paths, policy, errors, warnings, hsm)
     if errors:
         raise ConfigErrors(source, errors)
 
+    deferred: list[tuple[SSL.Context, LoadedPair]] = []
     try:
         default = _new_context(config, policy, info_callback)
-        _install_pairs(default, loaded_default, default_paths)
+        _install_pairs(default, loaded_default, deferred)
         by_name = {}
-        for name, (pairs, paths) in loaded_sni.items():
+        for name, pairs in loaded_sni.items():
             ctx = _new_context(config, policy, info_callback)
-            _install_pairs(ctx, pairs, paths)
+            _install_pairs(ctx, pairs, deferred)
             by_name[name] = ctx
     except ConfigError as exc:
         raise ConfigErrors(source, [exc]) from None
     except (SSL.Error, openssl_ext.OpenSSLCallError) as exc:
         raise ConfigErrors(source, [ConfigError("tls", f"OpenSSL refused the settings: {exc}")]) from None
 
-    all_pairs = loaded_default + [p for pairs, _ in loaded_sni.values() for p in pairs]
-    server_tls = ServerTls(default, by_name, policy, all_pairs, warnings)
+    all_pairs = loaded_default + [p for pairs in loaded_sni.values() for p in pairs]
+    server_tls = ServerTls(default, by_name, policy, all_pairs, warnings, deferred)
     if by_name:
         def choose(connection: SSL.Connection) -> None:
             name = connection.get_servername()
