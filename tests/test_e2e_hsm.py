@@ -86,6 +86,9 @@ def test_hsm_key_signs_handshakes_and_never_leaves_the_token(start_server, dev_p
                                                              token, hsm_cert):
     listed = qproxy("hsm", "list").stdout
     assert "class=private_key  label=server-key" in listed and "extractable=false" in listed
+    ids = {line.split("  ")[0]: line.split("id=")[1].split()[0]
+           for line in listed.splitlines() if "id=" in line}
+    assert ids["class=certificate"] == ids["class=private_key"] != ""  # stored next to its key
     server = start_server(hsm_config(dev_pki, backend, token, hsm_cert))
     conn = tls_connect(server.port, client_context(cafile=dev_pki.ca_bundle))
     assert openssl_ext.verify_result(conn) == 0

@@ -284,7 +284,12 @@ def public_key_der(session, uri: Pkcs11Uri) -> bytes:
 
 
 def import_certificate(session, label: str, key_id: bytes | None, cert: x509.Certificate) -> None:
+    """Store `cert` next to its key: same label and, unless given, the key's CKA_ID."""
     from pkcs11 import Attribute, CertificateType, ObjectClass
+
+    if key_id is None:
+        keys = _find(session, Pkcs11Uri(object=label), ObjectClass.PRIVATE_KEY)
+        key_id = bytes(keys[0][Attribute.ID]) if keys else None
 
     session.create_object({
         Attribute.CLASS: ObjectClass.CERTIFICATE,
