@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Debian/Ubuntu packages qproxy needs. Usage: install-system-deps.sh run|test
 #   run:  curl, and python3 with venv unless the python3 on PATH already has it
-#   test: + chromium (a real post-quantum browser for the end-to-end tests)
+#   test: + chromium, nginx-light, wrk (end-to-end tests and the benchmark smoke test)
 #   run and test: softhsm2 and pkcs11-provider (HSM keys; on Debian 12 from bookworm-backports)
 set -euo pipefail
 
 want=(curl ca-certificates softhsm2)
 python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3 python3-venv)
-[ "${1:-run}" = test ] && want+=(chromium)
+# chromium: a real post-quantum browser; nginx-light and wrk: the peer and load tool of the
+# benchmarks, whose harness the tests smoke-run.
+[ "${1:-run}" = test ] && want+=(chromium nginx-light wrk)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()

@@ -1,0 +1,208 @@
+"""The servers a benchmark run starts: a static nginx backend, nginx as the classical TLS peer,
+and qtls-server, all on 127.0.0.1 with ports chosen at run time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from qproxy import pki
+
+ROOT = Path(__file__).resolve().parents[1]
+ONE_KIB = b"q" * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+@dataclass
+class Certs:
+    pki: pki.DevPki
+    ecdsa_p256_cert: Path
+    ecdsa_p256_key: Path
+
+
+def make_certs(directory: Path) -> Certs:
+    dev = pki.init(directory / "pki")
+    # nginx and qtls-server's classical scenario use the same ECDSA P-256 certificate.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    inter = x509.load_pem_x509_certificate(dev.path(pki.INTERMEDIATE_CERT).read_bytes())
+    inter_key = serialization.load_pem_private_key(dev.path(pki.INTERMEDIATE_KEY).read_bytes(),
+                                                   None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = pki.issue("localhost", key.public_key(), inter.subject, inter_key, ca=False,
+                     server_names=pki.DEFAULT_SERVER_NAMES)
+    cert_path, key_path = directory / "p256-cert.pem", directory / "p256-key.pem"
+    pki.write_certs(cert_path, leaf, inter)
+    pki.write_key(key_path, key)
+    return Certs(dev, cert_path, key_path)
+
+
+class Process:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self._handle = log.open("wb")
+        self.proc = subprocess.Popen(args, stdout=self._handle, stderr=subprocess.STDOUT,
+                                     env=env, cwd=ROOT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._handle.close()
+
+
+def _nginx_conf(directory: Path, body: str, workers: int) -> Path:
+    conf = directory / "nginx.conf"
+    conf.write_text(f"""
+worker_processes {workers};
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+daemon off;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    keepalive_requests 1000000;
+{body}
+}}
+""")
+    return conf
+
+
+def start_backend(directory: Path, big_size: int) -> tuple[Process, int]:
+    """Static nginx (every core): the thing behind both proxies, never the bottleneck."""
+    root = directory / "www"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "1k").write_bytes(ONE_KIB)
+    with (root / "big").open("wb") as handle:
+        handle.truncate(big_size)  # sparse: no disk cost
+    for path in (directory, root, root / "1k", root / "big"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    port = free_port()
+    conf = _nginx_conf(directory, f"""
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {root};
+        location = /1k {{ default_type application/octet-stream; }}
+        location = /big {{ default_type application/octet-stream; }}
+        location = /upload {{ client_max_body_size 0; return 200 "ok\\n"; }}
+    }}""", workers=os.cpu_count() or 1)
+    proc = Process([_nginx(), "-c", str(conf)], directory / "backend.log")
+    wait_port(port)
+    return proc, port
+
+
+def start_nginx_peer(directory: Path, certs: Certs, backend: int, workers: int
+                     ) -> tuple[Process, int]:
+    port = free_port()
+    conf = _nginx_conf(directory, f"""
+    upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_certificate {certs.ecdsa_p256_cert};
+        ssl_certificate_key {certs.ecdsa_p256_key};
+        ssl_protocols TLSv1.3;
+        ssl_session_tickets on;
+        ssl_session_timeout 1h;
+        client_max_body_size 0;
+        proxy_request_buffering off;
+        proxy_buffering off;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}""", workers=workers)
+    proc = Process([_nginx(), "-c", str(conf)], directory / "nginx-peer.log")
+    wait_port(port)
+    return proc, port
+
+
+def start_qtls(directory: Path, pairs: list[tuple[Path, Path]], backend: int, workers: int,
+               name: str) -> tuple[Process, int, int]:
+    port, metrics = free_port(), free_port()
+    config = {
+        "server": {"listen_address": "127.0.0.1", "listen_port": port, "workers": workers,
+                   "max_connections": 100000, "backlog": 4096},
+        "certificates": {"keypairs": [{"cert": str(c), "key": str(k)} for c, k in pairs]},
+        "algorithms": {"kem": ["kyber768", "x25519", "kyber1024", "ecdhe-p384"]},
+        "logging": {"level": "info", "console": True, "access_log": False},
+        "metrics": {"enabled": True, "address": "127.0.0.1", "port": metrics},
+        "upstreams": {"backend": {"servers": [f"127.0.0.1:{backend}"], "keepalive": 64}},
+    }
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(config))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    proc = Process([sys.executable, "-m", "qproxy", "serve", "--config", str(path)],
+                   directory / f"{name}.log", env)
+    wait_port(port)
+    wait_port(metrics)
+    return proc, port, metrics
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def qtls_worker_pids(log: Path, timeout: float = 30.0) -> list[int]:
+    """The workers qtls-server's master announced (its other child serves metrics)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if '"listening"' in line:
+                return list(json.loads(line)["workers"])
+        time.sleep(0.05)
+    raise TimeoutError(f"qtls-server did not log its workers in {log}")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _nginx() -> str:
+    path = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(path).exists():
+        raise RuntimeError("nginx is not installed: `make bench` installs it (Debian nginx-light)")
+    return path

@@ -1,0 +1,300 @@
+"""`make bench`: qtls-server against the crypto bound and against nginx, in one run.
+
+    python -m benchmarks.run [--workers 1 2] [--runs 5] [--seconds 3] [--write]
+
+Loopback only; every loop is bounded in time and count. Prints a table per worker count and,
+with --write, prepends it to benchmarks/RESULTS.md with the date, the machine and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import crypto_bound, loadgen, peers
+from .loadgen import ClientSpec
+
+GROUPS_PQ = "X25519MLKEM768"
+SIGALGS = {"mldsa": "mldsa65", "p256": "ecdsa_secp256r1_sha256", "p384": "ecdsa_secp384r1_sha384"}
+
+
+@dataclass
+class Row:
+    scenario: str
+    unit: str
+    ours: list[float] = field(default_factory=list)
+    peer: list[float] = field(default_factory=list)
+    bound: float | None = None
+    note: str = ""
+
+    @staticmethod
+    def _fmt(values: list[float]) -> str:
+        if not values:
+            return "—"
+        median = statistics.median(values)
+        spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+        return f"{median:,.1f} ± {spread:,.1f}" if median < 100 else f"{median:,.0f} ± {spread:,.0f}"
+
+    def markdown(self) -> str:
+        ratio_peer = (f"{statistics.median(self.ours) / statistics.median(self.peer):.0%}"
+                      if self.ours and self.peer and statistics.median(self.peer) else "—")
+        ratio_bound = (f"{statistics.median(self.ours) / self.bound:.0%}"
+                       if self.ours and self.bound else "—")
+        bound = f"{self.bound:,.0f}" if self.bound else "—"
+        return (f"| {self.scenario} | {self.unit} | {self._fmt(self.ours)} | "
+                f"{self._fmt(self.peer)} | {ratio_peer} | {bound} | {ratio_bound} | {self.note} |")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def parallel(pool: mp.pool.Pool, function, args: list[tuple]) -> list[loadgen.Outcome]:
+    return pool.starmap(function, args)
+
+
+def handshake_rate(pool, clients: int, spec: ClientSpec, seconds: float, server_pids: list[int],
+                   resume: bool = False, request: bool = False) -> tuple[float, float, set[str]]:
+    """(per second, server CPU share used, groups seen)."""
+    cpu_before, start = server_cpu(server_pids), time.perf_counter()
+    results = parallel(pool, loadgen.handshakes, [(spec, seconds, resume, request)] * clients)
+    wall = time.perf_counter() - start
+    busy = (server_cpu(server_pids) - cpu_before) / wall
+    count = sum(r.count for r in results)
+    errors = sum(r.errors for r in results)
+    if errors:
+        print(f"  warning: {errors} errors", file=sys.stderr)
+    if resume and sum(r.resumed for r in results) < count:
+        print("  warning: not every connection resumed", file=sys.stderr)
+    return count / wall, busy, set().union(*(r.groups for r in results))
+
+
+def wrk_rate(port: int, seconds: float, connections: int) -> float | None:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    threads = max(1, min(connections, os.cpu_count() or 1))
+    out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, int(seconds))}s",
+                          f"https://127.0.0.1:{port}/1k"], capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(match.group(1)) if match else None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency(pool, clients: int, spec: ClientSpec, rate: float, seconds: float
+            ) -> tuple[float, float]:
+    results = parallel(pool, loadgen.keepalive, [(spec, seconds, rate / clients)] * clients)
+    samples = [x for r in results for x in r.latencies]
+    return percentile(samples, 0.5) * 1000, percentile(samples, 0.99) * 1000
+
+
+def idle_memory(server_pid: int, spec: ClientSpec, count: int) -> float:
+    """Bytes of server RSS per idle TLS connection."""
+    before = peers.rss_bytes(server_pid)
+    ctx = mp.get_context("fork")
+    ready = ctx.Queue()
+    holder = ctx.Process(target=loadgen.hold_idle, args=(spec, count, 600, ready))
+    holder.start()
+    try:
+        opened = ready.get(timeout=600)
+        time.sleep(1.0)
+        after = peers.rss_bytes(server_pid)
+    finally:
+        holder.terminate()
+        holder.join(30)
+    return (after - before) / max(1, opened)
+
+
+def run_for_workers(workers: int, args, work: Path, certs: peers.Certs, backend: int,
+                    bounds: dict[str, crypto_bound.HandshakeCost]) -> list[Row]:
+    started: list[peers.Process] = []
+    rows: list[Row] = []
+    try:
+        qtls, port, _ = peers.start_qtls(work, [(certs.pki.mldsa_cert, certs.pki.mldsa_key),
+                                                (certs.ecdsa_p256_cert, certs.ecdsa_p256_key)],
+                                         backend, workers, f"qtls-w{workers}")
+        started.append(qtls)
+        qtls384, port384, _ = peers.start_qtls(work, [(certs.pki.ecdsa_cert, certs.pki.ecdsa_key)],
+                                               backend, workers, f"qtls384-w{workers}")
+        started.append(qtls384)
+        nginx_dir = work / f"nginx-w{workers}"
+        nginx_dir.mkdir()
+        nginx, nginx_port = peers.start_nginx_peer(nginx_dir, certs, backend, workers)
+        started.append(nginx)
+        ours = peers.qtls_worker_pids(qtls.log)
+        ours384 = peers.qtls_worker_pids(qtls384.log)
+        nginx_workers = peers.worker_pids(nginx.proc.pid)
+        clients = args.clients or 2 * (os.cpu_count() or 1)
+        busy_notes: dict[str, list[float]] = {}
+
+        with mp.get_context("fork").Pool(clients) as pool:
+            def hs_row(name, groups, sigalg, bound_key, our_port, our_pids, peer=False):
+                row = Row(f"full handshakes: {name}", "hs/s",
+                          bound=bounds[bound_key].per_second * workers)
+                for _ in range(args.runs):
+                    rate, busy, seen = handshake_rate(pool, clients, ClientSpec(
+                        our_port, groups, sigalg), args.seconds, our_pids)
+                    row.ours.append(rate)
+                    busy_notes.setdefault(row.scenario, []).append(busy / workers)
+                    if peer:
+                        rate, _, _ = handshake_rate(pool, clients, ClientSpec(
+                            nginx_port, "X25519", sigalg), args.seconds, nginx_workers)
+                        row.peer.append(rate)
+                cpu = statistics.median(busy_notes[row.scenario])
+                row.note = f"server CPU {cpu:.0%} of {workers} core(s)"
+                rows.append(row)
+
+            hs_row("X25519MLKEM768 + ML-DSA-65", GROUPS_PQ, SIGALGS["mldsa"],
+                   "X25519MLKEM768 + ML-DSA-65", port, ours)
+            hs_row("X25519MLKEM768 + ECDSA P-256", GROUPS_PQ, SIGALGS["p256"],
+                   "X25519MLKEM768 + ECDSA P-256", port, ours)
+            hs_row("SecP384r1MLKEM1024 + ECDSA P-384", "SecP384r1MLKEM1024", SIGALGS["p384"],
+                   "SecP384r1MLKEM1024 + ECDSA P-384", port384, ours384)
+            hs_row("X25519 + ECDSA P-256 (classical; peer nginx)", "X25519", SIGALGS["p256"],
+                   "X25519 + ECDSA P-256 (classical)", port, ours, peer=True)
+
+            row = Row("resumed handshakes (PSK, X25519MLKEM768)", "hs/s")
+            for _ in range(args.runs):
+                row.ours.append(handshake_rate(pool, clients, ClientSpec(port, GROUPS_PQ),
+                                               args.seconds, ours, resume=True)[0])
+                row.peer.append(handshake_rate(pool, clients, ClientSpec(nginx_port, "X25519"),
+                                               args.seconds, nginx_workers, resume=True)[0])
+            rows.append(row)
+
+            row = Row("new connection per request (classical, 1 KiB)", "req/s")
+            for _ in range(args.runs):
+                spec = ClientSpec(port, "X25519", SIGALGS["p256"])
+                row.ours.append(handshake_rate(pool, clients, spec, args.seconds, ours,
+                                               request=True)[0])
+                spec = ClientSpec(nginx_port, "X25519", SIGALGS["p256"])
+                row.peer.append(handshake_rate(pool, clients, spec, args.seconds, nginx_workers,
+                                               request=True)[0])
+            rows.append(row)
+
+            row = Row("keep-alive requests, 64 connections, 1 KiB (wrk)", "req/s")
+            for _ in range(args.runs):
+                ours_rate, peer_rate = wrk_rate(port, args.seconds, 64), wrk_rate(
+                    nginx_port, args.seconds, 64)
+                if ours_rate is not None and peer_rate is not None:
+                    row.ours.append(ours_rate)
+                    row.peer.append(peer_rate)
+            row.note = "" if row.ours else "wrk not installed"
+            rows.append(row)
+
+            # Latency added by the proxy at half of its keep-alive peak, vs the backend direct.
+            peak = statistics.median(row.ours) if row.ours else 1000.0
+            row = Row(f"p50 / p99 latency at {peak / 2:,.0f} req/s (ms)", "ms")
+            p50s, p99s, d50s, d99s = [], [], [], []
+            for _ in range(args.runs):
+                p50, p99 = latency(pool, clients, ClientSpec(port, "X25519", SIGALGS["p256"]),
+                                   peak / 2, args.seconds)
+                d50, d99 = latency(pool, clients, ClientSpec(backend, tls=False), peak / 2,
+                                   args.seconds)
+                p50s.append(p50), p99s.append(p99), d50s.append(d50), d99s.append(d99)
+            row.ours = [statistics.median(p50s), statistics.median(p99s)]
+            row.note = (f"p50 {statistics.median(p50s):.2f} / p99 {statistics.median(p99s):.2f} "
+                        f"through qtls-server vs p50 {statistics.median(d50s):.2f} / p99 "
+                        f"{statistics.median(d99s):.2f} direct: added p99 "
+                        f"{statistics.median(p99s) - statistics.median(d99s):.2f} ms")
+            row.ours = []
+            rows.append(row)
+
+        for direction in ("download", "upload"):
+            row = Row(f"1 transfer of {args.big >> 20} MiB, {direction}", "MB/s")
+            growth = []
+            for _ in range(max(1, args.runs // 2)):
+                for target, target_port, pids in ((row.ours, port, ours),
+                                                  (row.peer, nginx_port, nginx_workers)):
+                    before = max(peers.rss_bytes(p) for p in pids)
+                    spec = ClientSpec(target_port, "X25519", SIGALGS["p256"])
+                    out = (loadgen.transfer_download(spec, "/big") if direction == "download"
+                           else loadgen.transfer_upload(spec, "/upload", args.big))
+                    target.append(out.bytes / out.latencies[0] / 1e6)
+                    if target is row.ours:
+                        growth.append(max(peers.rss_bytes(p) for p in pids) - before)
+            row.note = f"worker RSS growth ≤ {max(growth) >> 20} MiB"
+            rows.append(row)
+
+        if args.idle:
+            row = Row(f"memory per idle TLS connection ({args.idle:,} held)", "bytes")
+            row.ours = [idle_memory(ours[0], ClientSpec(port, "X25519", SIGALGS["p256"]),
+                                    args.idle // workers)] if workers == 1 else []
+            row.peer = [idle_memory(nginx_workers[0], ClientSpec(nginx_port, "X25519",
+                                                                 SIGALGS["p256"]),
+                                    args.idle // workers)] if workers == 1 else []
+            row.note = "1 worker only" if workers == 1 else "measured with 1 worker"
+            if workers == 1:
+                rows.append(row)
+    finally:
+        for process in reversed(started):
+            process.stop()
+    return rows
+
+
+HEADER = ("| scenario | unit | qtls-server | nginx (OpenSSL 3.0) | ours/peer | crypto bound | "
+          "ours/bound | note |\n|---|---|---|---|---|---|---|---|")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=0, help="load processes (default 2×cores)")
+    parser.add_argument("--big", type=int, default=1 << 30, help="transfer size in bytes")
+    parser.add_argument("--idle", type=int, default=10000, help="idle connections (0: skip)")
+    parser.add_argument("--write", action="store_true", help="prepend the tables to RESULTS.md")
+    args = parser.parse_args(argv)
+
+    primitives = crypto_bound.measure_primitives()
+    bounds = crypto_bound.handshake_costs(primitives)
+    lines = [f"## {dt.date.today().isoformat()} — {os.cpu_count()} cores, {platform.machine()}, "
+             f"Python {platform.python_version()}",
+             "", f"Command: `python -m benchmarks.run {' '.join(argv or sys.argv[1:])}`", "",
+             "Crypto per full handshake (server side, this machine): " + ", ".join(
+                 f"{c.name} {c.seconds * 1e3:.2f} ms" for c in bounds.values()), ""]
+    with tempfile.TemporaryDirectory(prefix="qtls-bench-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)  # nginx's workers (www-data when started as root) read files here
+        certs = peers.make_certs(work)
+        backend_proc, backend = peers.start_backend(work / "backend", args.big)
+        try:
+            for workers in args.workers:
+                rows = run_for_workers(workers, args, work, certs, backend, bounds)
+                lines += [f"### {workers} worker(s)", "", HEADER, *(r.markdown() for r in rows), ""]
+                print("\n".join(lines[-len(rows) - 4:]), flush=True)
+        finally:
+            backend_proc.stop()
+    report = "\n".join(lines) + "\n"
+    if args.write:
+        results = Path(__file__).with_name("RESULTS.md")
+        previous = results.read_text() if results.exists() else "# Benchmark results\n\n"
+        head, _, rest = previous.partition("\n\n")
+        results.write_text(f"{head}\n\n{report}\n{rest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
