@@ -172,19 +172,22 @@ def transfer_upload(spec: ClientSpec, path: str, size: int) -> Outcome:
     conn = _connect(spec, _context(spec))
     chunk = b"\xa5" * (256 * 1024)
     start = time.perf_counter()
-    conn.sendall(f"PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n"
-                 .encode())
     sent = 0
-    while sent < size:
-        piece = chunk[: min(len(chunk), size - sent)]
-        conn.sendall(piece)
-        sent += len(piece)
     buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = conn.recv(65536)
-        if not data:
-            break
-        buf += data
+    try:
+        conn.sendall(f"PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n"
+                     .encode())
+        while sent < size:
+            piece = chunk[: min(len(chunk), size - sent)]
+            conn.sendall(piece)
+            sent += len(piece)
+        while b"\r\n\r\n" not in buf:
+            data = conn.recv(65536)
+            if not data:
+                break
+            buf += data
+    except (OSError, SSL.Error):
+        pass  # counted as an error below
     elapsed = time.perf_counter() - start
     _close(conn)
     ok = buf.startswith(b"HTTP/1.1 200")

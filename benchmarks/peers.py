@@ -104,8 +104,19 @@ http {{
     return conf
 
 
-def start_backend(directory: Path, big_size: int) -> tuple[Process, int]:
-    """Static nginx (every core): the thing behind both proxies, never the bottleneck."""
+def start_sink(directory: Path) -> tuple[Process, int]:
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    proc = Process([sys.executable, "-m", "benchmarks.sink", str(port)], directory / "sink.log",
+                   env)
+    wait_port(port)
+    return proc, port
+
+
+def start_backend(directory: Path, big_size: int, sink: int) -> tuple[Process, int]:
+    """Static nginx (every core): the thing behind both proxies, never the bottleneck.
+    Uploads go on to `sink`, which reads every byte before answering."""
     root = directory / "www"
     root.mkdir(parents=True, exist_ok=True)
     (root / "1k").write_bytes(ONE_KIB)
@@ -120,7 +131,13 @@ def start_backend(directory: Path, big_size: int) -> tuple[Process, int]:
         root {root};
         location = /1k {{ default_type application/octet-stream; }}
         location = /big {{ default_type application/octet-stream; }}
-        location = /upload {{ client_max_body_size 0; return 200 "ok\\n"; }}
+        location = /upload {{
+            client_max_body_size 0;
+            proxy_request_buffering off;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://127.0.0.1:{sink};
+        }}
     }}""", workers=os.cpu_count() or 1)
     proc = Process([_nginx(), "-c", str(conf)], directory / "backend.log")
     wait_port(port)

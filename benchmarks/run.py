@@ -165,6 +165,7 @@ def run_for_workers(workers: int, args, work: Path, certs: peers.Certs, backend:
                 cpu = statistics.median(busy_notes[row.scenario])
                 row.note = f"server CPU {cpu:.0%} of {workers} core(s)"
                 rows.append(row)
+                print(row.markdown(), flush=True)
 
             hs_row("X25519MLKEM768 + ML-DSA-65", GROUPS_PQ, SIGALGS["mldsa"],
                    "X25519MLKEM768 + ML-DSA-65", port, ours)
@@ -279,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         work.chmod(0o755)  # nginx's workers (www-data when started as root) read files here
         certs = peers.make_certs(work)
-        backend_proc, backend = peers.start_backend(work / "backend", args.big)
+        (work / "backend").mkdir()
+        sink_proc, sink = peers.start_sink(work / "backend")
+        backend_proc, backend = peers.start_backend(work / "backend", args.big, sink)
         try:
             for workers in args.workers:
                 rows = run_for_workers(workers, args, work, certs, backend, bounds)
@@ -287,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(lines[-len(rows) - 4:]), flush=True)
         finally:
             backend_proc.stop()
+            sink_proc.stop()
     report = "\n".join(lines) + "\n"
     if args.write:
         results = Path(__file__).with_name("RESULTS.md")
