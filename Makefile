@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: run test install system-deps system-deps-test clean
+.PHONY: run test dev-install system-deps system-deps-test clean
+.PHONY: install uninstall check-packaging packaging-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-install: system-deps $(VENV)/.installed
+# The development environment (.venv) that `make run` and `make test` use.
+dev-install: system-deps $(VENV)/.installed
 
 system-deps:
 	scripts/install-system-deps.sh run
@@ -19,11 +21,32 @@ system-deps:
 system-deps-test:
 	scripts/install-system-deps.sh test
 
-run: install
+run: dev-install
 	scripts/run-dev.sh
 
-test: system-deps-test $(VENV)/.installed
+test: system-deps-test packaging-tools $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) run .pytest_cache *.egg-info
+
+# qtls-server as a Linux service (README, "Production deployment"): as root, or staged with
+# DESTDIR=... (no user, no chown; owners in $(PREFIX)/share/qproxy/install-manifest).
+# QPROXY_SKIP_VENV=1 skips building the service's venv in /opt/qproxy.
+PREFIX ?= /usr/local
+DESTDIR ?=
+QPROXY_SKIP_VENV ?=
+
+install:
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" QPROXY_SKIP_VENV="$(QPROXY_SKIP_VENV)" \
+		PYTHON="$(PYTHON)" scripts/install.sh
+
+uninstall:
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" scripts/uninstall.sh
+
+# Tools that check the unit, AppArmor and SELinux policies, logrotate, audit and sysctl files.
+packaging-tools:
+	scripts/install-packaging-tools.sh
+
+check-packaging: packaging-tools $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests/test_packaging.py $(PYTEST_ARGS)
