@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 
 .PHONY: run test dev-install system-deps system-deps-test clean
-.PHONY: install uninstall check-packaging packaging-tools
+.PHONY: install uninstall check-packaging packaging-tools bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +50,8 @@ packaging-tools:
 
 check-packaging: packaging-tools $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/test_packaging.py $(PYTEST_ARGS)
+
+# Benchmarks (benchmarks/RESULTS.md): qtls-server against nginx and the crypto bound.
+BENCH_ARGS ?= --write
+bench: system-deps-test $(VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)
