@@ -63,6 +63,12 @@ class ServingGeneration:
     config: ServerConfig
     server_tls: ServerTls
     workers: dict[int, int] = field(default_factory=dict)  # slot -> pid
+    status: dict[int, int] = field(default_factory=dict)  # pid -> read end of its status pipe
+
+    def forget(self, pid: int) -> None:
+        fd = self.status.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
 
     @property
     def size(self) -> int:
@@ -120,6 +126,9 @@ class Master:
             signal.signal(signum, signal.SIG_DFL)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        for generation in (self.current, *self.old):
+            for fd in generation.status.values():
+                os.close(fd)
 
     def _fork(self, target) -> int:
         pid = os.fork()
@@ -149,6 +158,7 @@ class Master:
         pid = self._fork(run)
         os.close(ready_w)
         generation.workers[slot] = pid
+        generation.status[pid] = ready_r
         return pid, ready_r
 
     def _spawn_metrics(self) -> None:
@@ -191,18 +201,30 @@ class Master:
             readable, _, _ = select.select(list(pending), [], [], remaining)
             for fd in readable:
                 data = os.read(fd, 1)
-                os.close(fd)
                 pid = pending.pop(fd)
                 if data != b"R":
                     log.error("worker exited before it was ready", worker_pid=pid,
                               generation=generation.number)
                     ok = False
         if not ok:
-            for fd in pending:
-                os.close(fd)
             pending.clear()
             self._terminate(generation, signal.SIGKILL)
         return ok
+
+    def _stop_accepting(self, generation: ServingGeneration, timeout: float = 5.0) -> None:
+        """SIGTERM a generation and wait until each worker has closed its listeners, so that
+        no connection made after a reload reaches the old configuration."""
+        self._terminate(generation)
+        waiting = dict(generation.status)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            readable, _, _ = select.select(list(waiting.values()), [], [],
+                                           max(0.0, deadline - time.monotonic()))
+            for pid, fd in list(waiting.items()):
+                if fd in readable:
+                    data = os.read(fd, 16)
+                    if not data or b"C" in data:
+                        del waiting[pid]
 
     def _terminate(self, generation: ServingGeneration, signum: int = signal.SIGTERM) -> None:
         for pid in generation.workers.values():
@@ -233,6 +255,8 @@ class Master:
                 log.error("metrics process exited; restarting it", metrics_pid=pid, status=how)
                 self._spawn_metrics()
             return
+        for generation in (self.current, *self.old):
+            generation.forget(pid)
         for generation in self.old:
             for slot, worker in list(generation.workers.items()):
                 if worker == pid:
@@ -260,8 +284,7 @@ class Master:
         self._respawns = [r for r in self._respawns if r.due > now]
         for item in due:
             if item.slot not in self.current.workers and not self._stopping:
-                pid, ready_fd = self._spawn_worker(self.current, item.slot)
-                os.close(ready_fd)
+                pid, _ = self._spawn_worker(self.current, item.slot)
                 log.info("worker respawned", worker_pid=pid, slot=item.slot,
                          generation=self.current.number)
 
@@ -287,7 +310,7 @@ class Master:
         self.current = new
         self._respawns.clear()
         self._quick_deaths.clear()
-        self._terminate(old)
+        self._stop_accepting(old)
         self.old.append(old)
         self.metrics.reloads.labels("ok").inc()
         self.metrics.generation.set(new.number)

@@ -95,14 +95,14 @@ class Worker:
         generation.observer.connection_opened()
         return generation.protocol()
 
-    def _signal_ready(self) -> None:
+    def _tell_master(self, state: bytes) -> None:
+        """b"R": listening; b"C": listeners closed (the master waits for it on reload)."""
         if self.ready_fd is not None:
             try:
-                os.write(self.ready_fd, b"R")
-            except BrokenPipeError:
-                pass  # a respawned worker: the master does not wait for it
-            os.close(self.ready_fd)
-            self.ready_fd = None
+                os.write(self.ready_fd, state)
+            except OSError:
+                os.close(self.ready_fd)
+                self.ready_fd = None
 
     async def _handshakes_settled(self) -> None:
         """Let connections still in their TLS handshake reach the HTTP layer (or fail) before
@@ -123,12 +123,13 @@ class Worker:
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
         log.info("worker started", generation=self.generation.number, max_connections=self.limit)
-        self._signal_ready()
+        self._tell_master(b"R")
         await self._stop.wait()
 
         timeout = self.generation.config.server.shutdown_timeout
         for server in servers:
             server.close()
+        self._tell_master(b"C")
         log.info("worker draining", generation=self.generation.number,
                  open_connections=self.connections.open, timeout_s=timeout)
         await self._handshakes_settled()

@@ -72,7 +72,7 @@ class ProxyHandler:
         exchange = Exchange(request)
         try:
             response = await self._proxy(request, info, exchange)
-            exchange.status = response.status
+            exchange.status = exchange.status or response.status
             return response
         except asyncio.CancelledError:
             exchange.status = CLIENT_CLOSED_REQUEST
@@ -159,16 +159,27 @@ class ProxyHandler:
                 headers=downstream_response_headers(backend.headers.items(), tokens))
             exchange.status = backend.status
             await response.prepare(request)
-            try:
-                async for chunk in backend.content.iter_any():
-                    exchange.bytes_out += len(chunk)
+            chunks = backend.content.iter_any().__aiter__()
+            while True:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    # Headers are gone already: all we can do is cut the client off, as nginx does.
+                    exchange.error = f"backend failed mid-response ({exc.__class__.__name__})"
+                    upstream.mark_failed(server)
+                    request.transport.close()
+                    return response
+                try:
                     await response.write(chunk)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                # Headers are gone already: all we can do is cut the client off, as nginx does.
-                exchange.error = f"backend failed mid-response ({exc.__class__.__name__})"
-                upstream.mark_failed(server)
-                request.transport.close()
-                return response
+                except ConnectionError:
+                    # The client went away; leaving the `async with` closes the backend
+                    # connection (its payload is unfinished), which cancels the backend's work.
+                    exchange.status = CLIENT_CLOSED_REQUEST
+                    exchange.error = "client closed the connection"
+                    return response
+                exchange.bytes_out += len(chunk)
             await response.write_eof()
             return response
 

@@ -166,16 +166,25 @@ class TlsServerProtocol(asyncio.Protocol):
         self._observer.handshake_done(self._peer, info, self._elapsed())
         assert self._transport is not None
         self._app_transport = TlsAppTransport(self, info)
-        self._app = self._app_factory()
-        self._app.connection_made(self._app_transport)
         self._arm_header_timer()
 
+    def _start_app(self) -> asyncio.Protocol:
+        # The HTTP protocol (parser, buffers, a task) is made when the first request bytes
+        # arrive, not at the handshake: an idle TLS connection then costs only the TLS state.
+        assert self._app_transport is not None
+        self._app = self._app_factory()
+        self._app.connection_made(self._app_transport)
+        if self._write_paused:
+            self._app.pause_writing()
+        return self._app
+
     def _deliver(self, plaintext: bytes) -> None:
-        if self._app is None:
+        if self._app_transport is None:
             return
+        app = self._app or self._start_app()
         if not self._in_request and self._header_timer is None:
             self._arm_header_timer()
-        self._app.data_received(plaintext)
+        app.data_received(plaintext)
 
     def _peer_closed(self) -> None:
         if self._app is not None:
