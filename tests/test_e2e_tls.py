@@ -242,3 +242,13 @@ def test_corrupted_record_after_handshake_gets_alert_and_one_log_line(server):
     assert server.wait_log(lambda e: e.get("event") == "TLS error on an established connection"
                            and e.get("alert") == "bad_record_mac")
     assert http_request(tls_connect(server.port), "GET", "/healthz").status == 200
+
+
+def test_client_closing_after_handshake_without_request_is_not_a_handshake_failure(server):
+    # Browsers pre-connect and then drop unused connections: the handshake did succeed.
+    for _ in range(3):
+        conn = tls_connect(server.port)
+        conn.close()  # TCP close without close_notify, as browsers often do
+    assert http_request(tls_connect(server.port), "GET", "/healthz").status == 200
+    assert server.wait_log(lambda e: e.get("event") == "request")
+    assert server.wait_log(lambda e: e.get("event") == "handshake failed", 1.0) is None

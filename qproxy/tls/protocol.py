@@ -127,7 +127,8 @@ class TlsServerProtocol(asyncio.Protocol):
                 self._peer_closed()
 
     def eof_received(self) -> bool:
-        if self._machine is not None and self._app is None and not self._lingering:
+        handshaking = self._machine is not None and self._app_transport is None
+        if handshaking and not self._lingering:
             self._cancel_timer()
             self._observer.handshake_failed(self._peer, "client closed the connection during "
                                             "the handshake", None, self._elapsed())
