@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import AsyncIterator, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -13,8 +13,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..tls.machine import HandshakeInfo
+from .backend import BackendError, BackendResponse
 from .headers import (
     downstream_response_headers,
+    encode_request_head,
     is_websocket_upgrade,
     response_connection_tokens,
     upstream_request_headers,
@@ -103,14 +105,24 @@ class ProxyHandler:
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         headers.popall("Expect", None)
         body = _counting(request.content, exchange) if has_body else None
+        # A body without Content-Length (the client sent it chunked) goes on chunked.
+        chunked = has_body and "Content-Length" not in headers
+        if chunked:
+            headers["Transfer-Encoding"] = "chunked"
         try:
-            return await self._forward(request, upstream, headers, body, exchange)
+            head = encode_request_head(request.method, request.raw_path, headers,
+                                       upstream.name)
+        except ValueError as exc:
+            return _short(400, f"Bad Request: {exc}")
+        try:
+            return await self._forward(request, upstream, head, body, chunked, exchange)
         except UpstreamFailure as failure:
             exchange.error = str(failure)
             return _short(failure.status, str(failure))
 
-    async def _send(self, upstream: Upstream, request: web.BaseRequest, headers: CIMultiDict[str],
-                    body: Any, exchange: Exchange, ) -> tuple[aiohttp.ClientResponse, ServerState]:
+    async def _send(self, upstream: Upstream, request: web.BaseRequest, head: bytes,
+                    body: AsyncIterator[bytes] | None, chunked: bool, exchange: Exchange,
+                    ) -> tuple[BackendResponse, ServerState]:
         tried: set[str] = set()
         while True:
             server = upstream.pool.pick(frozenset(tried))
@@ -118,70 +130,64 @@ class ProxyHandler:
                 raise UpstreamFailure(502, "unavailable", "Bad Gateway: no backend server left to try")
             tried.add(server.address)
             exchange.server = server.address
-            url = URL(server.base_url + request.raw_path, encoded=True)
+            connections = upstream.connections(server)
             started = time.monotonic()
-            try:
-                response = await upstream.session.request(
-                    request.method, url, headers=headers, data=body, allow_redirects=False,
-                    compress=None, chunked=None, auto_decompress=False)
-            except aiohttp.ConnectionTimeoutError:
-                upstream.mark_failed(server)
-                raise UpstreamFailure(504, "connect_timeout",
-                                      "Gateway Timeout: the backend did not accept the connection in time") from None
-            except aiohttp.ServerTimeoutError:
-                upstream.mark_failed(server)
-                raise UpstreamFailure(504, "read_timeout",
-                                      "Gateway Timeout: the backend did not answer in time") from None
-            except aiohttp.ClientConnectorError as exc:
-                upstream.mark_failed(server)
-                # Nothing of the request reached this server: safe to try the next one,
-                # unless a body is being streamed (it cannot be replayed).
-                if body is None and len(tried) < len(upstream.pool.servers):
-                    continue
-                raise UpstreamFailure(502, "connect", "Bad Gateway: cannot connect to the "
-                                      f"backend ({exc.os_error.strerror or exc})") from None
-            except (aiohttp.ClientError, OSError) as exc:
-                upstream.mark_failed(server)
-                raise UpstreamFailure(502, "protocol", "Bad Gateway: the backend closed or "
-                                      f"broke the connection ({exc.__class__.__name__})") from None
-            upstream.mark_ok(server)
-            exchange.upstream_seconds = time.monotonic() - started
-            return response, server
+            fresh = False
+            while True:
+                try:
+                    connection = await connections.acquire(fresh)
+                    response = await connection.exchange(
+                        head, body, chunked, request.method == "HEAD",
+                        upstream.section.read_timeout)
+                except BackendError as error:
+                    if error.retryable and body is None and not fresh and error.kind == "protocol":
+                        fresh = True  # a kept-alive connection the backend had closed: reopen
+                        continue
+                    upstream.mark_failed(server)
+                    if error.kind == "connect" and body is None and len(tried) < len(
+                            upstream.pool.servers):
+                        break  # nothing reached this server: try the next one
+                    raise _failure(error) from None
+                upstream.mark_ok(server)
+                exchange.upstream_seconds = time.monotonic() - started
+                return response, server
 
-    async def _forward(self, request: web.BaseRequest, upstream: Upstream,
-                       headers: CIMultiDict[str], body: Any, exchange: Exchange,
+    async def _forward(self, request: web.BaseRequest, upstream: Upstream, head: bytes,
+                       body: AsyncIterator[bytes] | None, chunked: bool, exchange: Exchange,
                        ) -> web.StreamResponse:
-        backend, server = await self._send(upstream, request, headers, body, exchange)
-        async with backend:
+        backend, server = await self._send(upstream, request, head, body, chunked, exchange)
+        try:
             tokens = response_connection_tokens(backend.headers)
             response = web.StreamResponse(
                 status=backend.status, reason=backend.reason,
                 headers=downstream_response_headers(backend.headers.items(), tokens))
             exchange.status = backend.status
             await response.prepare(request)
-            chunks = backend.content.iter_any().__aiter__()
+            chunks = backend.chunks()
             while True:
                 try:
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except BackendError as exc:
                     # Headers are gone already: all we can do is cut the client off, as nginx does.
-                    exchange.error = f"backend failed mid-response ({exc.__class__.__name__})"
+                    exchange.error = f"backend failed mid-response ({exc})"
                     upstream.mark_failed(server)
                     request.transport.close()
                     return response
                 try:
                     await response.write(chunk)
                 except ConnectionError:
-                    # The client went away; leaving the `async with` closes the backend
-                    # connection (its payload is unfinished), which cancels the backend's work.
+                    # The client went away; the unfinished backend connection is closed below,
+                    # which cancels the backend's work.
                     exchange.status = CLIENT_CLOSED_REQUEST
                     exchange.error = "client closed the connection"
                     return response
                 exchange.bytes_out += len(chunk)
             await response.write_eof()
             return response
+        finally:
+            backend.release()
 
     async def _websocket(self, request: web.BaseRequest, upstream: Upstream,
                          headers: CIMultiDict[str], exchange: Exchange) -> web.StreamResponse:
@@ -210,6 +216,18 @@ class ProxyHandler:
             exchange.status = 101
             await _relay_websocket(client, backend, exchange)
         return client
+
+
+def _failure(error: BackendError) -> UpstreamFailure:
+    if error.kind == "connect_timeout":
+        return UpstreamFailure(504, error.kind, "Gateway Timeout: the backend did not accept "
+                               "the connection in time")
+    if error.kind == "read_timeout":
+        return UpstreamFailure(504, error.kind, "Gateway Timeout: the backend did not answer "
+                               "in time")
+    if error.kind == "connect":
+        return UpstreamFailure(502, error.kind, f"Bad Gateway: {error}")
+    return UpstreamFailure(502, "protocol", f"Bad Gateway: {error}")
 
 
 async def _counting(stream: aiohttp.StreamReader, exchange: Exchange):

@@ -76,3 +76,19 @@ def downstream_response_headers(incoming: Iterable[tuple[str, str]],
 
 def response_connection_tokens(headers: CIMultiDict[str]) -> set[str]:
     return _connection_tokens(headers)
+
+
+def encode_request_head(method: str, target: str, headers: CIMultiDict[str],
+                        default_host: str) -> bytes:
+    """The request line and headers for a backend, refusing anything that would split them."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    if "Host" not in headers:
+        lines.append(f"Host: {default_host}")
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError(f"header {name!r} holds a line break")
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    # The parser decoded the client's bytes as UTF-8 with surrogateescape: this gives them back.
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+

@@ -1,7 +1,7 @@
 """Upstreams: backend servers in round robin, taken out when they fail and retried later.
 
 `ServerPool` is plain state with an injectable clock (tested without sockets);
-`Upstream` adds the aiohttp connection pool and the optional active health check.
+`Upstream` adds the kept-alive backend connections and the optional active health check.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Callable
 import aiohttp
 
 from ..config.model import Route, UpstreamSection, parse_host_port
+from .backend import ServerConnections
 
 
 @dataclass
@@ -88,11 +89,19 @@ class Upstream:
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=section.connect_timeout,
                                              sock_read=section.read_timeout)
         self._on_state = on_state or (lambda upstream, server, up: None)
+        self._connections = {
+            server.address: ServerConnections(server.host, server.port, section.keepalive,
+                                              section.idle_timeout, section.connect_timeout)
+            for server in self.pool.servers}
         self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task[None] | None = None
 
+    def connections(self, server: ServerState) -> ServerConnections:
+        return self._connections[server.address]
+
     @property
     def session(self) -> aiohttp.ClientSession:
+        """For WebSocket upgrades and health checks, which are rare enough for a general client."""
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=0, limit_per_host=0, keepalive_timeout=self.section.idle_timeout,
@@ -142,6 +151,8 @@ class Upstream:
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
+        for connections in self._connections.values():
+            connections.close()
         if self._session is not None:
             await self._session.close()
 
