@@ -46,6 +46,11 @@ class BackendResponse:
     def chunks(self) -> AsyncIterator[bytes]:
         return self._connection.body_chunks()
 
+    def whole_body(self) -> bytes | None:
+        """The entire body if it has already arrived (small responses usually come with their
+        head), else None and `chunks()` streams it."""
+        return self._connection.whole_body()
+
     def release(self) -> None:
         """Back to the pool if the exchange ended cleanly, else closed."""
         self._connection.finish()
@@ -278,6 +283,14 @@ class BackendConnection(asyncio.Protocol):
                                     "body"))
         finally:
             self._drain_waiter = None
+
+    def whole_body(self) -> bytes | None:
+        if not self._complete or self._error is not None:
+            return None
+        data = b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        return data
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
         while True:

@@ -158,10 +158,17 @@ class ProxyHandler:
         backend, server = await self._send(upstream, request, head, body, chunked, exchange)
         try:
             tokens = response_connection_tokens(backend.headers)
-            response = web.StreamResponse(
-                status=backend.status, reason=backend.reason,
-                headers=downstream_response_headers(backend.headers.items(), tokens))
+            headers = downstream_response_headers(backend.headers.items(), tokens)
             exchange.status = backend.status
+            whole = (backend.whole_body() if request.method != "HEAD"
+                     and backend.status not in (204, 304) else None)
+            if whole is not None:
+                # Already complete: head and body leave in one write, one TLS record.
+                exchange.bytes_out = len(whole)
+                return web.Response(status=backend.status, reason=backend.reason,
+                                    headers=headers, body=whole)
+            response = web.StreamResponse(status=backend.status, reason=backend.reason,
+                                          headers=headers)
             await response.prepare(request)
             chunks = backend.chunks()
             while True:
