@@ -16,8 +16,6 @@ from OpenSSL import SSL
 from . import openssl_ext
 from .policy import canonical_group
 
-READ_SIZE = 256 * 1024
-
 # TLS alert descriptions (RFC 8446 section 6), for logs and metrics labels.
 ALERT_NAMES = {
     0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow",
@@ -156,22 +154,15 @@ class TlsServerMachine:
         return events
 
     def _read_plaintext(self, events: list[Event]) -> None:
-        chunks = []
         try:
-            while True:
-                chunks.append(self._conn.recv(READ_SIZE))
-        except SSL.WantReadError:
-            pass
-        except SSL.ZeroReturnError:
-            self._set_state(TlsState.CLOSED)
-            if chunks:
-                events.append(DataReceived(b"".join(chunks)))
-            events.append(PeerClosed())
-            return
+            data, closed = openssl_ext.read_plaintext(self._conn)
         except SSL.Error as exc:
             raise self._fail(exc) from None
-        if chunks:
-            events.append(DataReceived(chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+        if data:
+            events.append(DataReceived(data))
+        if closed:
+            self._set_state(TlsState.CLOSED)
+            events.append(PeerClosed())
 
     def send(self, plaintext: bytes) -> None:
         """Encrypt application data; the records wait in `data_to_send()`."""
@@ -195,15 +186,7 @@ class TlsServerMachine:
             self._set_state(TlsState.CLOSED)
 
     def data_to_send(self) -> bytes:
-        chunks = []
-        try:
-            while True:
-                chunks.append(self._conn.bio_read(READ_SIZE))
-        except SSL.WantReadError:
-            pass
-        if not chunks:
-            return b""
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return openssl_ext.take_output(self._conn)
 
     def _describe(self) -> HandshakeInfo:
         conn = self._conn

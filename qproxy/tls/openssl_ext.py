@@ -116,3 +116,54 @@ def set_verify_host(connection: SSL.Connection, name: str) -> None:
         ok = _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
     if ok != 1:
         raise OpenSSLCallError(f"OpenSSL rejected host name {name!r}: {_drain_error_queue()}")
+
+
+# One buffer for every connection of the process (the event loop is single-threaded and the
+# bytes are copied out at once): no 256 KiB allocation per read.
+IO_BUFFER_SIZE = 256 * 1024
+_io_buffer = _ffi.new_allocator(should_clear_after_alloc=False)("char[]", IO_BUFFER_SIZE)
+
+
+def take_output(connection: SSL.Connection) -> bytes:
+    """Everything OpenSSL has queued for the network (records, alerts); b"" if nothing.
+
+    Unlike `Connection.bio_read`, an empty queue is not an exception: this runs after every
+    write and every read."""
+    bio = connection._from_ssl
+    chunks = []
+    while True:
+        count = _lib.BIO_read(bio, _io_buffer, IO_BUFFER_SIZE)
+        if count <= 0:
+            break
+        chunks.append(_ffi.buffer(_io_buffer, count)[:])
+        if count < IO_BUFFER_SIZE:
+            break
+    if not chunks:
+        return b""
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_plaintext(connection: SSL.Connection) -> tuple[bytes, bool]:
+    """Decrypt what has arrived: (application data, whether the peer sent close_notify).
+
+    Running out of input is the normal end, not an exception as with `Connection.recv`;
+    a real failure raises pyOpenSSL's `SSL.Error`."""
+    ssl = connection._ssl
+    chunks = []
+    closed = False
+    while True:
+        count = _lib.SSL_read(ssl, _io_buffer, IO_BUFFER_SIZE)
+        if count > 0:
+            chunks.append(_ffi.buffer(_io_buffer, count)[:])
+            continue
+        error = _lib.SSL_get_error(ssl, count)
+        if error == _lib.SSL_ERROR_WANT_READ:
+            break
+        if error == _lib.SSL_ERROR_ZERO_RETURN:
+            closed = True
+            break
+        connection._raise_ssl_error(ssl, count)  # raises the matching SSL.Error
+        break
+    data = b"" if not chunks else chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return data, closed
+
