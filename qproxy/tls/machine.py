@@ -45,7 +45,7 @@ _TRANSITIONS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HandshakeInfo:
     version: str
     cipher: str
@@ -102,6 +102,8 @@ def _reason(exc: SSL.Error) -> str:
 
 
 class TlsServerMachine:
+    __slots__ = ("_conn", "_state", "last_alert", "info")
+
     def __init__(self, context: SSL.Context) -> None:
         self._conn = SSL.Connection(context, None)
         self._conn.set_accept_state()

@@ -66,6 +66,12 @@ def format_peer(peername: Any) -> str:
 
 
 class TlsServerProtocol(asyncio.Protocol):
+    # Slots: one of these lives as long as each connection (an idle one too).
+    __slots__ = ("_context_factory", "_app_factory", "_observer", "_limits", "_transport",
+                 "_machine", "_app", "_app_transport", "_peer", "_started", "_first_data",
+                 "_lingering", "_write_paused", "_timer", "_header_timer", "_in_request",
+                 "_closed")
+
     def __init__(
         self,
         context_factory: Callable[[], SSL.Context],
@@ -298,6 +304,8 @@ class TlsServerProtocol(asyncio.Protocol):
 
 class TlsAppTransport(asyncio.Transport):
     """What the HTTP layer writes to: plaintext in, TLS records out."""
+
+    __slots__ = ("_protocol", "info")
 
     def __init__(self, protocol: TlsServerProtocol, info: HandshakeInfo) -> None:
         super().__init__()
