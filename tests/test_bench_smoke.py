@@ -29,3 +29,14 @@ def test_harness_smoke_run(capsys):
     # Rows are printed as they finish and again in the table at the end.
     table = {line for line in out.splitlines() if line.startswith("| full handshakes")}
     assert len(table) == 4 and all("—" not in line.split("|")[3] for line in table)
+
+
+def test_openssl_floor_lies_between_the_crypto_bound_and_zero(tmp_path):
+    from benchmarks import openssl_floor, peers
+
+    certs = peers.make_certs(tmp_path)
+    floor = openssl_floor.handshake_seconds(certs.ecdsa_p256_cert, certs.ecdsa_p256_key,
+                                            "X25519", "ecdsa_secp256r1_sha256", seconds=0.05)
+    crypto = crypto_bound.handshake_costs(crypto_bound.measure_primitives(seconds=0.05))
+    # OpenSSL does the primitives and more (transcript, tickets, records), and not 100x more.
+    assert crypto["X25519 + ECDSA P-256 (classical)"].seconds * 0.5 < floor < 0.05
