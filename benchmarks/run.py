@@ -311,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         results = Path(__file__).with_name("RESULTS.md")
         previous = results.read_text() if results.exists() else "# Benchmark results\n\n"
-        head, _, rest = previous.partition("\n\n")
-        results.write_text(f"{head}\n\n{report}\n{rest}")
+        # Newest first: before the previous run's heading, after the title and explanations.
+        cut = previous.find("\n## ")
+        head, rest = (previous, "") if cut < 0 else (previous[:cut + 1], previous[cut + 1:])
+        results.write_text(f"{head.rstrip()}\n\n{report}\n{rest}")
     return 0
 
 

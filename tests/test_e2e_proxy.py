@@ -237,3 +237,50 @@ def test_metrics_count_handshakes_and_requests(server):
     assert 'qtls_http_requests_total{status="200",upstream="app"} 3.0' in text
     assert "qtls_handshake_duration_seconds_bucket" in text
     assert "qtls_connections_open" in text
+
+
+def test_backend_closing_a_kept_alive_connection_under_a_request_is_retried(
+        start_server, dev_pki, backend):
+    # A backend whose keep-alive timeout runs out just as the proxy reuses the connection:
+    # it reads the request and closes without answering. The GET goes again on a new
+    # connection; the client sees two 200s and the server is not marked failed.
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    accepted: list[int] = []
+
+    def serve() -> None:
+        for number in range(3):
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(number)
+            with sock:
+                sock.settimeout(10)
+                for _ in range(2 if number == 0 else 1):
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if number == 0 and _ == 1:
+                        break  # the second request on the first connection: dropped
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        server = start_server(make_config(dev_pki, address))
+        conn = tls_connect(server.port)
+        results = [http_request(conn, "GET", f"/n{i}") for i in range(2)]
+        assert [(r.status, r.body) for r in results] == [(200, b"ok"), (200, b"ok")]
+        assert accepted == [0, 1]
+        assert not any(e.get("event") == "backend server taken out of rotation"
+                       for e in server.lines)
+    finally:
+        listener.close()
+        thread.join(10)

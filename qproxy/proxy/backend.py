@@ -230,16 +230,15 @@ class BackendConnection(asyncio.Protocol):
                 self.close()  # the client left: closing tells the backend to stop working
                 raise
         sender = self._loop.create_task(self._send_body(head, body, chunked))
+        sender.add_done_callback(_retrieve)
         try:
             response = await self._head
         except BaseException:
             sender.cancel()
             self.close()
             raise
-        if not sender.done():
-            # The backend answered before reading the whole body (an early 413, say); keep
-            # streaming while it reads, and never reuse the connection if it stopped reading.
-            sender.add_done_callback(lambda _: None)
+        # The backend may answer before it has read the whole body (an early 413, say): the
+        # body keeps streaming while it reads; `finish` decides whether the connection is reusable.
         self._sender = sender
         return response
 
@@ -372,6 +371,13 @@ class BackendConnection(asyncio.Protocol):
             self._pool.forget(self)
             if self.transport is not None:
                 self.transport.close()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # The body sender's failure (the client's upload broke off) is reported through the
+    # exchange; this only keeps asyncio from logging it a second time as "never retrieved".
+    if not task.cancelled():
+        task.exception()
 
 
 class ServerConnections:
