@@ -36,7 +36,7 @@ class Outcome:
     resumed: int = 0
 
 
-def _context(spec: ClientSpec) -> SSL.Context:
+def client_context(spec: ClientSpec) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     if spec.groups:
@@ -105,7 +105,7 @@ def _close(conn) -> None:
 def handshakes(spec: ClientSpec, seconds: float, resume: bool = False,
                request: bool = False) -> Outcome:
     """New connection after new connection: handshake (and one request) then close."""
-    ctx = _context(spec)
+    ctx = client_context(spec)
     out = Outcome()
     session = None
     if resume:
@@ -134,7 +134,7 @@ def handshakes(spec: ClientSpec, seconds: float, resume: bool = False,
 
 def keepalive(spec: ClientSpec, seconds: float, rate: float | None = None) -> Outcome:
     """Requests on one kept-alive connection; with `rate`, paced to that many per second."""
-    ctx = _context(spec)
+    ctx = client_context(spec)
     out = Outcome()
     conn = _connect(spec, ctx)
     interval = 1.0 / rate if rate else 0.0
@@ -160,7 +160,7 @@ def keepalive(spec: ClientSpec, seconds: float, rate: float | None = None) -> Ou
 
 
 def transfer_download(spec: ClientSpec, path: str) -> Outcome:
-    conn = _connect(spec, _context(spec))
+    conn = _connect(spec, client_context(spec))
     start = time.perf_counter()
     size = _request(conn, path)
     out = Outcome(count=1, bytes=size, latencies=[time.perf_counter() - start])
@@ -169,7 +169,7 @@ def transfer_download(spec: ClientSpec, path: str) -> Outcome:
 
 
 def transfer_upload(spec: ClientSpec, path: str, size: int) -> Outcome:
-    conn = _connect(spec, _context(spec))
+    conn = _connect(spec, client_context(spec))
     chunk = b"\xa5" * (256 * 1024)
     start = time.perf_counter()
     sent = 0
@@ -196,7 +196,7 @@ def transfer_upload(spec: ClientSpec, path: str, size: int) -> Outcome:
 
 def hold_idle(spec: ClientSpec, count: int, hold_seconds: float, ready) -> int:
     """Open `count` TLS connections, signal `ready`, keep them idle, then close them all."""
-    ctx = _context(spec)
+    ctx = client_context(spec)
     held = []
     for _ in range(count):
         try:

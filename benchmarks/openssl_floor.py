@@ -17,6 +17,8 @@ from OpenSSL import SSL
 
 from qproxy.tls import openssl_ext
 
+from .loadgen import ClientSpec, client_context
+
 MAX_ROUNDS = 10  # a TLS 1.3 full handshake is 2 client flights; HelloRetryRequest adds one
 
 
@@ -27,14 +29,6 @@ def _server_context(cert: Path, key: Path) -> SSL.Context:
     ctx.use_certificate_chain_file(str(cert))
     ctx.use_privatekey_file(str(key))
     openssl_ext.set_groups(ctx, "X25519MLKEM768:X25519:SecP384r1MLKEM1024")
-    return ctx
-
-
-def _client_context(groups: str, sigalgs: str) -> SSL.Context:
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-    openssl_ext.set_groups(ctx, groups)
-    openssl_ext.set_sigalgs(ctx, sigalgs)
     return ctx
 
 
@@ -70,7 +64,8 @@ def _one(server_ctx: SSL.Context, client_ctx: SSL.Context) -> float:
 def handshake_seconds(cert: Path, key: Path, groups: str, sigalgs: str,
                       seconds: float = 0.5, min_runs: int = 30) -> float:
     """Median server-side seconds per full handshake."""
-    server_ctx, client_ctx = _server_context(cert, key), _client_context(groups, sigalgs)
+    server_ctx = _server_context(cert, key)
+    client_ctx = client_context(ClientSpec(0, groups, sigalgs))  # the load generator's own
     for _ in range(5):
         _one(server_ctx, client_ctx)  # warm the caches (provider fetches, key loading)
     samples: list[float] = []

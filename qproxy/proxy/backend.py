@@ -101,7 +101,6 @@ class BackendConnection(asyncio.Protocol):
         self._last_read = self._loop.time()
         if self._head is None or self._complete:
             # Bytes while no request is out: the backend broke HTTP. Nothing to deliver them to.
-            self._keep_alive = False
             self.close()
             return
         try:
@@ -283,24 +282,24 @@ class BackendConnection(asyncio.Protocol):
         finally:
             self._drain_waiter = None
 
+    def _take_buffered(self) -> bytes:
+        data = self._body.popleft() if len(self._body) == 1 else b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
     def whole_body(self) -> bytes | None:
         if not self._complete or self._error is not None:
             return None
-        data = b"".join(self._body)
-        self._body.clear()
-        self._buffered = 0
-        return data
+        return self._take_buffered() if self._body else b""
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
         while True:
             if self._body:
-                data = self._body.popleft() if len(self._body) == 1 else b"".join(self._body)
-                self._body.clear()
-                self._buffered = 0
-                if self._reading_paused and self.transport is not None and not self.closed:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
-                yield data
+                yield self._take_buffered()
                 continue
             if self._error is not None:
                 raise self._error
