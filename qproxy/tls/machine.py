@@ -102,7 +102,7 @@ def _reason(exc: SSL.Error) -> str:
 
 
 class TlsServerMachine:
-    __slots__ = ("_conn", "_state", "last_alert", "info")
+    __slots__ = ("_conn", "_state", "last_alert", "info", "_renew_bios")
 
     def __init__(self, context: SSL.Context) -> None:
         self._conn = SSL.Connection(context, None)
@@ -111,6 +111,7 @@ class TlsServerMachine:
         self._state = TlsState.HANDSHAKING
         self.last_alert: str | None = None
         self.info: HandshakeInfo | None = None
+        self._renew_bios = True
 
     @property
     def state(self) -> TlsState:
@@ -188,7 +189,13 @@ class TlsServerMachine:
             self._set_state(TlsState.CLOSED)
 
     def data_to_send(self) -> bytes:
-        return openssl_ext.take_output(self._conn)
+        out = openssl_ext.take_output(self._conn)
+        if self._renew_bios and self._state is not TlsState.HANDSHAKING:
+            # The handshake's flights (and the session tickets) have just left: drop the
+            # buffers they grew, which an idle connection would otherwise keep.
+            self._renew_bios = False
+            openssl_ext.renew_memory_bios(self._conn)
+        return out
 
     def _describe(self) -> HandshakeInfo:
         conn = self._conn
