@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from qproxy.tls import openssl_ext
 from qproxy.tls.machine import DataReceived, HandshakeComplete, TlsServerMachine, TlsState
@@ -26,8 +26,8 @@ def server_context() -> SSL.Context:
             .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_3_VERSION)
-    context.use_certificate(crypto.X509.from_cryptography(cert))
-    context.use_privatekey(crypto.PKey.from_cryptography_key(key))
+    context.use_certificate(cert)
+    context.use_privatekey(key)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     openssl_ext.set_groups(context, "X25519MLKEM768:X25519")
     return context

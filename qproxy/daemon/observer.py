@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from aiohttp import web
 
 from ..proxy.handler import Exchange
 from ..tls import certinfo
@@ -130,9 +129,9 @@ class Observer:
         self.metrics.connections_refused.labels(limit).inc()
 
     # -- requests ------------------------------------------------------------------------
-    def bad_request(self, request: web.BaseRequest, status: int, reason: str) -> None:
+    def bad_request(self, client: str, status: int, reason: str) -> None:
         self.metrics.requests.labels(str(status), "-").inc()
-        self.log.warning("bad request", client=request.remote, status=status, reason=reason[:200])
+        self.log.warning("bad request", client=client, status=status, reason=reason[:200])
 
     def exchange_done(self, exchange: Exchange, info: HandshakeInfo | None) -> None:
         m = self.metrics

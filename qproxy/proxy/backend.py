@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-from typing import AsyncIterator
+from typing import AsyncIterator, Protocol
 
 import httptools
 from multidict import CIMultiDict
@@ -51,9 +51,28 @@ class BackendResponse:
         head), else None and `chunks()` streams it."""
         return self._connection.whole_body()
 
+    @property
+    def upgraded(self) -> bool:
+        """A 101 to an upgrade request: the connection now carries the new protocol."""
+        return self._connection.upgraded
+
+    async def tunnel(self, client: "TunnelClient") -> tuple[int, int]:
+        """Relay bytes between the client and the backend until one of them closes."""
+        return await self._connection.tunnel(client)
+
     def release(self) -> None:
         """Back to the pool if the exchange ended cleanly, else closed."""
         self._connection.finish()
+
+
+class TunnelClient(Protocol):
+    """The client side of a tunnel (`HttpProtocol`)."""
+
+    async def tunnel(self, peer: "BackendConnection", leftover: bytes) -> tuple[int, int]: ...
+    def tunnel_write(self, data: bytes) -> None: ...
+    def tunnel_closed(self) -> None: ...
+    def pause_input(self, reason: object) -> None: ...
+    def resume_input(self, reason: object) -> None: ...
 
 
 class BackendConnection(asyncio.Protocol):
@@ -72,6 +91,7 @@ class BackendConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._read_timeout = 60.0
+        self._tunnel_client: TunnelClient | None = None
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -91,12 +111,21 @@ class BackendConnection(asyncio.Protocol):
         self._keep_alive = False
         self._error: BackendError | None = None
         self._sent_all = False
+        self._upgrade = False
+        self.upgraded = False
+        self._leftover = b""
 
     # -- asyncio side ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._tunnel_client is not None:
+            self._tunnel_client.tunnel_write(data)
+            return
+        if self.upgraded:
+            self._leftover += data  # the tunnel is about to start
+            return
         self._got_bytes = True
         self._last_read = self._loop.time()
         if self._head is None or self._complete:
@@ -105,12 +134,17 @@ class BackendConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(BackendError("protocol", "the backend switched protocols unasked"))
+        except httptools.HttpParserUpgrade as exc:
+            if self.upgraded:
+                self._leftover = data[exc.args[0]:] if exc.args else b""
+            else:
+                self._fail(BackendError("protocol", "the backend switched protocols unasked"))
         except httptools.HttpParserError as exc:
             self._fail(BackendError("protocol", f"the backend sent a malformed response ({exc})"))
 
     def eof_received(self) -> bool:
+        if self._tunnel_client is not None:
+            self._tunnel_client.tunnel_closed()
         self._ended()
         return False
 
@@ -119,6 +153,9 @@ class BackendConnection(asyncio.Protocol):
         self._cancel_timers()
         self._ended()
         self._pool.forget(self)
+        if self._tunnel_client is not None:
+            client, self._tunnel_client = self._tunnel_client, None
+            client.tunnel_closed()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionResetError("backend connection lost"))
 
@@ -136,9 +173,13 @@ class BackendConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._tunnel_client is not None:
+            self._tunnel_client.pause_input(self)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._tunnel_client is not None:
+            self._tunnel_client.resume_input(self)
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
@@ -151,7 +192,9 @@ class BackendConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200:
+        if status == 101 and self._upgrade:
+            self.upgraded = True
+        elif 100 <= status < 200:
             # 103 Early Hints and stray 100 Continue: informational, the real answer follows.
             self._headers, self._reason = [], b""
             return
@@ -213,11 +256,14 @@ class BackendConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def exchange(self, head: bytes, body: AsyncIterator[bytes] | None, chunked: bool,
-                       head_only: bool, read_timeout: float) -> BackendResponse:
-        """Send a request; returns once the response head has arrived."""
+                       head_only: bool, read_timeout: float, upgrade: bool = False
+                       ) -> BackendResponse:
+        """Send a request; returns once the response head has arrived. With `upgrade`, a 101
+        answer makes the connection a tunnel (`BackendResponse.upgraded`)."""
         assert self.transport is not None
         self._head = self._loop.create_future()
         self._head_only = head_only
+        self._upgrade = upgrade
         self._read_timeout = read_timeout
         if body is None:
             self.transport.write(head)
@@ -311,6 +357,25 @@ class BackendConnection(asyncio.Protocol):
             finally:
                 self._body_waiter = None
 
+    async def tunnel(self, client: TunnelClient) -> tuple[int, int]:
+        self._cancel_read_timer()
+        self._tunnel_client = client
+        leftover, self._leftover = self._leftover, b""
+        return await client.tunnel(self, leftover)
+
+    # What the client side of a tunnel calls.
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
     def _arm_read_timer(self) -> None:
         if self._complete or self._error is not None or self._read_timer is not None:
             return
@@ -347,7 +412,7 @@ class BackendConnection(asyncio.Protocol):
         if sender is not None and not sender.done():
             sender.cancel()
         reusable = (self._complete and self._error is None and self._keep_alive and body_sent
-                    and not self._body and not self.closed)
+                    and not self._body and not self.closed and not self.upgraded)
         if not reusable:
             self.close()
             return

@@ -7,10 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Mapping
 
-import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from ..tls.machine import HandshakeInfo
 from .backend import BackendError, BackendResponse
@@ -21,6 +18,7 @@ from .headers import (
     response_connection_tokens,
     upstream_request_headers,
 )
+from .http import PHRASES, HttpProtocol, HttpRequest, error_body
 from .upstream import Router, ServerState, Upstream
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
@@ -39,7 +37,7 @@ class UpstreamFailure(Exception):
 class Exchange:
     """What one request did, for the access log and metrics."""
 
-    request: web.BaseRequest
+    request: HttpRequest
     started: float = field(default_factory=time.monotonic)
     status: int = 0
     upstream: str = "-"
@@ -54,8 +52,14 @@ AccessLogger = Callable[[Exchange, HandshakeInfo | None], None]
 IdentityFn = Callable[[HandshakeInfo | None], Mapping[str, str] | None]
 
 
-def _short(status: int, text: str) -> web.Response:
-    return web.Response(status=status, text=f"{status} {text}\n", content_type="text/plain")
+_TEXT = [("Content-Type", "text/plain")]
+
+
+def _short(responder: HttpProtocol, request: HttpRequest, exchange: "Exchange", status: int,
+           text: str) -> None:
+    exchange.status = status
+    responder.send_response(request, status, PHRASES.get(status, "Error"), _TEXT,
+                            error_body(status, text))
 
 
 class ProxyHandler:
@@ -66,63 +70,56 @@ class ProxyHandler:
         self._access_logger = access_logger
         self._identity = identity
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        transport = request.transport
-        info: HandshakeInfo | None = transport.get_extra_info("tls") if transport else None
-        if transport is not None and hasattr(transport, "request_started"):
-            transport.request_started()
+    async def __call__(self, request: HttpRequest, responder: HttpProtocol) -> None:
+        info: HandshakeInfo | None = request.transport.get_extra_info("tls")
         exchange = Exchange(request)
         try:
-            response = await self._proxy(request, info, exchange)
-            exchange.status = exchange.status or response.status
-            return response
+            await self._proxy(request, responder, info, exchange)
         except asyncio.CancelledError:
             exchange.status = CLIENT_CLOSED_REQUEST
             exchange.error = "client closed the connection"
             raise
         finally:
             self._access_logger(exchange, info)
-            if transport is not None and hasattr(transport, "request_finished"):
-                transport.request_finished()
 
-    async def _proxy(self, request: web.BaseRequest, info: HandshakeInfo | None,
-                     exchange: Exchange) -> web.StreamResponse:
+    async def _proxy(self, request: HttpRequest, responder: HttpProtocol,
+                     info: HandshakeInfo | None, exchange: Exchange) -> None:
         name = self._router.match(request.host, request.path)
         if name is None:
-            return _short(404, "Not Found: no route for this host and path")
+            return _short(responder, request, exchange, 404,
+                          "Not Found: no route for this host and path")
         upstream = self._upstreams[name]
         exchange.upstream = name
-        client_ip = request.remote or "-"
-        websocket = is_websocket_upgrade(request.headers)
+        websocket = request.upgrade and is_websocket_upgrade(request.headers)
         headers = upstream_request_headers(
-            request.headers, client_ip=client_ip, host=request.headers.get("Host"),
-            client_identity=self._identity(info), keep_upgrade=False)
-        if websocket:
-            return await self._websocket(request, upstream, headers, exchange)
-        has_body = request.body_exists
-        if has_body and request.headers.get("Expect", "").lower() == "100-continue":
+            request.headers, client_ip=request.remote, host=request.host,
+            client_identity=self._identity(info), keep_upgrade=websocket)
+        body = request.body
+        if body is not None and request.headers.get("Expect", "").lower() == "100-continue":
             # Like nginx: answer the client's Expect ourselves rather than forwarding it.
-            request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if request.version != "1.0":
+                responder.send_interim(b"HTTP/1.1 100 Continue\r\n\r\n")
         headers.popall("Expect", None)
-        body = _counting(request.content, exchange) if has_body else None
         # A body without Content-Length (the client sent it chunked) goes on chunked.
-        chunked = has_body and "Content-Length" not in headers
+        chunked = body is not None and "Content-Length" not in headers
         if chunked:
             headers["Transfer-Encoding"] = "chunked"
         try:
             head = encode_request_head(request.method, request.raw_path, headers,
                                        upstream.name)
         except ValueError as exc:
-            return _short(400, f"Bad Request: {exc}")
+            return _short(responder, request, exchange, 400, f"Bad Request: {exc}")
         try:
-            return await self._forward(request, upstream, head, body, chunked, exchange)
+            await self._forward(request, responder, upstream, head,
+                                _counting(body, exchange) if body is not None else None,
+                                chunked, websocket, exchange)
         except UpstreamFailure as failure:
             exchange.error = str(failure)
-            return _short(failure.status, str(failure))
+            _short(responder, request, exchange, failure.status, str(failure))
 
-    async def _send(self, upstream: Upstream, request: web.BaseRequest, head: bytes,
-                    body: AsyncIterator[bytes] | None, chunked: bool, exchange: Exchange,
-                    ) -> tuple[BackendResponse, ServerState]:
+    async def _send(self, upstream: Upstream, request: HttpRequest, head: bytes,
+                    body: AsyncIterator[bytes] | None, chunked: bool, upgrade: bool,
+                    exchange: Exchange) -> tuple[BackendResponse, ServerState]:
         tried: set[str] = set()
         while True:
             server = upstream.pool.pick(frozenset(tried))
@@ -132,13 +129,13 @@ class ProxyHandler:
             exchange.server = server.address
             connections = upstream.connections(server)
             started = time.monotonic()
-            fresh = False
+            fresh = upgrade  # an upgraded connection never returns to the pool: start anew
             while True:
                 try:
                     connection = await connections.acquire(fresh)
                     response = await connection.exchange(
                         head, body, chunked, request.method == "HEAD",
-                        upstream.section.read_timeout)
+                        upstream.section.read_timeout, upgrade)
                 except BackendError as error:
                     if error.retryable and body is None and not fresh and error.kind == "protocol":
                         fresh = True  # a kept-alive connection the backend had closed: reopen
@@ -152,24 +149,33 @@ class ProxyHandler:
                 exchange.upstream_seconds = time.monotonic() - started
                 return response, server
 
-    async def _forward(self, request: web.BaseRequest, upstream: Upstream, head: bytes,
-                       body: AsyncIterator[bytes] | None, chunked: bool, exchange: Exchange,
-                       ) -> web.StreamResponse:
-        backend, server = await self._send(upstream, request, head, body, chunked, exchange)
+    async def _forward(self, request: HttpRequest, responder: HttpProtocol, upstream: Upstream,
+                       head: bytes, body: AsyncIterator[bytes] | None, chunked: bool,
+                       upgrade: bool, exchange: Exchange) -> None:
+        backend, server = await self._send(upstream, request, head, body, chunked, upgrade,
+                                           exchange)
         try:
             tokens = response_connection_tokens(backend.headers)
             headers = downstream_response_headers(backend.headers.items(), tokens)
             exchange.status = backend.status
+            if backend.upgraded:
+                headers.add("Connection", "upgrade")
+                headers.add("Upgrade", backend.headers.get("Upgrade", "websocket"))
+                responder.send_response(request, 101, backend.reason or "Switching Protocols",
+                                        headers.items(), b"")
+                exchange.bytes_in, exchange.bytes_out = await backend.tunnel(responder)
+                return
             whole = (backend.whole_body() if request.method != "HEAD"
                      and backend.status not in (204, 304) else None)
             if whole is not None:
                 # Already complete: head and body leave in one write, one TLS record.
                 exchange.bytes_out = len(whole)
-                return web.Response(status=backend.status, reason=backend.reason,
-                                    headers=headers, body=whole)
-            response = web.StreamResponse(status=backend.status, reason=backend.reason,
-                                          headers=headers)
-            await response.prepare(request)
+                responder.send_response(request, backend.status, backend.reason,
+                                        headers.items(), whole)
+                return
+            length = backend.headers.get("Content-Length")
+            responder.start_response(request, backend.status, backend.reason, headers.items(),
+                                     int(length) if length is not None else None)
             chunks = backend.chunks()
             while True:
                 try:
@@ -180,49 +186,19 @@ class ProxyHandler:
                     # Headers are gone already: all we can do is cut the client off, as nginx does.
                     exchange.error = f"backend failed mid-response ({exc})"
                     upstream.mark_failed(server)
-                    request.transport.close()
-                    return response
+                    return  # unfinished: the client's connection is closed
                 try:
-                    await response.write(chunk)
+                    await responder.write_body(chunk)
                 except ConnectionError:
                     # The client went away; the unfinished backend connection is closed below,
                     # which cancels the backend's work.
                     exchange.status = CLIENT_CLOSED_REQUEST
                     exchange.error = "client closed the connection"
-                    return response
+                    return
                 exchange.bytes_out += len(chunk)
-            await response.write_eof()
-            return response
+            responder.end_response()
         finally:
             backend.release()
-
-    async def _websocket(self, request: web.BaseRequest, upstream: Upstream,
-                         headers: CIMultiDict[str], exchange: Exchange) -> web.StreamResponse:
-        server = upstream.pool.pick()
-        if server is None:
-            return _short(502, "Bad Gateway: no backend server")
-        exchange.server = server.address
-        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-                     if p.strip()]
-        for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Protocol",
-                     "Sec-WebSocket-Extensions"):
-            headers.popall(name, None)
-        url = URL(server.base_url.replace("http://", "ws://") + request.raw_path, encoded=True)
-        try:
-            backend = await upstream.session.ws_connect(url, headers=headers, protocols=protocols,
-                                                        autoping=False, max_msg_size=0)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            upstream.mark_failed(server)
-            exchange.error = f"websocket upgrade to backend failed ({exc.__class__.__name__})"
-            return _short(502, "Bad Gateway: the backend refused the WebSocket upgrade")
-        async with backend:
-            client = web.WebSocketResponse(
-                protocols=(backend.protocol,) if backend.protocol else (), autoping=False,
-                max_msg_size=0)
-            await client.prepare(request)
-            exchange.status = 101
-            await _relay_websocket(client, backend, exchange)
-        return client
 
 
 def _failure(error: BackendError) -> UpstreamFailure:
@@ -237,34 +213,7 @@ def _failure(error: BackendError) -> UpstreamFailure:
     return UpstreamFailure(502, "protocol", f"Bad Gateway: {error}")
 
 
-async def _counting(stream: aiohttp.StreamReader, exchange: Exchange):
-    async for chunk in stream.iter_any():
+async def _counting(stream: AsyncIterator[bytes], exchange: Exchange):
+    async for chunk in stream:
         exchange.bytes_in += len(chunk)
         yield chunk
-
-
-async def _relay_websocket(client: web.WebSocketResponse, backend: aiohttp.ClientWebSocketResponse,
-                           exchange: Exchange) -> None:
-    async def pump(source, sink) -> None:
-        async for message in source:
-            if message.type == aiohttp.WSMsgType.TEXT:
-                await sink.send_str(message.data)
-            elif message.type == aiohttp.WSMsgType.BINARY:
-                exchange.bytes_out += len(message.data)
-                await sink.send_bytes(message.data)
-            elif message.type == aiohttp.WSMsgType.PING:
-                await sink.ping(message.data)
-            elif message.type == aiohttp.WSMsgType.PONG:
-                await sink.pong(message.data)
-            elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                                  aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                break
-        await sink.close()
-
-    tasks = [asyncio.ensure_future(pump(client, backend)), asyncio.ensure_future(pump(backend, client))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -92,3 +92,32 @@ def encode_request_head(method: str, target: str, headers: CIMultiDict[str],
     # The parser decoded the client's bytes as UTF-8 with surrogateescape: this gives them back.
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
+
+
+def encode_response_head(status: int, reason: str, headers: Iterable[tuple[str, str]], *,
+                         content_length: int | None, chunked: bool, connection: str | None,
+                         date: str, keep_length: bool) -> bytes:
+    """The status line and headers for the client, framed by us: any Content-Length in
+    `headers` is replaced by `content_length` unless `keep_length` (a HEAD, 204 or 304 answer,
+    whose Content-Length describes a body not sent). `headers` must already be free of
+    hop-by-hop fields (`downstream_response_headers`); llhttp has refused line breaks in any
+    value that came from a backend."""
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    has_date = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "content-length" and not keep_length:
+            continue
+        if lower == "date":
+            has_date = True
+        lines.append(f"{name}: {value}")
+    if not has_date:
+        lines.append(f"Date: {date}")
+    if content_length is not None and not keep_length:
+        lines.append(f"Content-Length: {content_length}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    if connection is not None:
+        lines.append(f"Connection: {connection}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
