@@ -8,6 +8,7 @@ from multidict import CIMultiDict
 from qproxy.proxy.headers import (
     HOP_BY_HOP,
     downstream_response_headers,
+    encode_response_head,
     is_websocket_upgrade,
     response_connection_tokens,
     upstream_request_headers,
@@ -173,3 +174,39 @@ def test_downstream_drops_hop_by_hop_and_connection_tokens():
 def test_downstream_connection_tokens_case_insensitive():
     out = downstream_response_headers([("X-Internal", "1"), ("X-Public", "2")], ["X-INTERNAL"])
     assert list(out.items()) == [("X-Public", "2")]
+
+
+def _head_lines(head: bytes) -> list[str]:
+    assert head.endswith(b"\r\n\r\n")
+    return head[:-4].decode().split("\r\n")
+
+
+def test_response_head_frames_the_body_itself():
+    head = encode_response_head(200, "OK", [("Content-Type", "text/plain"),
+                                            ("Content-Length", "999")],
+                                content_length=5, chunked=False, connection=None,
+                                date="Sat, 21 Nov 2026 00:00:00 GMT", keep_length=False)
+    assert _head_lines(head) == ["HTTP/1.1 200 OK", "Content-Type: text/plain",
+                                 "Date: Sat, 21 Nov 2026 00:00:00 GMT", "Content-Length: 5"]
+
+
+def test_response_head_keeps_the_backends_date_and_a_head_answers_length():
+    head = encode_response_head(200, "OK", [("Date", "then"), ("Content-Length", "5000")],
+                                content_length=0, chunked=False, connection="keep-alive",
+                                date="now", keep_length=True)
+    assert _head_lines(head) == ["HTTP/1.1 200 OK", "Date: then", "Content-Length: 5000",
+                                 "Connection: keep-alive"]
+
+
+def test_response_head_chunked_and_closing():
+    head = encode_response_head(502, "Bad Gateway", [], content_length=None, chunked=True,
+                                connection="close", date="now", keep_length=False)
+    assert _head_lines(head) == ["HTTP/1.1 502 Bad Gateway", "Date: now",
+                                 "Transfer-Encoding: chunked", "Connection: close"]
+
+
+def test_response_head_gives_back_the_backends_bytes():
+    raw = "caf\xe9".encode("latin-1").decode("utf-8", "surrogateescape")
+    head = encode_response_head(200, "OK", [("X-Name", raw)], content_length=0, chunked=False,
+                                connection=None, date="now", keep_length=False)
+    assert b"X-Name: caf\xe9\r\n" in head

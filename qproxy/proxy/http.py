@@ -27,6 +27,7 @@ from .headers import encode_response_head
 BODY_HIGH_WATER = 256 * 1024
 # Pipelined requests parsed ahead of the one being answered before reading pauses.
 MAX_QUEUED_REQUESTS = 16
+_QUEUE_FULL = "queue full"  # why input is paused, next to each paused request body
 
 PHRASES = {
     400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
@@ -348,7 +349,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._queue.append(item)
         if len(self._queue) >= MAX_QUEUED_REQUESTS:
-            self.pause_input(self._queue)
+            self.pause_input(_QUEUE_FULL)
 
     def _reject(self, error: BadRequest) -> None:
         self._parser = None  # nothing after a bad request can be trusted to be framed right
@@ -409,7 +410,7 @@ class HttpProtocol(asyncio.Protocol):
             self.close()
             return
         if self._queue:
-            self.resume_input(self._queue)
+            self.resume_input(_QUEUE_FULL)
             self._start(self._queue.popleft())
             return
         if self._parser is None and self._leftover == b"" and self._parsing is None:
