@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 
 from ..proxy.handler import Exchange
@@ -66,6 +66,16 @@ class Observer:
         self.server_tls = server_tls
         self.access_log = access_log
         self.connections = connections
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: labels() costs more than the update
+        itself, and every label here takes few values (status codes, upstream and group names)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- connections (ConnectionObserver) ------------------------------------------------
     def connection_opened(self) -> None:
@@ -91,20 +101,20 @@ class Observer:
         sigalg = self.sigalg(info)
         group = info.group or "-"
         m = self.metrics
-        m.handshakes.labels("ok", group, sigalg or "-", str(info.resumed).lower()).inc()
+        self._child(m.handshakes, "ok", group, sigalg or "-", str(info.resumed).lower()).inc()
         key_source = self._key_source(info) or "none"
-        m.handshake_seconds.labels(group, sigalg or "-", key_source).observe(seconds)
+        self._child(m.handshake_seconds, group, sigalg or "-", key_source).observe(seconds)
         if not is_post_quantum(info.group):
-            m.classical_fallbacks.labels(group).inc()
+            self._child(m.classical_fallbacks, group).inc()
             self.log.info("classical key exchange", client=peer, ssl_curve=group,
                           tls_version=info.version)
 
     def handshake_failed(self, peer: str, reason: str, alert: str | None, seconds: float) -> None:
         m = self.metrics
-        m.handshakes.labels("failed", "-", "-", "false").inc()
-        m.handshake_failures.labels(_reason_class(reason), alert or "none").inc()
+        self._child(m.handshakes, "failed", "-", "-", "false").inc()
+        self._child(m.handshake_failures, _reason_class(reason), alert or "none").inc()
         if alert:
-            m.alerts_sent.labels(alert).inc()
+            self._child(m.alerts_sent, alert).inc()
         if alert == "internal_error" and self.server_tls.uses_hsm:
             # With an HSM, an internal error is almost always the token failing to sign.
             m.hsm_errors.inc()
@@ -113,38 +123,38 @@ class Observer:
 
     def tls_error(self, peer: str, reason: str, alert: str | None) -> None:
         if alert:
-            self.metrics.alerts_sent.labels(alert).inc()
+            self._child(self.metrics.alerts_sent, alert).inc()
         self.log.warning("TLS error on an established connection", client=peer, reason=reason,
                          alert=alert)
 
     def plain_http(self, peer: str) -> None:
-        self.metrics.handshake_failures.labels("plain_http", "none").inc()
+        self._child(self.metrics.handshake_failures, "plain_http", "none").inc()
         self.log.warning("plain HTTP request on the TLS port", client=peer, status=400)
 
     def request_timeout(self, peer: str, info: HandshakeInfo | None) -> None:
-        self.metrics.requests.labels("408", "-").inc()
+        self._child(self.metrics.requests, "408", "-").inc()
         self.log.warning("request headers timed out", client=peer, status=408)
 
     def refused(self, limit: str) -> None:
-        self.metrics.connections_refused.labels(limit).inc()
+        self._child(self.metrics.connections_refused, limit).inc()
 
     # -- requests ------------------------------------------------------------------------
     def bad_request(self, client: str, status: int, reason: str) -> None:
-        self.metrics.requests.labels(str(status), "-").inc()
+        self._child(self.metrics.requests, str(status), "-").inc()
         self.log.warning("bad request", client=client, status=status, reason=reason[:200])
 
     def exchange_done(self, exchange: Exchange, info: HandshakeInfo | None) -> None:
         m = self.metrics
         status = str(exchange.status)
-        m.requests.labels(status, exchange.upstream).inc()
+        self._child(m.requests, status, exchange.upstream).inc()
         if exchange.upstream_seconds is not None:
-            m.upstream_seconds.labels(exchange.upstream).observe(exchange.upstream_seconds)
+            self._child(m.upstream_seconds, exchange.upstream).observe(exchange.upstream_seconds)
         if exchange.bytes_in:
-            m.request_bytes.labels(exchange.upstream).inc(exchange.bytes_in)
+            self._child(m.request_bytes, exchange.upstream).inc(exchange.bytes_in)
         if exchange.bytes_out:
-            m.response_bytes.labels(exchange.upstream).inc(exchange.bytes_out)
+            self._child(m.response_bytes, exchange.upstream).inc(exchange.bytes_out)
         if exchange.error and exchange.status >= 500:
-            m.upstream_errors.labels(exchange.upstream, status).inc()
+            self._child(m.upstream_errors, exchange.upstream, status).inc()
         if not self.access_log:
             return
         request = exchange.request

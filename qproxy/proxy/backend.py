@@ -37,11 +37,20 @@ class BackendResponse:
     """Status and headers of a backend response; its body comes from `chunks()`."""
 
     def __init__(self, connection: "BackendConnection", status: int, reason: str,
-                 headers: CIMultiDict[str]) -> None:
+                 fields: list[tuple[bytes, bytes]]) -> None:
         self._connection = connection
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self.fields = fields  # as received: the client's head is made from these bytes
+        self._headers: CIMultiDict[str] | None = None
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        if self._headers is None:
+            self._headers = CIMultiDict(
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self.fields)
+        return self._headers
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._connection.body_chunks()
@@ -200,14 +209,12 @@ class BackendConnection(asyncio.Protocol):
             return
         self._status = status
         self._keep_alive = self._parser.should_keep_alive()
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in self._headers:
+        for name, _ in self._headers:
             lower = name.lower()
             if lower == b"content-length" or lower == b"transfer-encoding":
                 self._framed = True
-            headers.add(name.decode("utf-8", "surrogateescape"),
-                        value.decode("utf-8", "surrogateescape"))
-        response = BackendResponse(self, status, self._reason.decode("latin-1"), headers)
+                break
+        response = BackendResponse(self, status, self._reason.decode("latin-1"), self._headers)
         if self._head is not None and not self._head.done():
             self._head.set_result(response)
         if self._head_only or status in (204, 304):

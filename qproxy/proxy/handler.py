@@ -7,15 +7,13 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Mapping
 
-from multidict import CIMultiDict
 
 from ..tls.machine import HandshakeInfo
 from .backend import BackendError, BackendResponse
 from .headers import (
-    downstream_response_headers,
+    downstream_response_fields,
     encode_request_head,
     is_websocket_upgrade,
-    response_connection_tokens,
     upstream_request_headers,
 )
 from .http import PHRASES, HttpProtocol, HttpRequest, error_body
@@ -52,7 +50,7 @@ AccessLogger = Callable[[Exchange, HandshakeInfo | None], None]
 IdentityFn = Callable[[HandshakeInfo | None], Mapping[str, str] | None]
 
 
-_TEXT = [("Content-Type", "text/plain")]
+_TEXT = [(b"Content-Type", b"text/plain")]
 
 
 def _short(responder: HttpProtocol, request: HttpRequest, exchange: "Exchange", status: int,
@@ -155,14 +153,14 @@ class ProxyHandler:
         backend, server = await self._send(upstream, request, head, body, chunked, upgrade,
                                            exchange)
         try:
-            tokens = response_connection_tokens(backend.headers)
-            headers = downstream_response_headers(backend.headers.items(), tokens)
+            fields = downstream_response_fields(backend.fields)
             exchange.status = backend.status
             if backend.upgraded:
-                headers.add("Connection", "upgrade")
-                headers.add("Upgrade", backend.headers.get("Upgrade", "websocket"))
+                fields.append((b"Connection", b"upgrade"))
+                fields.append((b"Upgrade", backend.headers.get("Upgrade", "websocket").encode(
+                    "utf-8", "surrogateescape")))
                 responder.send_response(request, 101, backend.reason or "Switching Protocols",
-                                        headers.items(), b"")
+                                        fields, b"")
                 exchange.bytes_in, exchange.bytes_out = await backend.tunnel(responder)
                 return
             whole = (backend.whole_body() if request.method != "HEAD"
@@ -170,11 +168,10 @@ class ProxyHandler:
             if whole is not None:
                 # Already complete: head and body leave in one write, one TLS record.
                 exchange.bytes_out = len(whole)
-                responder.send_response(request, backend.status, backend.reason,
-                                        headers.items(), whole)
+                responder.send_response(request, backend.status, backend.reason, fields, whole)
                 return
             length = backend.headers.get("Content-Length")
-            responder.start_response(request, backend.status, backend.reason, headers.items(),
+            responder.start_response(request, backend.status, backend.reason, fields,
                                      int(length) if length is not None else None)
             chunks = backend.chunks()
             while True:

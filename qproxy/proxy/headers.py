@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from multidict import CIMultiDict
 
@@ -63,19 +63,20 @@ def upstream_request_headers(
     return out
 
 
-def downstream_response_headers(incoming: Iterable[tuple[str, str]],
-                                connection_tokens: Iterable[str] = ()) -> CIMultiDict[str]:
-    """Headers for the client's response: hop-by-hop dropped, everything else kept in order."""
-    drop = HOP_BY_HOP | {t.lower() for t in connection_tokens}
-    out: CIMultiDict[str] = CIMultiDict()
+HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+
+Fields = list[tuple[bytes, bytes]]
+
+
+def downstream_response_fields(incoming: Fields) -> Fields:
+    """A backend response's header fields for the client: hop-by-hop ones and those the
+    backend's Connection header names are dropped, everything else kept in order, as bytes
+    (llhttp has already refused line breaks in them)."""
+    drop = HOP_BY_HOP_BYTES
     for name, value in incoming:
-        if name.lower() not in drop:
-            out.add(name, value)
-    return out
-
-
-def response_connection_tokens(headers: CIMultiDict[str]) -> set[str]:
-    return _connection_tokens(headers)
+        if name.lower() == b"connection":
+            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
+    return [(name, value) for name, value in incoming if name.lower() not in drop]
 
 
 def encode_request_head(method: str, target: str, headers: CIMultiDict[str],
@@ -94,30 +95,28 @@ def encode_request_head(method: str, target: str, headers: CIMultiDict[str],
 
 
 
-def encode_response_head(status: int, reason: str, headers: Iterable[tuple[str, str]], *,
-                         content_length: int | None, chunked: bool, connection: str | None,
-                         date: str, keep_length: bool) -> bytes:
-    """The status line and headers for the client, framed by us: any Content-Length in
-    `headers` is replaced by `content_length` unless `keep_length` (a HEAD, 204 or 304 answer,
-    whose Content-Length describes a body not sent). `headers` must already be free of
-    hop-by-hop fields (`downstream_response_headers`); llhttp has refused line breaks in any
-    value that came from a backend."""
-    lines = [f"HTTP/1.1 {status} {reason}"]
+def encode_response_head(status: int, reason: str, fields: Fields, *,
+                         content_length: int | None, chunked: bool, connection: bytes | None,
+                         date: bytes, keep_length: bool) -> bytes:
+    """The status line and header fields for the client, framed by us: any Content-Length in
+    `fields` is replaced by `content_length` unless `keep_length` (a HEAD, 204 or 304 answer,
+    whose Content-Length describes a body not sent)."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace"))]
     has_date = False
-    for name, value in headers:
+    for name, value in fields:
         lower = name.lower()
-        if lower == "content-length" and not keep_length:
+        if lower == b"content-length" and not keep_length:
             continue
-        if lower == "date":
+        if lower == b"date":
             has_date = True
-        lines.append(f"{name}: {value}")
+        parts += (name, b": ", value, b"\r\n")
     if not has_date:
-        lines.append(f"Date: {date}")
+        parts += (b"Date: ", date, b"\r\n")
     if content_length is not None and not keep_length:
-        lines.append(f"Content-Length: {content_length}")
+        parts.append(b"Content-Length: %d\r\n" % content_length)
     if chunked:
-        lines.append("Transfer-Encoding: chunked")
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     if connection is not None:
-        lines.append(f"Connection: {connection}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        parts += (b"Connection: ", connection, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

@@ -14,26 +14,31 @@ import asyncio
 import collections
 import time
 from email.utils import formatdate
-from typing import Awaitable, Callable, Iterable, Protocol
+from typing import Awaitable, Callable, Protocol
 from urllib.parse import unquote
 
 import httptools
 from multidict import CIMultiDict
 
 from ..config.model import ServerSection
-from .headers import encode_response_head
+from .headers import Fields, encode_response_head
 
 # A request body stops being read from the client once this much waits for the backend.
 BODY_HIGH_WATER = 256 * 1024
 # Pipelined requests parsed ahead of the one being answered before reading pauses.
 MAX_QUEUED_REQUESTS = 16
-_QUEUE_FULL = "queue full"  # why input is paused, next to each paused request body
+# Why input is paused (besides each request body over its high-water mark).
+_QUEUE_FULL = "queue full"
+_UPGRADING = "upgrading"
 
 PHRASES = {
     400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
     414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
+
+
+_TEXT = [(b"Content-Type", b"text/plain")]
 
 
 class BadRequest(Exception):
@@ -159,13 +164,13 @@ class _Date:
     """The Date header value, formatted once a second rather than once a response."""
 
     second = -1
-    value = ""
+    value = b""
 
     @classmethod
-    def now(cls) -> str:
+    def now(cls) -> bytes:
         second = int(time.time())
         if second != cls.second:
-            cls.second, cls.value = second, formatdate(second, usegmt=True)
+            cls.second, cls.value = second, formatdate(second, usegmt=True).encode()
         return cls.value
 
 
@@ -200,6 +205,7 @@ class HttpProtocol(asyncio.Protocol):
         self._tunnel: TunnelPeer | None = None
         self._tunnel_done: asyncio.Future[None] | None = None
         self._leftover = b""
+        self._upgrading = False
         self._response_ended = True
         self.tunnel_bytes_in = 0
         self.tunnel_bytes_out = 0
@@ -220,12 +226,17 @@ class HttpProtocol(asyncio.Protocol):
             return
         parser = self._parser
         if parser is None:
-            return  # a bad request ended parsing; its answer is queued
+            if self._upgrading:
+                # Sent ahead of the 101 (or its refusal): for the tunnel, if there is one.
+                self._leftover += data
+                self.pause_input(_UPGRADING)
+            return  # otherwise a bad request ended parsing; its answer is queued
         self._cancel_keepalive_timer()
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._parser = None
+            self._upgrading = True
             self._leftover = data[exc.args[0]:] if exc.args else b""
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -365,7 +376,7 @@ class HttpProtocol(asyncio.Protocol):
             self._server.error_logger(self._remote, item.status, str(item))
             self._close_after = True
             self.send_response(None, item.status, PHRASES.get(item.status, "Error"),
-                               [("Content-Type", "text/plain")],
+                               _TEXT,
                                error_body(item.status, PHRASES.get(item.status, "Error")))
             self._finish()
             return
@@ -384,7 +395,7 @@ class HttpProtocol(asyncio.Protocol):
             self._server.error_logger(request.remote, 500, f"handler failed: {exc!r}")
             if not self._response_started:
                 self._close_after = True
-                self.send_response(request, 500, PHRASES[500], [("Content-Type", "text/plain")],
+                self.send_response(request, 500, PHRASES[500], _TEXT,
                                    error_body(500, PHRASES[500]))
             else:
                 self.close()
@@ -393,7 +404,7 @@ class HttpProtocol(asyncio.Protocol):
                 if not self._response_started:
                     self._close_after = True
                     self.send_response(request, 500, PHRASES[500],
-                                       [("Content-Type", "text/plain")],
+                                       _TEXT,
                                        error_body(500, PHRASES[500]))
                 elif not self._response_ended:
                     self.close()  # a streamed response left unfinished (the backend failed)
@@ -413,8 +424,8 @@ class HttpProtocol(asyncio.Protocol):
             self.resume_input(_QUEUE_FULL)
             self._start(self._queue.popleft())
             return
-        if self._parser is None and self._leftover == b"" and self._parsing is None:
-            self.close()  # parsing ended (upgrade refused by the backend, or client EOF)
+        if self._parser is None:
+            self.close()  # parsing ended: an upgrade the backend refused, or the client's EOF
             return
         self._keepalive_timer = self._loop.call_later(self._server.section.keepalive_timeout,
                                                       self._keepalive_expired)
@@ -430,15 +441,16 @@ class HttpProtocol(asyncio.Protocol):
             self._keepalive_timer = None
 
     # -- answering ------------------------------------------------------------------------
-    def _connection_header(self, request: HttpRequest | None, complete_body: bool) -> str | None:
+    def _connection_header(self, request: HttpRequest | None, complete_body: bool
+                           ) -> bytes | None:
         if request is None or not request.keep_alive or self._closing or (
                 request.upgrade and self._parser is None) or (
                 request.body is not None and not (complete_body or request.body.complete)):
             self._close_after = True
         if self._close_after:
-            return "close"
+            return b"close"
         if request.version == "1.0":
-            return "keep-alive"
+            return b"keep-alive"
         return None
 
     def send_interim(self, head: bytes) -> None:
@@ -447,14 +459,14 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.write(head)
 
     def send_response(self, request: HttpRequest | None, status: int, reason: str,
-                      headers: Iterable[tuple[str, str]], body: bytes) -> None:
+                      fields: Fields, body: bytes) -> None:
         """A whole response: head and body leave in one write, one TLS record."""
         self._response_started = True
         self._response_ended = True
         head_only = request is not None and request.method == "HEAD"
         no_body = status in (204, 304) or status < 200
         head = encode_response_head(
-            status, reason, headers, content_length=None if no_body else len(body),
+            status, reason, fields, content_length=None if no_body else len(body),
             chunked=False, date=_Date.now(), keep_length=head_only or no_body,
             # A 101's own headers say "Connection: upgrade".
             connection=None if status == 101 else self._connection_header(request, False))
@@ -462,7 +474,7 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.write(head if head_only or no_body else head + body)
 
     def start_response(self, request: HttpRequest, status: int, reason: str,
-                       headers: Iterable[tuple[str, str]], length: int | None) -> None:
+                       fields: Fields, length: int | None) -> None:
         """A response whose body follows through `write_body`. Without a length it is sent
         chunked (HTTP/1.1) or delimited by closing the connection (HTTP/1.0)."""
         self._response_started = True
@@ -473,7 +485,7 @@ class HttpProtocol(asyncio.Protocol):
             self._close_after = True
         self._response_chunked = chunked
         head = encode_response_head(
-            status, reason, headers, content_length=length, chunked=chunked,
+            status, reason, fields, content_length=length, chunked=chunked,
             connection=self._connection_header(request, False), date=_Date.now(),
             keep_length=no_body)
         if self._transport is not None:
@@ -511,6 +523,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._leftover:
             data, self._leftover = self._leftover, b""
             self.data_received(data)
+        self.resume_input(_UPGRADING)
         if self._write_paused:
             peer.pause_reading()
         if leftover:

@@ -140,7 +140,7 @@ class TlsServerMachine:
         if self._state in (TlsState.FAILED,):
             return []
         if data:
-            self._conn.bio_write(data)
+            openssl_ext.feed_ciphertext(self._conn, data)
         events: list[Event] = []
         if self._state is TlsState.HANDSHAKING:
             try:
@@ -171,13 +171,10 @@ class TlsServerMachine:
         """Encrypt application data; the records wait in `data_to_send()`."""
         if self._state is not TlsState.OPEN:
             raise RuntimeError(f"cannot send application data in TLS state {self._state.value}")
-        view = memoryview(plaintext)
-        while view:
-            try:
-                written = self._conn.send(view)
-            except SSL.Error as exc:
-                raise self._fail(exc) from None
-            view = view[written:]
+        try:
+            openssl_ext.write_plaintext(self._conn, plaintext)
+        except SSL.Error as exc:
+            raise self._fail(exc) from None
 
     def close(self) -> None:
         """Queue close_notify."""

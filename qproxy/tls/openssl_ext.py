@@ -143,6 +143,36 @@ def take_output(connection: SSL.Connection) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def feed_ciphertext(connection: SSL.Connection, data: bytes) -> None:
+    """Bytes from the network into the connection's input BIO (a memory BIO cannot refuse
+    them short of running out of memory); pyOpenSSL's `bio_write` without its checks."""
+    if _lib.BIO_write(connection._into_ssl, data, len(data)) != len(data):
+        raise MemoryError("OpenSSL could not buffer the received bytes")
+
+
+# SSL_write in pyOpenSSL's partial-write mode returns after each batch of records.
+_WRITE_BATCH = 16384
+
+
+def write_plaintext(connection: SSL.Connection, data: bytes) -> None:
+    """Encrypt all of `data`; the records wait in the output BIO. A failure raises
+    pyOpenSSL's `SSL.Error`."""
+    ssl = connection._ssl
+    if len(data) <= _WRITE_BATCH:
+        count = _lib.SSL_write(ssl, data, len(data))
+        if count <= 0:
+            connection._raise_ssl_error(ssl, count)
+        return
+    with _ffi.from_buffer(data) as buffer:
+        offset, total = 0, len(data)
+        while offset < total:
+            count = _lib.SSL_write(ssl, buffer + offset, total - offset)
+            if count <= 0:
+                connection._raise_ssl_error(ssl, count)
+                return
+            offset += count
+
+
 def read_plaintext(connection: SSL.Connection) -> tuple[bytes, bool]:
     """Decrypt what has arrived: (application data, whether the peer sent close_notify).
 
