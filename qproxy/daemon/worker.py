@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 
+from OpenSSL import SSL
+
 from ..config.model import ServerConfig
 from ..observability.logging import get_logger, reopen_log_files
 from ..observability.metrics import Metrics
@@ -56,14 +58,19 @@ class Generation:
                                self.observer.exchange_done, client_identity)
         self.http_server = HttpServer(handler, config.server, self.observer.bad_request)
         self.limits = Limits(config.server.handshake_timeout, config.server.client_header_timeout)
+        # One bound method shared by every connection (each protocol holds it for its life).
+        self._context_factory = self._default_context
 
     def start(self) -> None:
         for upstream in self.upstreams.values():
             upstream.start()
 
+    def _default_context(self) -> SSL.Context:
+        return self.server_tls.default
+
     def protocol(self) -> TlsServerProtocol:
-        return TlsServerProtocol(lambda: self.server_tls.default, self.http_server,
-                                 self.observer, self.limits)
+        return TlsServerProtocol(self._context_factory, self.http_server, self.observer,
+                                 self.limits)
 
     async def retire(self, timeout: float) -> None:
         """Finish in-flight requests (closing idle keep-alive connections), then let go."""

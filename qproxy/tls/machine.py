@@ -8,6 +8,7 @@ does all the TLS: this class only pumps its memory BIOs and names what happened.
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -200,8 +201,9 @@ class TlsServerMachine:
         name = conn.get_servername()
         peer = conn.get_peer_certificate()
         return HandshakeInfo(
-            version=conn.get_protocol_version_name(),
-            cipher=conn.get_cipher_name() or "",
+            # Interned: a handful of distinct values, held by every open connection.
+            version=sys.intern(conn.get_protocol_version_name()),
+            cipher=sys.intern(conn.get_cipher_name() or ""),
             group=canonical_group(openssl_ext.negotiated_group(conn)),
             alpn=alpn.decode() if alpn else None,
             resumed=openssl_ext.session_reused(conn),

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 
 from OpenSSL import SSL
 
+from . import deadlines
 from .machine import (
     DataReceived,
     HandshakeComplete,
@@ -69,7 +70,7 @@ class TlsServerProtocol(asyncio.Protocol):
     # Slots: one of these lives as long as each connection (an idle one too).
     __slots__ = ("_context_factory", "_app_factory", "_observer", "_limits", "_transport",
                  "_machine", "_app", "_app_transport", "_peer", "_started", "_first_data",
-                 "_lingering", "_write_paused", "_timer", "_header_timer", "_in_request",
+                 "_lingering", "_write_paused", "_timer", "_header_deadline", "_in_request",
                  "_closed")
 
     def __init__(
@@ -93,7 +94,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._lingering = False
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_deadline: float | None = None  # its key in the loop's `Deadlines`
         self._in_request = False
         self._closed = False
 
@@ -133,7 +134,7 @@ class TlsServerProtocol(asyncio.Protocol):
                 self._peer_closed()
 
     def eof_received(self) -> bool:
-        handshaking = self._machine is not None and self._app_transport is None
+        handshaking = self._machine is not None and self._machine.info is None
         if handshaking and not self._lingering:
             self._cancel_timer()
             self._observer.handshake_failed(self._peer, "client closed the connection during "
@@ -172,13 +173,14 @@ class TlsServerProtocol(asyncio.Protocol):
         self._cancel_timer()
         self._observer.handshake_done(self._peer, info, self._elapsed())
         assert self._transport is not None
-        self._app_transport = TlsAppTransport(self, info)
         self._arm_header_timer()
 
     def _start_app(self) -> asyncio.Protocol:
-        # The HTTP protocol (parser, buffers, a task) is made when the first request bytes
-        # arrive, not at the handshake: an idle TLS connection then costs only the TLS state.
-        assert self._app_transport is not None
+        # The HTTP protocol (parser, buffers, a task) and its transport are made when the first
+        # request bytes arrive, not at the handshake: an idle TLS connection then costs only
+        # the TLS state.
+        assert self._machine is not None and self._machine.info is not None
+        self._app_transport = TlsAppTransport(self, self._machine.info)
         self._app = self._app_factory()
         self._app.connection_made(self._app_transport)
         if self._write_paused:
@@ -186,10 +188,10 @@ class TlsServerProtocol(asyncio.Protocol):
         return self._app
 
     def _deliver(self, plaintext: bytes) -> None:
-        if self._app_transport is None:
+        if self._machine is None or self._machine.info is None:
             return
         app = self._app or self._start_app()
-        if not self._in_request and self._header_timer is None:
+        if not self._in_request and self._header_deadline is None:
             self._arm_header_timer()
         app.data_received(plaintext)
 
@@ -217,14 +219,17 @@ class TlsServerProtocol(asyncio.Protocol):
     # -- request-header deadline (the slowloris defence) ----------------------------------
     def _arm_header_timer(self) -> None:
         self._cancel_header_timer()
-        loop = asyncio.get_running_loop()
-        self._header_timer = loop.call_later(self._limits.client_header_timeout,
-                                             self._header_timed_out)
+        self._header_deadline = deadlines.for_running_loop().add(
+            self._limits.client_header_timeout, self)
 
     def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._header_deadline is not None:
+            deadlines.for_running_loop().remove(self._header_deadline, self)
+            self._header_deadline = None
+
+    def deadline_passed(self) -> None:
+        self._header_deadline = None
+        self._header_timed_out()
 
     def request_started(self) -> None:
         self._in_request = True
@@ -234,10 +239,9 @@ class TlsServerProtocol(asyncio.Protocol):
         self._in_request = False
 
     def _header_timed_out(self) -> None:
-        self._header_timer = None
         if self._in_request or self._closed or self._machine is None:
             return
-        info = self._app_transport.info if self._app_transport else None
+        info = self._machine.info
         self._observer.request_timeout(self._peer, info)
         head = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
                 b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(REQUEST_TIMEOUT_BODY))
