@@ -188,7 +188,6 @@ class HttpProtocol(asyncio.Protocol):
         # The request being parsed (its head pieces, then its body).
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._header_bytes = 0
         self._parsing: HttpRequest | None = None
         # Requests waiting to be answered; the one being answered and its task.
         self._queue: collections.deque[HttpRequest | BadRequest] = collections.deque()
@@ -271,7 +270,7 @@ class HttpProtocol(asyncio.Protocol):
                 request.body.fail(error)
         self._queue.clear()
         if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(error)
+            self._drain_waiter.set_result(None)  # write_body then sees the connection closed
         if self._tunnel is not None:
             self._end_tunnel()
         if self._task is not None and not self._task.done():
@@ -307,7 +306,6 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -387,24 +385,22 @@ class HttpProtocol(asyncio.Protocol):
         self._task = self._loop.create_task(self._run(item))
 
     async def _run(self, request: HttpRequest) -> None:
+        cancelled = False
         try:
             await self._server.handler(request, self)
         except asyncio.CancelledError:
+            cancelled = True  # the client went away, or the drain at shutdown ran out
             raise
         except Exception as exc:  # a bug in the handler: answer 500, keep the worker
             self._server.error_logger(request.remote, 500, f"handler failed: {exc!r}")
-            if not self._response_started:
-                self._close_after = True
-                self.send_response(request, 500, PHRASES[500], _TEXT,
-                                   error_body(500, PHRASES[500]))
-            else:
-                self.close()
         finally:
-            if not self._closed:
+            if cancelled or self._closed:
+                self._active, self._task = None, None
+                self.close()
+            else:
                 if not self._response_started:
                     self._close_after = True
-                    self.send_response(request, 500, PHRASES[500],
-                                       _TEXT,
+                    self.send_response(request, 500, PHRASES[500], _TEXT,
                                        error_body(500, PHRASES[500]))
                 elif not self._response_ended:
                     self.close()  # a streamed response left unfinished (the backend failed)
@@ -441,11 +437,12 @@ class HttpProtocol(asyncio.Protocol):
             self._keepalive_timer = None
 
     # -- answering ------------------------------------------------------------------------
-    def _connection_header(self, request: HttpRequest | None, complete_body: bool
-                           ) -> bytes | None:
+    def _connection_header(self, request: HttpRequest | None) -> bytes | None:
+        """What the response says of the connection; decides whether it is closed after."""
         if request is None or not request.keep_alive or self._closing or (
                 request.upgrade and self._parser is None) or (
-                request.body is not None and not (complete_body or request.body.complete)):
+                # An unread rest of the body would be taken for the next request.
+                request.body is not None and not request.body.complete):
             self._close_after = True
         if self._close_after:
             return b"close"
@@ -469,7 +466,7 @@ class HttpProtocol(asyncio.Protocol):
             status, reason, fields, content_length=None if no_body else len(body),
             chunked=False, date=_Date.now(), keep_length=head_only or no_body,
             # A 101's own headers say "Connection: upgrade".
-            connection=None if status == 101 else self._connection_header(request, False))
+            connection=None if status == 101 else self._connection_header(request))
         if self._transport is not None:
             self._transport.write(head if head_only or no_body else head + body)
 
@@ -486,7 +483,7 @@ class HttpProtocol(asyncio.Protocol):
         self._response_chunked = chunked
         head = encode_response_head(
             status, reason, fields, content_length=length, chunked=chunked,
-            connection=self._connection_header(request, False), date=_Date.now(),
+            connection=self._connection_header(request), date=_Date.now(),
             keep_length=no_body)
         if self._transport is not None:
             self._transport.write(head)
@@ -505,6 +502,8 @@ class HttpProtocol(asyncio.Protocol):
                 await self._drain_waiter
             finally:
                 self._drain_waiter = None
+            if self._closed:
+                raise ConnectionResetError("the client closed the connection")
 
     def end_response(self) -> None:
         self._response_ended = True

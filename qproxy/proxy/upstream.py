@@ -101,7 +101,7 @@ class Upstream:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """For WebSocket upgrades and health checks, which are rare enough for a general client."""
+        """For health checks, which are rare enough for a general client."""
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=0, limit_per_host=0, keepalive_timeout=self.section.idle_timeout,

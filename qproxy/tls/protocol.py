@@ -1,8 +1,9 @@
 """The asyncio edge of a TLS connection: socket transport below, HTTP protocol above.
 
 `TlsServerProtocol` owns the socket transport, the timers and flow control, and drives a
-`TlsServerMachine`. Once the handshake completes it creates the application protocol (aiohttp's
-request handler) and hands it a `TlsAppTransport`, which encrypts what the application writes.
+`TlsServerMachine`. When the first request bytes arrive after the handshake it creates the
+application protocol (`proxy.http.HttpProtocol`) and hands it a `TlsAppTransport`, which
+encrypts what the application writes.
 Modelled on CPython's `asyncio.sslproto`, with pyOpenSSL instead of `ssl`.
 """
 
@@ -319,9 +320,6 @@ class TlsAppTransport(asyncio.Transport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "tls":
             return self.info
-        if name == "sslcontext":
-            # aiohttp derives request.secure / scheme "https" from this being set.
-            return True
         transport = self._protocol.socket_transport
         return transport.get_extra_info(name, default) if transport else default
 
