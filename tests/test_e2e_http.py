@@ -153,3 +153,18 @@ def test_websocket_tunnel_carries_a_large_binary_message_both_ways(server):
     assert reply[:2] == bytes([0x82, 127])
     assert int.from_bytes(reply[2:10], "big") == len(payload)
     assert reply[10:] == payload[::-1]
+
+
+def test_websocket_silent_for_the_read_timeout_is_closed(start_server, dev_pki, backend):
+    config = make_config(dev_pki, backend["address"])
+    config["upstreams"]["app"]["read_timeout"] = 1
+    server = start_server(config)
+    conn = tls_connect(server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    conn.sendall((f"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert read_response(conn).status == 101
+    started = time.monotonic()
+    assert _closed_within(conn, 8)
+    assert 0.9 < time.monotonic() - started < 8

@@ -66,7 +66,8 @@ class BackendResponse:
         return self._connection.upgraded
 
     async def tunnel(self, client: "TunnelClient") -> tuple[int, int]:
-        """Relay bytes between the client and the backend until one of them closes."""
+        """Relay bytes between the client and the backend until one of them closes, or the
+        tunnel has been silent for the read timeout."""
         return await self._connection.tunnel(client)
 
     def release(self) -> None:
@@ -77,7 +78,8 @@ class BackendResponse:
 class TunnelClient(Protocol):
     """The client side of a tunnel (`HttpProtocol`)."""
 
-    async def tunnel(self, peer: "BackendConnection", leftover: bytes) -> tuple[int, int]: ...
+    async def tunnel(self, peer: "BackendConnection", leftover: bytes, idle_timeout: float
+                     ) -> tuple[int, int]: ...
     def tunnel_write(self, data: bytes) -> None: ...
     def tunnel_closed(self) -> None: ...
     def pause_input(self, reason: object) -> None: ...
@@ -368,7 +370,7 @@ class BackendConnection(asyncio.Protocol):
         self._cancel_read_timer()
         self._tunnel_client = client
         leftover, self._leftover = self._leftover, b""
-        return await client.tunnel(self, leftover)
+        return await client.tunnel(self, leftover, self._read_timeout)
 
     # What the client side of a tunnel calls.
     def write(self, data: bytes) -> None:

@@ -203,6 +203,7 @@ class HttpProtocol(asyncio.Protocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._tunnel: TunnelPeer | None = None
         self._tunnel_done: asyncio.Future[None] | None = None
+        self._tunnel_idle = _IdleTunnel.NONE
         self._leftover = b""
         self._upgrading = False
         self._response_ended = True
@@ -221,6 +222,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
             self.tunnel_bytes_in += len(data)
+            self._tunnel_idle.touch()
             self._tunnel.write(data)
             return
         parser = self._parser
@@ -510,8 +512,11 @@ class HttpProtocol(asyncio.Protocol):
         if self._response_chunked and self._transport is not None and not self._closed:
             self._transport.write(b"0\r\n\r\n")
 
-    async def tunnel(self, peer: TunnelPeer, leftover: bytes) -> tuple[int, int]:
-        """After a 101: relay bytes both ways until either side closes.
+    async def tunnel(self, peer: TunnelPeer, leftover: bytes, idle_timeout: float
+                     ) -> tuple[int, int]:
+        """After a 101: relay bytes both ways until either side closes, or no byte has gone
+        either way for `idle_timeout` seconds (nginx's proxy_read_timeout on an upgraded
+        connection), which also frees the backend connection of a client that vanished.
 
         Returns (bytes from the client, bytes to the client)."""
         self._response_ended = True
@@ -519,6 +524,7 @@ class HttpProtocol(asyncio.Protocol):
         self.tunnel_bytes_out = 0
         self._tunnel = peer
         self._tunnel_done = self._loop.create_future()
+        self._tunnel_idle = _IdleTunnel(self, idle_timeout)
         if self._leftover:
             data, self._leftover = self._leftover, b""
             self.data_received(data)
@@ -533,12 +539,14 @@ class HttpProtocol(asyncio.Protocol):
             await self._tunnel_done
         finally:
             self._close_after = True
+            self._tunnel_idle.stop()
         return self.tunnel_bytes_in, self.tunnel_bytes_out
 
     def tunnel_write(self, data: bytes) -> None:
         """Bytes from the far end for the client."""
         if self._transport is not None and not self._closed:
             self.tunnel_bytes_out += len(data)
+            self._tunnel_idle.touch()
             self._transport.write(data)
 
     def tunnel_closed(self) -> None:
@@ -567,6 +575,41 @@ class HttpProtocol(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return self._active is not None or bool(self._queue)
+
+
+class _IdleTunnel:
+    """Ends a tunnel once no byte has crossed it for `timeout` seconds: one timer, moved on
+    only when it fires (cheaper than re-arming per chunk)."""
+
+    NONE: "_IdleTunnel"
+
+    def __init__(self, protocol: HttpProtocol | None, timeout: float) -> None:
+        self._protocol = protocol
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop() if protocol is not None else None
+        self._last = self._loop.time() if self._loop else 0.0
+        self._timer = self._loop.call_later(timeout, self._due) if self._loop else None
+
+    def touch(self) -> None:
+        if self._loop is not None:
+            self._last = self._loop.time()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due(self) -> None:
+        assert self._loop is not None and self._protocol is not None
+        due = self._last + self._timeout
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._due)
+            return
+        self._timer = None
+        self._protocol.tunnel_closed()
+
+
+_IdleTunnel.NONE = _IdleTunnel(None, 0.0)
 
 
 class HttpServer:
