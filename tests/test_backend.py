@@ -36,7 +36,7 @@ async def fetch(pool: ServerConnections, head: bytes, *, body=None, chunked=Fals
 
 
 def run(script: Script, test: Callable[[ServerConnections], Awaitable[None]],
-        keepalive: int = 4) -> list[int]:
+        keepalive: int = 4, idle_timeout: float = 30.0) -> list[int]:
     """Runs `test` against a server running `script` per connection; returns each connection's
     request count (as the script reported it through its return value)."""
     connections: list[int] = []
@@ -53,7 +53,7 @@ def run(script: Script, test: Callable[[ServerConnections], Awaitable[None]],
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        pool = ServerConnections("127.0.0.1", port, keepalive, 30.0, 5.0)
+        pool = ServerConnections("127.0.0.1", port, keepalive, idle_timeout, 5.0)
         try:
             await asyncio.wait_for(test(pool), 20)
         finally:
@@ -251,3 +251,17 @@ def test_request_head_refuses_line_breaks() -> None:
                             "b")
     head = encode_request_head("GET", "/p?q=1", CIMultiDict({"Accept": "*/*"}), "backend:80")
     assert head == b"GET /p?q=1 HTTP/1.1\r\nHost: backend:80\r\nAccept: */*\r\n\r\n"
+
+
+def test_idle_connection_is_closed_after_idle_timeout_and_not_while_in_use() -> None:
+    async def test(pool):
+        assert (await fetch(pool, get()))[0] == 200
+        await asyncio.sleep(0.2)
+        status, _, reused = await fetch(pool, get())  # taken and given back: its idle restarts
+        assert (status, reused) == (200, True)
+        await asyncio.sleep(0.2)  # 0.4 s since the first release, 0.2 s since the second
+        assert len(pool._idle) == 1
+        await asyncio.sleep(0.4)
+        assert pool._idle == []  # closed and forgotten
+
+    assert len(run(serve_forever, test, idle_timeout=0.3)) == 1

@@ -96,6 +96,8 @@ class BackendConnection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None
+        self._idle_timeout = 0.0
         self._read_timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
         self._write_paused = False
@@ -242,7 +244,6 @@ class BackendConnection(asyncio.Protocol):
         if self._complete:
             return
         self._complete = True
-        self._cancel_read_timer()
         if self._head_only:
             # llhttp cannot be told a response has no body; a fresh parser for the next one.
             self._parser = httptools.HttpResponseParser(self)
@@ -253,7 +254,6 @@ class BackendConnection(asyncio.Protocol):
         if self._error is not None or self._complete:
             return
         self._error = error
-        self._cancel_read_timer()
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
         self._wake_reader()
@@ -367,7 +367,6 @@ class BackendConnection(asyncio.Protocol):
                 self._body_waiter = None
 
     async def tunnel(self, client: TunnelClient) -> tuple[int, int]:
-        self._cancel_read_timer()
         self._tunnel_client = client
         leftover, self._leftover = self._leftover, b""
         return await client.tunnel(self, leftover, self._read_timeout)
@@ -386,16 +385,17 @@ class BackendConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _arm_read_timer(self) -> None:
-        if self._complete or self._error is not None or self._read_timer is not None:
-            return
         self._last_read = self._loop.time()
-        self._read_timer = self._loop.call_at(self._last_read + self._read_timeout,
-                                              self._read_due)
+        if self._read_timer is None:
+            self._read_timer = self._loop.call_at(self._last_read + self._read_timeout,
+                                                  self._read_due)
 
     def _read_due(self) -> None:
-        # One timer per exchange, moved on only when it fires: cheaper than re-arming per read.
+        # One timer per connection, moved on only when it fires and lapsing when no response is
+        # awaited: cheaper than arming and cancelling one per request and per read.
         self._read_timer = None
-        if self._complete or self._error is not None:
+        if (self._head is None or not self._sent_all or self._complete or self.upgraded
+                or self._error is not None):
             return
         due = self._last_read + self._read_timeout
         if self._loop.time() < due:
@@ -429,12 +429,25 @@ class BackendConnection(asyncio.Protocol):
         self._pool.release(self)
 
     def idle(self, timeout: float) -> None:
-        self._idle_timer = self._loop.call_later(timeout, self.close)
+        """In the pool from now; closed if still there after `timeout` seconds. The timer is
+        moved on only when it fires, as the read timer is."""
+        self._idle_since = self._loop.time()
+        self._idle_timeout = timeout
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(self._idle_since + timeout, self._idle_due)
+
+    def _idle_due(self) -> None:
+        self._idle_timer = None
+        if self._idle_since is None:
+            return  # in use; `idle` arms it again
+        due = self._idle_since + self._idle_timeout
+        if self._loop.time() < due:
+            self._idle_timer = self._loop.call_at(due, self._idle_due)
+            return
+        self.close()
 
     def take(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle_since = None
         self.reused = True
 
     def close(self) -> None:
@@ -466,11 +479,18 @@ class ServerConnections:
         self._idle: list[BackendConnection] = []
 
     async def acquire(self, fresh: bool = False) -> BackendConnection:
-        while self._idle and not fresh:
+        return (None if fresh else self.take_idle()) or await self.connect()
+
+    def take_idle(self) -> BackendConnection | None:
+        """A kept-alive connection, if one is idle (no coroutine for the common case)."""
+        while self._idle:
             connection = self._idle.pop()  # the most recently used: least likely to be stale
             if not connection.closed:
                 connection.take()
                 return connection
+        return None
+
+    async def connect(self) -> BackendConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):

@@ -31,7 +31,7 @@ class UpstreamFailure(Exception):
         super().__init__(message)
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """What one request did, for the access log and metrics."""
 
@@ -130,7 +130,8 @@ class ProxyHandler:
             fresh = upgrade  # an upgraded connection never returns to the pool: start anew
             while True:
                 try:
-                    connection = await connections.acquire(fresh)
+                    connection = (None if fresh else connections.take_idle()) or (
+                        await connections.connect())
                     response = await connection.exchange(
                         head, body, chunked, request.method == "HEAD",
                         upstream.section.read_timeout, upgrade)

@@ -201,6 +201,7 @@ class HttpProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._input_paused_by: set[object] = set()
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # since the last response, with no request
         self._tunnel: TunnelPeer | None = None
         self._tunnel_done: asyncio.Future[None] | None = None
         self._tunnel_idle = _IdleTunnel.NONE
@@ -232,7 +233,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._leftover += data
                 self.pause_input(_UPGRADING)
             return  # otherwise a bad request ended parsing; its answer is queued
-        self._cancel_keepalive_timer()
+        self._idle_since = None
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -425,12 +426,22 @@ class HttpProtocol(asyncio.Protocol):
         if self._parser is None:
             self.close()  # parsing ended: an upgrade the backend refused, or the client's EOF
             return
-        self._keepalive_timer = self._loop.call_later(self._server.section.keepalive_timeout,
-                                                      self._keepalive_expired)
+        # One timer per connection, moved on only when it fires (not armed and cancelled per
+        # request); it lapses while requests come.
+        self._idle_since = self._loop.time()
+        if self._keepalive_timer is None:
+            self._keepalive_timer = self._loop.call_at(
+                self._idle_since + self._server.section.keepalive_timeout,
+                self._keepalive_expired)
 
     def _keepalive_expired(self) -> None:
         self._keepalive_timer = None
-        if self._active is None and not self._queue and self._parsing is None:
+        if self._idle_since is None:
+            return
+        due = self._idle_since + self._server.section.keepalive_timeout
+        if self._loop.time() < due:
+            self._keepalive_timer = self._loop.call_at(due, self._keepalive_expired)
+        elif self._active is None and not self._queue and self._parsing is None:
             self.close()
 
     def _cancel_keepalive_timer(self) -> None:
