@@ -265,3 +265,22 @@ def test_idle_connection_is_closed_after_idle_timeout_and_not_while_in_use() -> 
         assert pool._idle == []  # closed and forgotten
 
     assert len(run(serve_forever, test, idle_timeout=0.3)) == 1
+
+
+def test_bytes_past_the_response_are_not_a_response_and_the_connection_is_dropped() -> None:
+    async def script(reader, writer):
+        for _ in range(2):
+            await read_head(reader)
+            writer.write(ok(b"hi") + b"HTTP/1.1 302 Found\r\nSet-Cookie: session=attacker\r\n"
+                         b"Location: https://evil/\r\n\r\n")
+            await writer.drain()
+
+    async def test(pool):
+        connection = await pool.acquire()
+        response = await connection.exchange(get(), None, False, False, 5.0)
+        assert [name for name, _ in response.fields] == [b"Content-Length"]
+        assert response.whole_body() == b"hi"
+        response.release()
+        assert (await fetch(pool, get()))[2] is False  # a new connection, not the tainted one
+
+    assert len(run(script, test)) == 2

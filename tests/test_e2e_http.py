@@ -7,8 +7,10 @@ import json
 import os
 import time
 
+import pytest
+
 from tests.conftest import make_config
-from tests.support.harness import _recv, http_request, read_response, tls_connect
+from tests.support.harness import _recv, free_port, http_request, read_response, tls_connect
 
 
 def _responses_until_close(conn) -> list[tuple[int, bytes]]:
@@ -168,3 +170,124 @@ def test_websocket_silent_for_the_read_timeout_is_closed(start_server, dev_pki, 
     started = time.monotonic()
     assert _closed_within(conn, 8)
     assert 0.9 < time.monotonic() - started < 8
+
+
+def _send_ignoring_close(conn, data: bytes) -> None:
+    try:
+        conn.sendall(data)
+    except Exception:  # the server may answer and close before taking it all
+        pass
+
+
+def test_endless_header_line_gets_431_before_it_grows_without_bound(server):
+    conn = tls_connect(server.port)
+    conn.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Long: ")
+    for _ in range(64):  # up to 4 MiB, in pieces as a slow attacker would send it
+        _send_ignoring_close(conn, b"a" * 65536)
+    assert read_response(conn).status == 431
+    assert http_request(tls_connect(server.port), "GET", "/echo").status == 200
+
+
+def test_many_pipelined_requests_from_a_client_that_reads_late_are_all_answered(server):
+    conn = tls_connect(server.port)
+    count = 1500
+    conn.sendall(b"".join(b"GET /echo?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n
+                          for n in range(count - 1))
+                 + b"GET /echo?n=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (count - 1))
+    time.sleep(1)  # answers pile up unread: reading and answering must pause, not buffer
+    paths = [json.loads(body)["path"] for _, body in _responses_until_close(conn)]
+    assert paths == [f"/echo?n={n}" for n in range(count)]
+
+
+def test_malformed_chunked_body_gets_400_and_the_backend_is_not_blamed(server):
+    conn = tls_connect(server.port)
+    conn.sendall(b"POST /sha256 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\nzz\r\n")
+    assert read_response(conn).status == 400
+    # With the only backend server marked failed, this would be a 502.
+    assert http_request(tls_connect(server.port), "GET", "/echo").status == 200
+
+
+def test_client_slower_than_the_read_timeout_still_gets_the_whole_download(start_server,
+                                                                          dev_pki, backend):
+    config = make_config(dev_pki, backend["address"])
+    config["upstreams"]["app"]["read_timeout"] = 1
+    server = start_server(config)
+    conn = tls_connect(server.port, timeout=30)
+    size = 40 << 20
+    conn.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+    first = _recv(conn)
+    time.sleep(2.5)  # the backend's socket is paused meanwhile: that is not its silence
+    assert first.startswith(b"HTTP/1.1 200")
+    received = len(first.partition(b"\r\n\r\n")[2])
+    while received < size and (chunk := _recv(conn)):
+        received += len(chunk)
+    assert received == size
+    assert http_request(tls_connect(server.port), "GET", "/echo").status == 200
+
+
+def test_unread_complete_body_does_not_stall_the_kept_alive_connection(start_server, dev_pki,
+                                                                        backend):
+    server = start_server(make_config(
+        dev_pki, backend["address"],
+        upstreams={"app": {"servers": [backend["address"]]},
+                   "dead": {"servers": [f"127.0.0.1:{free_port()}"]}},
+        routes=[{"path_prefix": "/dead", "upstream": "dead"},
+                {"path_prefix": "/", "upstream": "app"}]))
+    conn = tls_connect(server.port)
+    body = b"b" * 600_000  # above the body high-water mark: reading pauses
+    result = http_request(conn, "POST", "/dead/upload", body=body)
+    assert result.status == 502
+    if result.header("Connection") != "close":
+        assert http_request(conn, "GET", "/echo").status == 200
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET /echo HTTP/1.1\r\n\r\n", 400),
+    (b"GET http://elsewhere/echo HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+    (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+     b"Content-Length: 5\r\n\r\nhello", 400),
+], ids=["two-hosts", "no-host", "absolute-other-host", "connect", "upgrade-with-body"])
+def test_requests_routing_could_misread_are_refused(server, raw, status):
+    conn = tls_connect(server.port)
+    conn.sendall(raw)
+    assert read_response(conn).status == status
+    assert http_request(tls_connect(server.port), "GET", "/echo").status == 200
+
+
+def test_absolute_form_naming_the_host_is_served(server):
+    conn = tls_connect(server.port)
+    conn.sendall(b"GET http://localhost/echo?abs HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert read_response(conn).status == 200
+
+
+def test_request_body_that_stops_arriving_gets_408(start_server, dev_pki, backend):
+    server = start_server(make_config(dev_pki, backend["address"], server={
+        "listen_address": "127.0.0.1", "listen_port": 0, "client_body_timeout": 1}))
+    conn = tls_connect(server.port)
+    conn.sendall(b"POST /sha256 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+    started = time.monotonic()
+    assert read_response(conn).status == 408
+    assert 0.9 < time.monotonic() - started < 8
+    assert http_request(tls_connect(server.port), "GET", "/echo").status == 200
+
+
+def test_client_that_stops_reading_a_download_is_cut_off_after_send_timeout(start_server,
+                                                                           dev_pki, backend):
+    server = start_server(make_config(dev_pki, backend["address"], server={
+        "listen_address": "127.0.0.1", "listen_port": 0, "send_timeout": 1}))
+    conn = tls_connect(server.port, timeout=30)
+    size = 512 << 20
+    conn.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+    time.sleep(4)  # buffers fill, then nothing moves for longer than send_timeout
+    received = 0
+    try:
+        while chunk := _recv(conn):
+            received += len(chunk)
+    except Exception:
+        pass  # a reset is how the cut-off can show
+    assert received < size
+    assert server.wait_log(lambda e: "stopped taking the response" in str(e.get("error")))
+    assert http_request(tls_connect(server.port), "GET", "/echo").status == 200

@@ -30,6 +30,10 @@ class ServerSection(Section):
     handshake_timeout: PositiveFloat = 10.0
     client_header_timeout: PositiveFloat = 30.0
     keepalive_timeout: PositiveFloat = 75.0
+    # nginx's send_timeout and client_body_timeout: a client that stops taking the response,
+    # or stops sending its body, for this long is cut off.
+    send_timeout: PositiveFloat = 60.0
+    client_body_timeout: PositiveFloat = 60.0
     shutdown_timeout: PositiveFloat = 30.0
     max_request_line: Annotated[int, Field(ge=256)] = 8190
     max_header_size: Annotated[int, Field(ge=256)] = 8190

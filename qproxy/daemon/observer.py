@@ -156,6 +156,12 @@ class Observer:
         if exchange.error and exchange.status >= 500:
             self._child(m.upstream_errors, exchange.upstream, status).inc()
         if not self.access_log:
+            if exchange.error:
+                # Like nginx's error_log: failures are logged even with the access log off.
+                self.log.warning("request failed", client=exchange.request.remote,
+                                 method=exchange.request.method, path=exchange.request.raw_path,
+                                 status=exchange.status, upstream=exchange.upstream,
+                                 upstream_addr=exchange.server, error=exchange.error)
             return
         request = exchange.request
         fields = {

@@ -23,14 +23,17 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 
 class BackendError(Exception):
-    """The exchange with a backend failed. `kind`: connect, connect_timeout, read_timeout or
-    protocol; `retryable`: nothing of the request can have been acted on (a kept-alive
+    """The exchange with a backend failed. `kind`: connect, connect_timeout, read_timeout,
+    protocol, or client (the client's request body broke off or was malformed: not the
+    backend's fault); `retryable`: nothing of the request can have been acted on (a kept-alive
     connection the backend had already closed), so it may be sent again."""
 
-    def __init__(self, kind: str, message: str, retryable: bool = False) -> None:
+    def __init__(self, kind: str, message: str, retryable: bool = False,
+                 cause: BaseException | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.retryable = retryable
+        self.cause = cause  # for kind "client": what went wrong with the client's body
 
 
 class BackendResponse:
@@ -153,6 +156,9 @@ class BackendConnection(asyncio.Protocol):
             else:
                 self._fail(BackendError("protocol", "the backend switched protocols unasked"))
         except httptools.HttpParserError as exc:
+            if self._complete:
+                self._keep_alive = False  # bytes past the response: finish() closes it
+                return
             self._fail(BackendError("protocol", f"the backend sent a malformed response ({exc})"))
 
     def eof_received(self) -> bool:
@@ -197,6 +203,12 @@ class BackendConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     # -- httptools callbacks --------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # More than the response framed: never parse it as a response of its own (its
+            # headers would join this one's). The connection is not reused.
+            raise BackendError("protocol", "the backend sent more than its response")
+
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
@@ -300,8 +312,19 @@ class BackendConnection(asyncio.Protocol):
         assert self.transport is not None
         transport = self.transport
         transport.write(head)
+        chunks = body.__aiter__()
         try:
-            async for chunk in body:
+            while True:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except (asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:
+                    self._fail(BackendError("client", f"the client's request body failed "
+                                            f"({exc})", cause=exc))
+                    return
                 if not chunk:
                     continue
                 if chunked:
@@ -343,6 +366,7 @@ class BackendConnection(asyncio.Protocol):
         self._buffered = 0
         if self._reading_paused and self.transport is not None and not self.closed:
             self._reading_paused = False
+            self._last_read = self._loop.time()  # the read timeout counts from here again
             self.transport.resume_reading()
         return data
 
@@ -397,8 +421,13 @@ class BackendConnection(asyncio.Protocol):
         if (self._head is None or not self._sent_all or self._complete or self.upgraded
                 or self._error is not None):
             return
+        now = self._loop.time()
+        if self._reading_paused:
+            # We stopped reading because the client is slow to take the body: not the
+            # backend's silence (nginx stops its read timer then too).
+            self._last_read = now
         due = self._last_read + self._read_timeout
-        if self._loop.time() < due:
+        if now < due:
             self._read_timer = self._loop.call_at(due, self._read_due)
             return
         self._fail(BackendError("read_timeout", "the backend did not answer in time"))

@@ -16,7 +16,7 @@ from .headers import (
     is_websocket_upgrade,
     upstream_request_headers,
 )
-from .http import PHRASES, HttpProtocol, HttpRequest, error_body
+from .http import PHRASES, BadRequest, HttpProtocol, HttpRequest, error_body
 from .upstream import Router, ServerState, Upstream
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
@@ -136,6 +136,8 @@ class ProxyHandler:
                         head, body, chunked, request.method == "HEAD",
                         upstream.section.read_timeout, upgrade)
                 except BackendError as error:
+                    if error.kind == "client":
+                        raise _client_failure(error) from None
                     if error.retryable and body is None and not fresh and error.kind == "protocol":
                         fresh = True  # a kept-alive connection the backend had closed: reopen
                         continue
@@ -182,21 +184,34 @@ class ProxyHandler:
                     break
                 except BackendError as exc:
                     # Headers are gone already: all we can do is cut the client off, as nginx does.
-                    exchange.error = f"backend failed mid-response ({exc})"
-                    upstream.mark_failed(server)
+                    if exc.kind == "client":
+                        exchange.error = str(exc)
+                    else:
+                        exchange.error = f"backend failed mid-response ({exc})"
+                        upstream.mark_failed(server)
                     return  # unfinished: the client's connection is closed
                 try:
                     await responder.write_body(chunk)
-                except ConnectionError:
-                    # The client went away; the unfinished backend connection is closed below,
-                    # which cancels the backend's work.
+                except ConnectionError as exc:
+                    # The client went away (or stopped reading); the unfinished backend
+                    # connection is closed below, which cancels the backend's work.
                     exchange.status = CLIENT_CLOSED_REQUEST
-                    exchange.error = "client closed the connection"
+                    exchange.error = str(exc) or "client closed the connection"
                     return
                 exchange.bytes_out += len(chunk)
             responder.end_response()
         finally:
             backend.release()
+
+
+def _client_failure(error: BackendError) -> UpstreamFailure:
+    """The client's body failed: 400 if it was malformed, 499 if the client went away (or was
+    too slow); the backend is not blamed."""
+    cause = error.cause
+    if isinstance(cause, BadRequest):
+        return UpstreamFailure(cause.status, "client", f"{PHRASES.get(cause.status, 'Error')}: "
+                               f"{cause}")
+    return UpstreamFailure(CLIENT_CLOSED_REQUEST, "client", "the client's request body broke off")
 
 
 def _failure(error: BackendError) -> UpstreamFailure:

@@ -27,12 +27,14 @@ from .headers import Fields, encode_response_head
 BODY_HIGH_WATER = 256 * 1024
 # Pipelined requests parsed ahead of the one being answered before reading pauses.
 MAX_QUEUED_REQUESTS = 16
+# Input is parsed this much at a time, so that a pause takes effect within one read.
+FEED_SLICE = 16 * 1024
 # Why input is paused (besides each request body over its high-water mark).
 _QUEUE_FULL = "queue full"
 _UPGRADING = "upgrading"
 
 PHRASES = {
-    400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
+    400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
     414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
@@ -104,7 +106,10 @@ class RequestBody:
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                async with asyncio.timeout(self._protocol.body_timeout):
+                    await self._waiter
+            except TimeoutError:
+                self.error = BadRequest(408, "the request body stopped arriving")
             finally:
                 self._waiter = None
 
@@ -174,6 +179,13 @@ class _Date:
         return cls.value
 
 
+def _same_authority(target: str, host: str) -> bool:
+    """Whether an absolute-form target ('http://name:port/path') names the Host header's host."""
+    _, sep, rest = target.partition("://")
+    authority = rest.partition("/")[0].partition("?")[0].rpartition("@")[2]
+    return bool(sep) and authority.lower() == host.strip().lower()
+
+
 def error_body(status: int, text: str) -> bytes:
     return f"{status} {text}\n".encode()
 
@@ -188,6 +200,12 @@ class HttpProtocol(asyncio.Protocol):
         # The request being parsed (its head pieces, then its body).
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_bytes = 0
+        section = server.section
+        self._head_limit = section.max_request_line + section.max_header_size * (
+            section.max_header_count + 1)
+        self._stash = b""  # read while input was paused, parsed on resume
         self._parsing: HttpRequest | None = None
         # Requests waiting to be answered; the one being answered and its task.
         self._queue: collections.deque[HttpRequest | BadRequest] = collections.deque()
@@ -226,14 +244,42 @@ class HttpProtocol(asyncio.Protocol):
             self._tunnel_idle.touch()
             self._tunnel.write(data)
             return
-        parser = self._parser
-        if parser is None:
+        if self._parser is None:
             if self._upgrading:
                 # Sent ahead of the 101 (or its refusal): for the tunnel, if there is one.
                 self._leftover += data
                 self.pause_input(_UPGRADING)
             return  # otherwise a bad request ended parsing; its answer is queued
         self._idle_since = None
+        if self._stash or self._input_paused_by:
+            # Reading is paused but a read was already under way: parse it on resume.
+            self._stash += data
+            return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(data), FEED_SLICE):
+            if self._input_paused_by or self._parser is None:
+                # Pausing does not stop the bytes already read: keep the rest (pipelined
+                # requests, say) unparsed until the queue drains.
+                if self._parser is not None:
+                    self._stash = bytes(view[start:])
+                return
+            self._feed(bytes(view[start:start + FEED_SLICE]) if len(data) > FEED_SLICE
+                       else data)
+
+    def _feed(self, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None
+        if self._in_head:
+            # httptools holds a header line until it ends and checks nothing meanwhile:
+            # bound the head as a whole (its lines' limits summed), so one endless line
+            # cannot grow without bound.
+            self._head_bytes += len(data)
+            if self._head_bytes > self._head_limit:
+                self._reject(BadRequest(431, "request head too large"))
+                return
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -292,6 +338,11 @@ class HttpProtocol(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._active is None and self._queue and not self._closed:
+            item = self._queue.popleft()
+            if len(self._queue) < MAX_QUEUED_REQUESTS:
+                self.resume_input(_QUEUE_FULL)
+            self._start(item)
 
     # -- flow control of the client's input -----------------------------------------------
     def pause_input(self, reason: object) -> None:
@@ -303,12 +354,28 @@ class HttpProtocol(asyncio.Protocol):
         if reason in self._input_paused_by:
             self._input_paused_by.discard(reason)
             if not self._input_paused_by and self._transport is not None and not self._closed:
-                self._transport.resume_reading()
+                if self._stash:
+                    # The socket stays paused until what was read ahead is parsed; else the
+                    # stash could grow by a read per pause.
+                    self._loop.call_soon(self._replay_stash)
+                else:
+                    self._transport.resume_reading()
+
+    def _replay_stash(self) -> None:
+        if self._input_paused_by or self._closed or self._transport is None:
+            return  # paused again meanwhile: the next resume replays
+        data, self._stash = self._stash, b""
+        if self._parser is not None:
+            self._parse(data)
+        if not self._stash and not self._input_paused_by and self._transport is not None:
+            self._transport.resume_reading()
 
     # -- httptools callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._in_head = True
+        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -326,20 +393,39 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         assert parser is not None and self._transport is not None
+        self._in_head = False
         headers: CIMultiDict[str] = CIMultiDict()
         has_body = False
+        hosts = 0
         for name, value in self._headers:
             lower = name.lower()
             if lower == b"transfer-encoding" or (lower == b"content-length"
                                                   and value.strip() != b"0"):
                 has_body = True
+            elif lower == b"host":
+                hosts += 1
             headers.add(name.decode("utf-8", "surrogateescape"),
                         value.decode("utf-8", "surrogateescape"))
         self._headers = []
+        method = parser.get_method().decode("ascii", "replace")
+        version = parser.get_http_version()
+        target = self._url.decode("utf-8", "surrogateescape")
+        upgrade = parser.should_upgrade()
+        # Where routing and the backend could disagree on the host, refuse, as nginx does.
+        if hosts > 1:
+            raise BadRequest(400, "more than one Host header")
+        if hosts == 0 and version != "1.0":
+            raise BadRequest(400, "HTTP/1.1 request without a Host header")
+        if method == "CONNECT":
+            raise BadRequest(405, "CONNECT is not supported")
+        if not target.startswith(("/", "*")) and not _same_authority(target, headers["Host"]
+                                                                     if hosts else ""):
+            raise BadRequest(400, "the absolute request target names another host than Host")
+        if upgrade and has_body:
+            # llhttp hands an upgrade request's body over as post-upgrade bytes.
+            raise BadRequest(400, "an upgrade request with a body")
         request = HttpRequest(
-            parser.get_method().decode("ascii", "replace"),
-            self._url.decode("utf-8", "surrogateescape"), parser.get_http_version(), headers,
-            parser.should_keep_alive(), parser.should_upgrade(),
+            method, target, version, headers, parser.should_keep_alive(), upgrade,
             RequestBody(self) if has_body else None, self._remote, self._transport)
         self._parsing = request
         self._enqueue(request)
@@ -365,9 +451,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def _reject(self, error: BadRequest) -> None:
         self._parser = None  # nothing after a bad request can be trusted to be framed right
-        if self._parsing is not None and self._parsing.body is not None:
-            self._parsing.body.fail(ConnectionResetError("malformed request body"))
-        self._parsing = None
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None and parsing.body is not None:
+            # A bad body: its request is being (or will be) handled; its handler answers, and
+            # its access-log line (or error line) says why.
+            parsing.body.fail(error)
+            return
         self._enqueue(error)
 
     def _start(self, item: HttpRequest | BadRequest) -> None:
@@ -419,9 +508,15 @@ class HttpProtocol(asyncio.Protocol):
         if self._close_after or self._closing:
             self.close()
             return
+        if request is not None and request.body is not None:
+            self.resume_input(request.body)  # a body the handler left unread
         if self._queue:
-            self.resume_input(_QUEUE_FULL)
-            self._start(self._queue.popleft())
+            if self._write_paused:
+                return  # the client is not reading: the next answer waits for resume_writing
+            item = self._queue.popleft()
+            if len(self._queue) < MAX_QUEUED_REQUESTS:
+                self.resume_input(_QUEUE_FULL)
+            self._start(item)
             return
         if self._parser is None:
             self.close()  # parsing ended: an upgrade the backend refused, or the client's EOF
@@ -512,7 +607,11 @@ class HttpProtocol(asyncio.Protocol):
         if self._write_paused:
             self._drain_waiter = self._loop.create_future()
             try:
-                await self._drain_waiter
+                async with asyncio.timeout(self._server.section.send_timeout):
+                    await self._drain_waiter
+            except TimeoutError:
+                self.abort()
+                raise ConnectionResetError("the client stopped taking the response") from None
             finally:
                 self._drain_waiter = None
             if self._closed:
@@ -572,6 +671,14 @@ class HttpProtocol(asyncio.Protocol):
             self._tunnel_done.set_result(None)
 
     # -- closing --------------------------------------------------------------------------
+    @property
+    def body_timeout(self) -> float:
+        return self._server.section.client_body_timeout
+
+    def abort(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.abort()
+
     def close(self) -> None:
         self._cancel_keepalive_timer()
         if self._transport is not None and not self._closed:
