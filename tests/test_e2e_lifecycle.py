@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -90,3 +91,17 @@ def test_sigterm_lets_request_in_flight_finish_then_exits_0(start_server, dev_pk
     assert response.status == 200 and response.body == b"late\n"
     assert server.proc.wait(20) == 0
     assert server.wait_log(lambda e: e.get("event") == "stopped", 5)
+
+
+def test_sigterm_closes_connections_that_sent_no_request_at_once(start_server, dev_pki, backend):
+    server = start_server(make_config(dev_pki, backend["address"], server={
+        "listen_address": "127.0.0.1", "listen_port": 0, "handshake_timeout": 20}))
+    idle = tls_connect(server.port, timeout=30)  # handshake done, never a request
+    time.sleep(0.3)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0
+    # Neither waited out as if still handshaking, nor reset: a close_notify, promptly.
+    assert time.monotonic() - started < 10
+    from tests.support.harness import _recv
+    assert _recv(idle) == b""

@@ -17,6 +17,7 @@ from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
 from ..proxy.upstream import Router, Upstream
 from ..tls.context import ServerTls, build_server_tls
+from ..tls import deadlines
 from ..tls.machine import info_callback
 from ..tls.protocol import Limits, TlsServerProtocol
 from .observer import ConnectionCount, Observer, client_identity
@@ -74,9 +75,18 @@ class Generation:
 
     async def retire(self, timeout: float) -> None:
         """Finish in-flight requests (closing idle keep-alive connections), then let go."""
+        for connection in idle_tls_connections():
+            connection.close_if_idle()
         await self.http_server.shutdown(timeout)
         for upstream in self.upstreams.values():
             await upstream.close()
+
+
+def idle_tls_connections() -> list[TlsServerProtocol]:
+    """Connections past their handshake that have not sent a request: each waits on its
+    request-header deadline, so the loop's deadline wheel knows them all."""
+    return [target for target in deadlines.for_running_loop().targets()
+            if isinstance(target, TlsServerProtocol) and target.awaiting_first_request]
 
 
 def connection_share(max_connections: int, workers: int) -> int:
@@ -116,7 +126,7 @@ class Worker:
         the drain, so none of them meets an HTTP server that has already shut down."""
         deadline = asyncio.get_running_loop().time() + self.generation.limits.handshake_timeout
         http_server = self.generation.http_server
-        while (self.connections.open > len(http_server.connections)
+        while (self.connections.open > len(http_server.connections) + len(idle_tls_connections())
                and asyncio.get_running_loop().time() < deadline):
             await asyncio.sleep(0.01)
 

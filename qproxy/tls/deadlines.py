@@ -51,6 +51,10 @@ class Deadlines:
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
 
+    def targets(self) -> list[Expiring]:
+        """Everything waiting on a deadline (at shutdown: the connections yet to send a request)."""
+        return [target for bucket in self._buckets.values() for target in bucket]
+
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()

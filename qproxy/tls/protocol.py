@@ -232,6 +232,18 @@ class TlsServerProtocol(asyncio.Protocol):
         self._header_deadline = None
         self._header_timed_out()
 
+    @property
+    def awaiting_first_request(self) -> bool:
+        """Handshake done, no request byte yet (no HTTP side made)."""
+        return (self._machine is not None and self._machine.info is not None
+                and self._app is None and not self._lingering and not self._closed)
+
+    def close_if_idle(self) -> None:
+        """At shutdown: close_notify to a connection that has not sent a request, which the
+        HTTP side's drain does not see (it is made with the first request)."""
+        if self.awaiting_first_request:
+            self._close_tls()
+
     def request_started(self) -> None:
         self._in_request = True
         self._cancel_header_timer()
