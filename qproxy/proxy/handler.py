@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Mapping
 
-
 from ..tls.machine import HandshakeInfo
 from .backend import BackendError, BackendResponse
 from .headers import (
