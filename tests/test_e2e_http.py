@@ -137,13 +137,17 @@ def test_non_websocket_upgrade_is_served_as_a_plain_request_then_closed(server):
     assert _closed_within(conn, 5)
 
 
-def test_websocket_tunnel_carries_a_large_binary_message_both_ways(server):
-    conn = tls_connect(server.port)
+def _open_websocket(conn) -> None:
     key = base64.b64encode(os.urandom(16)).decode()
     conn.sendall((f"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                   f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
     assert read_response(conn).status == 101
+
+
+def test_websocket_tunnel_carries_a_large_binary_message_both_ways(server):
+    conn = tls_connect(server.port)
+    _open_websocket(conn)
     payload = os.urandom(200_000)
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
@@ -162,11 +166,7 @@ def test_websocket_silent_for_the_read_timeout_is_closed(start_server, dev_pki, 
     config["upstreams"]["app"]["read_timeout"] = 1
     server = start_server(config)
     conn = tls_connect(server.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    conn.sendall((f"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    assert read_response(conn).status == 101
+    _open_websocket(conn)
     started = time.monotonic()
     assert _closed_within(conn, 8)
     assert 0.9 < time.monotonic() - started < 8
