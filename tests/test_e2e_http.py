@@ -291,3 +291,25 @@ def test_client_that_stops_reading_a_download_is_cut_off_after_send_timeout(star
     assert received < size
     assert server.wait_log(lambda e: "stopped taking the response" in str(e.get("error")))
     assert http_request(tls_connect(server.port), "GET", "/echo").status == 200
+
+
+def test_websocket_frames_sent_with_the_upgrade_request_reach_the_backend(server):
+    conn = tls_connect(server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    payload = os.urandom(40_000)  # with the head, more than one parsing slice
+    mask = os.urandom(4)
+    frame = bytes([0x82, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(payload))
+    conn.sendall((f"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  f"Sec-WebSocket-Version: 13\r\n\r\n").encode() + frame)
+    data = b""
+    deadline = time.monotonic() + 20
+    while b"\r\n\r\n" not in data and time.monotonic() < deadline:
+        data += _recv(conn)
+    head, _, reply = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    while len(reply) < 4 + len(payload) and time.monotonic() < deadline:
+        reply += _recv(conn)
+    assert reply[:4] == bytes([0x82, 126]) + len(payload).to_bytes(2, "big")
+    assert reply[4:] == payload[::-1]

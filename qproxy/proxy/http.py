@@ -262,9 +262,12 @@ class HttpProtocol(asyncio.Protocol):
         for start in range(0, len(data), FEED_SLICE):
             if self._input_paused_by or self._parser is None:
                 # Pausing does not stop the bytes already read: keep the rest (pipelined
-                # requests, say) unparsed until the queue drains.
+                # requests, say) unparsed until the queue drains; after an upgrade request
+                # the rest belongs to the tunnel.
                 if self._parser is not None:
                     self._stash = bytes(view[start:])
+                elif self._upgrading:
+                    self._leftover += bytes(view[start:])
                 return
             self._feed(bytes(view[start:start + FEED_SLICE]) if len(data) > FEED_SLICE
                        else data)
