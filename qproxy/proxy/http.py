@@ -693,10 +693,6 @@ class HttpProtocol(asyncio.Protocol):
         if self._active is None and not self._queue:
             self.close()
 
-    @property
-    def busy(self) -> bool:
-        return self._active is not None or bool(self._queue)
-
 
 class _IdleTunnel:
     """Ends a tunnel once no byte has crossed it for `timeout` seconds: one timer, moved on
@@ -754,7 +750,4 @@ class HttpServer:
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for protocol in list(self.connections):
-            if protocol._transport is not None:
-                protocol._transport.abort()
-            if protocol._task is not None:
-                protocol._task.cancel()
+            protocol.abort()  # its connection_lost cancels the handler still running
