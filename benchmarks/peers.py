@@ -248,8 +248,28 @@ def qtls_worker_pids(log: Path, timeout: float = 30.0) -> list[int]:
     raise TimeoutError(f"qtls-server did not log its workers in {log}")
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def client_connections(pid: int, port: int) -> int:
+    """How many TCP connections to local port `port` process `pid` holds open (its backend
+    connections and listeners not counted): what a memory scenario waits on."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                # local address "0100007F:1F90", state 0A = LISTEN, inode in field 9
+                if (fields[9] in inodes and fields[3] != "0A"
+                        and int(fields[1].rsplit(":", 1)[1], 16) == port):
+                    count += 1
+    return count
 
 
 def rss_bytes(pid: int) -> int:
