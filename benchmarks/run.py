@@ -1,9 +1,14 @@
 """`make bench`: qtls-server against the crypto bound and against nginx, in one run.
 
     python -m benchmarks.run [--workers 1 2] [--runs 5] [--seconds 3] [--write]
+    python -m benchmarks.run --ab OTHER_TREE [--runs 8] [--seconds 4] [--workers 1]
 
-Loopback only; every loop is bounded in time and count. Prints a table per worker count and,
-with --write, prepends it to benchmarks/RESULTS.md with the date, the machine and the command.
+Loopback only; every loop is bounded in time and count. Prints a table per worker count, the
+memory scenarios (each in fresh servers, benchmarks/memory.py) and the verdicts against the
+targets; with --write, prepends them to benchmarks/RESULTS.md with the date, the machine and
+the command, and rewrites the README's performance table from them. nginx runs at its
+defaults for buffering (benchmarks/peers.py says what else is set and why). --ab compares this
+tree with another checkout instead (benchmarks/ab.py).
 """
 
 from __future__ import annotations
@@ -206,7 +211,8 @@ def run_for_workers(workers: int, args, work: Path, certs: peers.Certs, backend:
                                                            workers, buffering=False)
         started.append(streaming)
         streaming_workers = peers.worker_pids(streaming.proc.pid)
-        size = f"{args.big >> 20} MiB" if args.big >= 1 << 20 else f"{args.big:,} B"
+        size = (f"{args.big >> 30} GiB" if args.big % (1 << 30) == 0 else
+                f"{args.big >> 20} MiB" if args.big >= 1 << 20 else f"{args.big:,} B")
         for direction in ("download", "upload"):
             row = Row(f"1 transfer of {size}, {direction}", "MB/s")
             extra = Row(f"1 transfer of {size}, {direction}, nginx with proxy_buffering off",
@@ -249,11 +255,12 @@ def estimate_seconds(args) -> float:
                    + 12)  # three servers started and stopped
     memory_part = 0.0
     if args.idle:
-        # 4 classical holds at ~700 handshakes/s from one client process, 2 post-quantum at
-        # ~300/s, 2 after a request at ~600/s; warm-ups; fresh servers
-        memory_part += args.idle * (4 / 700 + 2 / 300 + 2 / 600) + 3 * 2.0 + 6 * 3.0
+        # One client process opens them: measured on this machine while shared, ~450 classical
+        # handshakes/s, ~180/s with ML-KEM and ML-DSA-65. 4 classical holds (ours and nginx,
+        # fresh and warmed), 2 post-quantum, 2 after a request; warm-ups; 6 fresh servers.
+        memory_part += args.idle * (4 / 450 + 2 / 180 + 2 / 400) + 3 * 2.0 + 6 * 1.5
     if args.slow_readers:
-        memory_part += 2 * (args.slow_readers / 500 + 5.0 + 3.0) + 6.0
+        memory_part += 2 * (args.slow_readers / 300 + 5.0 + 2.0)
     return len(args.workers) * per_workers + memory_part + 10  # crypto bound, certificates
 
 
@@ -302,10 +309,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(tables[-len(rows) - 4:]), flush=True)
             if args.idle or args.slow_readers:
                 rows = memory.rows(work, certs, backend, args.idle, args.slow_readers)
-                tables += [verdicts.MEMORY_HEADING, "", memory.__doc__.split("\n\n")[1]
-                           .replace("\n", " ").strip(), "", HEADER,
+                section = [verdicts.MEMORY_HEADING, "", " ".join(memory.__doc__.split("\n\n")[1]
+                                                                .split()), "", HEADER,
                            *(r.markdown() for r in rows), ""]
-                print("\n".join(tables[-len(rows) - 2:]), flush=True)
+                tables += section
+                print("\n".join(section), flush=True)
         finally:
             backend_proc.stop()
             sink_proc.stop()
