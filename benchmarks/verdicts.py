@@ -5,7 +5,6 @@ written), so the README can be checked against RESULTS.md at any time."""
 from __future__ import annotations
 
 import re
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

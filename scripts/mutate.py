@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import io
+import os
 import random
 import re
 import shutil
@@ -164,7 +165,7 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[str, float]
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
              "-p", "no:randomly", *tests], cwd=copy, capture_output=True, timeout=timeout,
-            env={**__import__("os").environ, "PYTHONPATH": str(copy),
+            env={**os.environ, "PYTHONPATH": str(copy),
                  "HYPOTHESIS_PROFILE": "fast"})
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - started
