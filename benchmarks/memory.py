@@ -31,7 +31,8 @@ from .table import Row
 
 CLASSICAL = ("X25519", "ecdsa_secp256r1_sha256")
 PQ = ("X25519MLKEM768", "mldsa65")
-SETTLE_SECONDS = 0.5  # after the connection count says every connection is in (or out): RSS catches up
+# Once the connection count says every connection is in (or out), RSS catches up in this time.
+SETTLE_SECONDS = 0.5
 CONNECTION_WAIT_SECONDS = 60.0
 
 

@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         baseline: dict[str, float] = {}
         survivors: list[Mutant] = []
         counts = {"killed": 0, "timeout": 0, "survived": 0, "not run": 0}
-        for mutant in chosen:
+        for index, mutant in enumerate(chosen, 1):
+            if index % 10 == 0:
+                print(f"[{index}/{len(chosen)}] {counts}", flush=True)
             tests = plan[mutant.path][0]
             if mutant.path not in baseline:
                 outcome, seconds = run_tests(copy, tests, timeout=max(60.0, args.budget / 4))
