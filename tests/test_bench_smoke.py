@@ -92,3 +92,32 @@ def test_targets_and_readme_table_from_a_run(tmp_path):
     text = "intro\n\n## Performance\n\nwords\n\n| scenario | old |\n|---|\n| a | b |\n\nafter\n"
     replaced = verdicts.replace_readme_table(text, readme)
     assert replaced.startswith("intro\n\n## Performance\n\nwords\n\n" + readme + "\n\nafter")
+
+
+def test_mutate_breaks_one_line_at_a_time_and_every_mutant_compiles(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "mutate", verdicts.README.parent / "scripts" / "mutate.py")
+    mutate = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "mutate", mutate)  # its dataclasses look themselves up
+    spec.loader.exec_module(mutate)
+    module = tmp_path / "qproxy" / "sample.py"
+    module.parent.mkdir()
+    module.write_text('"""Docstring: 1 == 1 is not mutated."""\n\n\n'
+                      'def pick(items, limit=3):\n'
+                      '    log.info("picked %d", limit + 1)\n'
+                      '    if len(items) >= limit and not items[0]:\n'
+                      '        items.clear()\n'
+                      '    return items\n')
+    mutants = mutate.mutants_of(module, tmp_path)
+    described = {m.mutated.strip() for m in mutants}
+    assert "if len(items) > limit and not items[0]:" in described
+    assert "if len(items) >= limit or not items[0]:" in described
+    assert "if len(items) >= limit and items[0]:" in described
+    assert "def pick(items, limit=4):" in described
+    assert "pass  # dropped: items.clear()" in described
+    # Docstrings and logging lines say nothing about behaviour.
+    assert all(m.line not in (1, 5) for m in mutants)
+    assert {m.path for m in mutants} == {"qproxy/sample.py"}
