@@ -11,6 +11,7 @@ request and handshakes per CPU-second are the steadiest figures on a shared mach
 
 from __future__ import annotations
 
+import datetime as dt
 import multiprocessing as mp
 import os
 import statistics
@@ -116,8 +117,9 @@ def main(args) -> int:
         finally:
             for process in reversed(started):
                 process.stop()
-    print(f"\nA/B, {workers} worker(s), {args.runs} alternating runs of {args.seconds:g} s, "
-          "medians ± half the range:\n")
+    print(f"\nA/B on {dt.date.today().isoformat()}, {os.cpu_count()} cores, {workers} "
+          f"worker(s), {args.runs} alternating runs of {args.seconds:g} s, medians ± half the "
+          f"range (`python -m benchmarks.run {' '.join(sys.argv[1:])}`):\n")
     print(table(sides[0].figures, sides[1].figures))
     return 0
 
