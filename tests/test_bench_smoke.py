@@ -121,3 +121,21 @@ def test_mutate_breaks_one_line_at_a_time_and_every_mutant_compiles(tmp_path, mo
     # Docstrings and logging lines say nothing about behaviour.
     assert all(m.line not in (1, 5) for m in mutants)
     assert {m.path for m in mutants} == {"qproxy/sample.py"}
+
+
+def test_write_puts_the_run_first_and_the_readme_table_in_step(tmp_path, monkeypatch):
+    results, readme = tmp_path / "RESULTS.md", tmp_path / "README.md"
+    results.write_text("# Benchmark results\n\nHow to read it.\n\n## 2020-01-01 — old run\n\nold\n")
+    readme.write_text("# qproxy\n\n## Performance\n\nwords\n\n| scenario | qtls-server | nginx | "
+                      "bound |\n|---|---|---|---|\n| old | 1 | 2 | — |\n\nmore words\n")
+    monkeypatch.setattr(verdicts, "RESULTS", results)
+    monkeypatch.setattr(verdicts, "README", readme)
+    report = "\n".join(["## 2026-01-02 — new run", "", verdicts.ONE_WORKER, "", HEADER,
+                        Row("keep-alive requests, 64 connections, 1 KiB (wrk)", "req/s", [4000],
+                            [16000]).markdown(), ""])
+    verdicts.write(report)
+    text = results.read_text()
+    assert text.index("How to read it.") < text.index("## 2026-01-02") < text.index("## 2020")
+    assert verdicts.readme_table(verdicts.newest_run(text)) in readme.read_text()
+    assert "| old |" not in readme.read_text() and "more words" in readme.read_text()
+    assert "| keep-alive requests, 64 connections | 4,000/s | 16,000/s | — |" in readme.read_text()
