@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import ab, crypto_bound, loadgen, memory, openssl_floor, peers, verdicts
@@ -86,6 +87,49 @@ def latency(pool, clients: int, spec: ClientSpec, rate: float, seconds: float
     results = parallel(pool, loadgen.keepalive, [(spec, seconds, rate / clients)] * clients)
     samples = [x for r in results for x in r.latencies]
     return percentile(samples, 0.5) * 1000, percentile(samples, 0.99) * 1000
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A server under load: the port clients use and the worker processes behind it."""
+    port: int
+    pids: list[int]
+
+
+def transfer_rows(size: int, runs: int, ours: Endpoint, nginx: Endpoint, streaming: Endpoint
+                  ) -> list[Row]:
+    """One big download and one big upload, through qtls-server and nginx in turn; the download
+    also through nginx with buffering off (`streaming`), as an extra row."""
+    label = (f"{size >> 30} GiB" if size % (1 << 30) == 0 else
+             f"{size >> 20} MiB" if size >= 1 << 20 else f"{size:,} B")
+    rows = []
+    for direction in ("download", "upload"):
+        row = Row(f"1 transfer of {label}, {direction}", "MB/s")
+        extra = Row(f"1 transfer of {label}, {direction}, nginx with proxy_buffering off",
+                    "MB/s")
+        targets = [(row.ours, ours), (row.peer, nginx)]
+        if direction == "download":
+            targets.append((extra.peer, streaming))
+        growth = []
+        for _ in range(runs):
+            for figures, endpoint in targets:
+                before = max(peers.rss_bytes(p) for p in endpoint.pids)
+                spec = ClientSpec(endpoint.port, "X25519", SIGALGS["p256"])
+                out = (loadgen.transfer_download(spec, "/big") if direction == "download"
+                       else loadgen.transfer_upload(spec, "/upload", size))
+                if out.errors:
+                    print(f"  warning: {direction} to port {endpoint.port} failed",
+                          file=sys.stderr)
+                figures.append(out.bytes / out.latencies[0] / 1e6)
+                if endpoint is ours:
+                    growth.append(max(peers.rss_bytes(p) for p in endpoint.pids) - before)
+        row.note = f"worker RSS growth ≤ {max(growth) >> 20} MiB; nginx at its defaults"
+        rows.append(row)
+        if extra.peer:
+            extra.ours = list(row.ours)
+            extra.note = "the peer as it ran before: not nginx's default"
+            rows.append(extra)
+    return rows
 
 
 def run_for_workers(workers: int, args, work: Path, certs: peers.Certs, backend: int,
@@ -210,35 +254,9 @@ def run_for_workers(workers: int, args, work: Path, certs: peers.Certs, backend:
         streaming, streaming_port = peers.start_nginx_peer(streaming_dir, certs, backend,
                                                            workers, buffering=False)
         started.append(streaming)
-        streaming_workers = peers.worker_pids(streaming.proc.pid)
-        size = (f"{args.big >> 30} GiB" if args.big % (1 << 30) == 0 else
-                f"{args.big >> 20} MiB" if args.big >= 1 << 20 else f"{args.big:,} B")
-        for direction in ("download", "upload"):
-            row = Row(f"1 transfer of {size}, {direction}", "MB/s")
-            extra = Row(f"1 transfer of {size}, {direction}, nginx with proxy_buffering off",
-                        "MB/s")
-            targets = [(row.ours, port, ours), (row.peer, nginx_port, nginx_workers)]
-            if direction == "download":
-                targets.append((extra.peer, streaming_port, streaming_workers))
-            growth = []
-            for _ in range(max(1, args.runs // 2)):
-                for target, target_port, pids in targets:
-                    before = max(peers.rss_bytes(p) for p in pids)
-                    spec = ClientSpec(target_port, "X25519", SIGALGS["p256"])
-                    out = (loadgen.transfer_download(spec, "/big") if direction == "download"
-                           else loadgen.transfer_upload(spec, "/upload", args.big))
-                    if out.errors:
-                        print(f"  warning: {direction} to port {target_port} failed",
-                              file=sys.stderr)
-                    target.append(out.bytes / out.latencies[0] / 1e6)
-                    if target is row.ours:
-                        growth.append(max(peers.rss_bytes(p) for p in pids) - before)
-            row.note = f"worker RSS growth ≤ {max(growth) >> 20} MiB; nginx at its defaults"
-            rows.append(row)
-            if extra.peer:
-                extra.ours = list(row.ours)
-                extra.note = "the peer as it ran before: not nginx's default"
-                rows.append(extra)
+        rows += transfer_rows(args.big, max(1, args.runs // 2), Endpoint(port, ours),
+                              Endpoint(nginx_port, nginx_workers),
+                              Endpoint(streaming_port, peers.worker_pids(streaming.proc.pid)))
     finally:
         for process in reversed(started):
             process.stop()

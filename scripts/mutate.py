@@ -3,6 +3,7 @@ flipped, `and` for `or`, a constant moved by one, a call statement dropped, ...)
 tests that claim that module's behaviour, and lists the mutants no test noticed.
 
     python scripts/mutate.py [PATH ...] [--max-mutants 60] [--budget 900] [--seed 1] [--e2e]
+                             [--pytest-args "-k 'not logrotate'"]
 
 PATH defaults to qproxy/proxy/, qproxy/tls/protocol.py and qproxy/daemon/. Mutants run in a
 copy of the tree (the working tree is never modified), are sampled with a fixed seed when there
@@ -24,6 +25,7 @@ import io
 import os
 import random
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,19 +160,21 @@ def tests_for(module: str, tree_root: Path, e2e: bool) -> list[str]:
     return sorted(f for f in found if (tree_root / f).exists())
 
 
-def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[str, float]:
-    """("passed" | "failed" | "timeout", seconds)."""
+def run_tests(copy: Path, tests: list[str], timeout: float, extra: list[str]
+              ) -> tuple[str, float, str]:
+    """("passed" | "failed" | "timeout", seconds, the end of pytest's output)."""
     started = time.monotonic()
     try:
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-             "-p", "no:randomly", *tests], cwd=copy, capture_output=True, timeout=timeout,
+             *extra, *tests], cwd=copy, capture_output=True, timeout=timeout,
             env={**os.environ, "PYTHONPATH": str(copy),
                  "HYPOTHESIS_PROFILE": "fast"})
     except subprocess.TimeoutExpired:
-        return "timeout", time.monotonic() - started
+        return "timeout", time.monotonic() - started, ""
     elapsed = time.monotonic() - started
-    return ("passed" if result.returncode == 0 else "failed"), elapsed
+    tail = "\n".join(result.stdout.decode(errors="replace").splitlines()[-15:])
+    return ("passed" if result.returncode == 0 else "failed"), elapsed, tail
 
 
 def expand(paths: list[str]) -> list[str]:
@@ -194,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--e2e", action="store_true", help="also the end-to-end tests in TESTS")
+    parser.add_argument("--pytest-args", default="", help="added to every pytest run, e.g. "
+                        "-k 'not logrotate' to leave out a test that is flaky on its own")
     args = parser.parse_args(argv)
+    extra = shlex.split(args.pytest_args)
     deadline = time.monotonic() + args.budget
 
     with tempfile.TemporaryDirectory(prefix="qproxy-mutate-") as tmp:
@@ -223,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{index}/{len(chosen)}] {counts}", flush=True)
             tests = plan[mutant.path][0]
             if mutant.path not in baseline:
-                outcome, seconds = run_tests(copy, tests, timeout=max(60.0, args.budget / 4))
+                outcome, seconds, tail = run_tests(copy, tests, max(60.0, args.budget / 4),
+                                                   extra)
                 if outcome != "passed":
                     print(f"{mutant.path}: its tests {outcome} on the unmutated code "
-                          f"({' '.join(tests)}): fix them first", file=sys.stderr)
+                          f"({' '.join(tests)}): fix them first\n{tail}", file=sys.stderr)
                     return 1
                 baseline[mutant.path] = seconds
                 print(f"{mutant.path}: {' '.join(tests)} pass in {seconds:.1f} s", flush=True)
@@ -239,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             target.write_text("".join(lines[: mutant.line - 1] + [mutant.mutated]
                                       + lines[mutant.line:]))
             try:
-                outcome, _ = run_tests(copy, tests, timeout=3 * baseline[mutant.path] + 10)
+                outcome, _, _ = run_tests(copy, tests, 3 * baseline[mutant.path] + 10, extra)
             finally:
                 target.write_text(original)
             if outcome == "passed":
