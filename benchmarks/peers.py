@@ -149,13 +149,16 @@ def start_backend(directory: Path, big_size: int, sink: int) -> tuple[Process, i
 
 
 def start_nginx_peer(directory: Path, certs: Certs, backend: int, workers: int,
-                     buffering: bool = True) -> tuple[Process, int]:
+                     buffering: bool = True, idle_timeout: float | None = None
+                     ) -> tuple[Process, int]:
     """nginx at its defaults for what it does with a response and a request body
     (`proxy_buffering on`, `proxy_request_buffering on`); `buffering=False` turns both off, as
     the peer ran before: it halves nginx's download throughput, so it is only an extra row.
     What differs from the defaults, and why: no body size limit (the upload scenario sends
     1 GiB), keep-alive to the backend (qtls-server keeps its backend connections), TLS 1.3 with
-    tickets for an hour (as qtls-server)."""
+    tickets for an hour (as qtls-server). `idle_timeout` (seconds) lengthens how long a quiet
+    client connection is kept, before its request and between requests: the memory scenarios
+    hold thousands of connections for longer than the defaults."""
     port = free_port()
     streaming = "" if buffering else """
         proxy_request_buffering off;
@@ -169,7 +172,7 @@ def start_nginx_peer(directory: Path, certs: Certs, backend: int, workers: int,
         ssl_protocols TLSv1.3;
         ssl_session_tickets on;
         ssl_session_timeout 1h;
-        client_max_body_size 0;{streaming}
+        client_max_body_size 0;{streaming}{_idle_nginx(idle_timeout)}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -183,11 +186,20 @@ def start_nginx_peer(directory: Path, certs: Certs, backend: int, workers: int,
     return proc, port
 
 
+def _idle_nginx(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f"""
+        client_header_timeout {seconds:.0f}s;
+        keepalive_timeout {seconds:.0f}s;"""
+
+
 def start_qtls(directory: Path, pairs: list[tuple[Path, Path]], backend: int, workers: int,
                name: str, source: Path = ROOT, groups: tuple[str, ...] = (
-                   "kyber768", "x25519", "kyber1024", "ecdhe-p384")
-               ) -> tuple[Process, int, int]:
-    """qtls-server from the source tree `source` (another checkout for an A/B run)."""
+                   "kyber768", "x25519", "kyber1024", "ecdhe-p384"),
+               idle_timeout: float | None = None) -> tuple[Process, int, int]:
+    """qtls-server from the source tree `source` (another checkout for an A/B run);
+    `idle_timeout` as for nginx (start_nginx_peer)."""
     port, metrics = free_port(), free_port()
     config = {
         "server": {"listen_address": "127.0.0.1", "listen_port": port, "workers": workers,
@@ -198,6 +210,8 @@ def start_qtls(directory: Path, pairs: list[tuple[Path, Path]], backend: int, wo
         "metrics": {"enabled": True, "address": "127.0.0.1", "port": metrics},
         "upstreams": {"backend": {"servers": [f"127.0.0.1:{backend}"], "keepalive": 64}},
     }
+    if idle_timeout is not None:
+        config["server"].update(client_header_timeout=idle_timeout, keepalive_timeout=idle_timeout)
     path = directory / f"{name}.json"
     path.write_text(json.dumps(config))
     proc = Process([sys.executable, "-m", "qproxy", "serve", "--config", str(path)],
