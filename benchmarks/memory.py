@@ -119,7 +119,11 @@ def slow_readers(server: Server, spec: ClientSpec, count: int, seconds: float) -
 
 def warm(server: Server, spec: ClientSpec, seconds: float) -> None:
     """What a worker goes through in the other scenarios, in short: handshakes of both
-    kinds, requests on kept-alive connections, a few MB of downloads."""
+    kinds, requests on kept-alive connections (64 at once with wrk, as the keep-alive
+    scenario), a few MB of downloads."""
+    from .run import wrk_rate  # run imports this module
+
+    wrk_rate(server.port, seconds, 64)
     jobs = [(loadgen.handshakes, (ClientSpec(server.port, *CLASSICAL), seconds, False, True)),
             (loadgen.keepalive, (ClientSpec(server.port, *CLASSICAL), seconds)),
             (loadgen.keepalive, (ClientSpec(server.port, *CLASSICAL, path="/1m"), seconds))]

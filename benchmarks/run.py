@@ -276,7 +276,7 @@ def estimate_seconds(args) -> float:
         # One client process opens them: measured on this machine while shared, ~450 classical
         # handshakes/s, ~180/s with ML-KEM and ML-DSA-65. 4 classical holds (ours and nginx,
         # fresh and warmed), 2 post-quantum, 2 after a request; warm-ups; 8 fresh servers.
-        memory_part += args.idle * (4 / 450 + 2 / 180 + 2 / 400) + 3 * 2.0 + 8 * 1.5
+        memory_part += args.idle * (4 / 450 + 2 / 180 + 2 / 400) + 3 * 4.0 + 8 * 1.5
     if args.slow_readers:
         memory_part += 2 * (args.slow_readers / 300 + 5.0 + 2.0)
     return len(args.workers) * per_workers + memory_part + 10  # crypto bound, certificates
