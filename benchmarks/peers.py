@@ -186,6 +186,14 @@ def start_nginx_peer(directory: Path, certs: Certs, backend: int, workers: int,
     return proc, port
 
 
+def _has_server_key(name: str) -> bool:
+    """Whether this tree's configuration has `server.<name>` (a key another checkout, run in
+    an A/B, may not know)."""
+    from qproxy.config.model import ServerSection
+
+    return name in ServerSection.model_fields
+
+
 def _idle_nginx(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -212,6 +220,8 @@ def start_qtls(directory: Path, pairs: list[tuple[Path, Path]], backend: int, wo
     }
     if idle_timeout is not None:
         config["server"].update(client_header_timeout=idle_timeout, keepalive_timeout=idle_timeout)
+    if source == ROOT and _has_server_key("client_max_body_size"):
+        config["server"]["client_max_body_size"] = 0  # no limit, as the nginx peer's 0
     path = directory / f"{name}.json"
     path.write_text(json.dumps(config))
     proc = Process([sys.executable, "-m", "qproxy", "serve", "--config", str(path)],
