@@ -97,7 +97,7 @@ def start_backend(tmp_path_factory: pytest.TempPathFactory):
 
     yield start
     for proc in started:
-        proc.terminate()
+        proc.kill()  # a test may leave a request the backend would wait for
         proc.wait(10)
 
 

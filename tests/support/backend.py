@@ -151,4 +151,5 @@ def make_app(markers: str) -> web.Application:
 if __name__ == "__main__":
     port, markers = int(sys.argv[1]), sys.argv[2]
     print(f"backend listening on {port}", flush=True)
-    web.run_app(make_app(markers), host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(make_app(markers), host="127.0.0.1", port=port, access_log=None, print=None,
+                shutdown_timeout=1)

@@ -227,6 +227,22 @@ class HttpResult:
         return json.loads(self.body)
 
 
+def wait_first_bytes(conn: SSL.Connection, path: str, timeout: float = 20.0) -> bytes:
+    """Send a GET and return the response's first bytes: proof that the request reached the
+    backend and its answer is under way (pass them on to `read_response(already=...)`)."""
+    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    while b"\r\n\r\n" not in buf or buf.endswith(b"\r\n\r\n"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no response body to {path} after {timeout}s")
+        chunk = _recv(conn)
+        if not chunk:
+            raise ConnectionError(f"connection closed before the response to {path}")
+        buf += chunk
+    return bytes(buf)
+
+
 def http_request(conn: SSL.Connection, method: str = "GET", path: str = "/",
                  headers: dict[str, str] | None = None, body: bytes = b"",
                  host: str = "localhost") -> HttpResult:
@@ -240,8 +256,9 @@ def http_request(conn: SSL.Connection, method: str = "GET", path: str = "/",
     return read_response(conn, method)
 
 
-def read_response(conn: SSL.Connection, method: str = "GET") -> HttpResult:
-    buf = bytearray()
+def read_response(conn: SSL.Connection, method: str = "GET", already: bytes = b"") -> HttpResult:
+    """One response from the connection; `already`: its first bytes, read by the caller."""
+    buf = bytearray(already)
     end = _recv_until(conn, buf, b"\r\n\r\n")
     head = bytes(buf[:end]).decode("latin-1").split("\r\n")
     rest = bytearray(buf[end + 4:])
