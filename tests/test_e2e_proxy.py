@@ -14,7 +14,15 @@ from OpenSSL import SSL
 
 from qproxy import pki
 from tests.conftest import make_config
-from tests.support.harness import client_context, free_port, http_request, read_response, tls_connect
+from tests.support.harness import (
+    CloseKind,
+    client_context,
+    free_port,
+    http_request,
+    read_response,
+    read_until_closed,
+    tls_connect,
+)
 
 
 def _header_map(result) -> dict[str, str]:
@@ -188,6 +196,7 @@ def test_slow_request_headers_get_408(start_server, dev_pki, backend):
     result = read_response(conn)
     assert result.status == 408
     assert time.monotonic() - started < 5
+    assert read_until_closed(conn) == (b"", CloseKind.CLOSE_NOTIFY)
     assert server.wait_log(lambda e: e.get("event") == "request headers timed out")
 
 
