@@ -245,7 +245,17 @@ def stuck_upstream():
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
     filler = socket.create_connection(listener.getsockname(), timeout=5)
+    probe = socket.socket()
+    probe.settimeout(0.3)
     try:
+        # Checked, not assumed: with net.ipv4.tcp_abort_on_overflow=1 it would be refused.
+        try:
+            probe.connect(listener.getsockname())
+            raise AssertionError("a connect to the full listener did not hang")
+        except TimeoutError:
+            pass
+        finally:
+            probe.close()
         yield "127.0.0.1:%d" % listener.getsockname()[1]
     finally:
         filler.close()
