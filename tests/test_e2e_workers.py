@@ -88,9 +88,14 @@ def test_connections_spread_over_workers_and_resume_across_them(start_server, de
         raise AssertionError("no resumption landed on another worker in 100 tries")
 
 
-def test_reload_under_load_refuses_nothing(start_server, dev_pki, backend, tmp_path):
-    config = _four_workers(dev_pki, backend)
+def test_reload_under_load_refuses_nothing(start_server, start_backend, dev_pki, tmp_path):
+    """Connections keep coming through the reload and none fails; one response that spans it
+    (held by the backend until after the reload) finishes on its old worker."""
+    app = start_backend()
+    config = _four_workers(dev_pki, app)
     server = start_server(config)
+    spanning = tls_connect(server.port, timeout=30)
+    first = wait_first_bytes(spanning, "/trickle?id=span")
     errors: list[str] = []
     done = threading.Event()
     count = [0]
@@ -126,6 +131,12 @@ def test_reload_under_load_refuses_nothing(start_server, dev_pki, backend, tmp_p
     thread.join(90)
     assert count[0] >= 500
     assert errors == []
+    (app["markers"] / "release-span").touch()
+    response = read_response(spanning, already=first)
+    assert response.status == 200 and response.complete and response.body.endswith(b"end\n")
+    span = server.wait_log(lambda e: e.get("event") == "request"
+                           and e.get("path") == "/trickle?id=span")
+    assert span is not None and span["pid"] in server.worker_pids
     # The old generation drains and exits.
     assert server.wait_log(lambda e: e.get("event") == "old worker finished", 30)
     assert 'qtls_config_reloads_total{result="ok"} 1.0' in _metrics(server)
