@@ -38,6 +38,11 @@ async def stream_bytes(request: web.Request) -> web.StreamResponse:
         response.content_length = size
     response.content_type = "application/octet-stream"
     await response.prepare(request)
+    if request.method == "HEAD":
+        # aiohttp would send what the handler writes even for HEAD (RFC 9110 9.3.2: no body),
+        # and the stray bytes poison the proxy's next request on that backend connection.
+        await response.write_eof()
+        return response
     remaining = size
     while remaining:
         piece = PATTERN[: min(CHUNK, remaining)]
