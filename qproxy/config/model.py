@@ -10,7 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Seconds. Finite and at most ~11 days: an event loop's timer, a socket timeout and a TLS
+# session lifetime all overflow somewhere past that.
+PositiveFloat = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
@@ -25,8 +27,8 @@ class ServerSection(Section):
     workers: Annotated[int, Field(ge=0, le=1024)] = Field(
         default=0, validation_alias=AliasChoices("workers", "worker_threads")
     )
-    max_connections: Annotated[int, Field(ge=1)] = 10000
-    backlog: Annotated[int, Field(ge=1)] = 511
+    max_connections: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    backlog: Annotated[int, Field(ge=1, le=65535)] = 511
     handshake_timeout: PositiveFloat = 10.0
     client_header_timeout: PositiveFloat = 30.0
     keepalive_timeout: PositiveFloat = 75.0
@@ -45,12 +47,20 @@ class TlsSection(Section):
     hybrid_mode: bool = True
     pqc_only: bool = False
     require_pq: bool = False
-    session_timeout: Annotated[int, Field(ge=0)] = 3600
+    session_timeout: Annotated[int, Field(ge=0, le=2**31 - 1)] = 3600
     # Sessions are resumed with stateless TLS 1.3 tickets; the size bounds the TLS 1.2
     # session-ID cache only.
     session_cache_size: Annotated[int, Field(ge=0)] = 10000
     session_tickets: bool = True
     alpn: tuple[str, ...] = ("http/1.1",)
+
+    @field_validator("alpn")
+    @classmethod
+    def _http1_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Accepting "h2" and then speaking HTTP/1.1 anyway would be worse than refusing it.
+        if value != ("http/1.1",):
+            raise ValueError('only ["http/1.1"] is served (there is no HTTP/2 yet)')
+        return value
 
     @model_validator(mode="after")
     def _modes_agree(self) -> "TlsSection":
