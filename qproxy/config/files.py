@@ -83,6 +83,8 @@ def check_regular(path: str, json_path: str, what: str) -> None:
     usable_name(path, json_path, what)
     try:
         info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(json_path, f"{what} {path!r} does not exist") from None
     except OSError as exc:
         raise ConfigError(json_path, f"{what} {path!r}: {exc.strerror}") from None
     if not stat.S_ISREG(info.st_mode):

@@ -16,14 +16,15 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from ..config.load import load_config
 from ..config.model import ServerConfig
-from ..errors import QProxyError
+from ..errors import ConfigErrors, QProxyError
 from ..observability.logging import get_logger, reopen_log_files, rotate_by_size
 from ..observability.metrics import Metrics, mark_process_dead
 from ..tls.context import ServerTls
 from . import systemd
-from .worker import build_tls, worker_main
+from .lifeline import die_with_parent
+from .prepare import Prepared, Purpose, prepare, restart_only_changes
+from .worker import worker_main
 
 log = get_logger("qproxy.master")
 
@@ -82,11 +83,11 @@ class Respawn:
 
 
 class Master:
-    def __init__(self, config: ServerConfig, source: str, server_tls: ServerTls,
-                 metrics: Metrics) -> None:
+    def __init__(self, prepared: Prepared, source: str, metrics: Metrics) -> None:
         self.source = source
         self.metrics = metrics
-        self.current = ServingGeneration(1, config, server_tls)
+        self.pid = os.getpid()
+        self.current = ServingGeneration(1, prepared.config, prepared.server_tls)
         self.old: list[ServingGeneration] = []
         self.listeners: list[socket.socket] = []
         self.metrics_socket: socket.socket | None = None
@@ -124,6 +125,7 @@ class Master:
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        die_with_parent(self.pid)
         os.close(self._wake_r)
         os.close(self._wake_w)
         for generation in (self.current, *self.old):
@@ -289,23 +291,23 @@ class Master:
                          generation=self.current.number)
 
     def _reload(self) -> None:
+        """SIGHUP: the new configuration through the same `prepare()` a start uses; on any
+        failure the old generation keeps serving."""
         systemd.reloading()
         old = self.current
         try:
-            config = load_config(self.source)
-            server_tls = build_tls(config, self.source)
+            prepared = prepare(self.source, Purpose.RELOAD)
         except QProxyError as exc:
-            self._reload_failed(old, str(exc))
+            self._reload_failed(old, exc)
             return
-        section, before = config.server, old.config.server
-        fixed = [k for k in ("listen_address", "listen_port", "backlog")
-                 if getattr(section, k) != getattr(before, k)]
-        if fixed or config.metrics != old.config.metrics:
-            log.warning("listener and metrics settings change only on restart",
-                        changed=fixed + (["metrics"] if config.metrics != old.config.metrics else []))
+        config, server_tls = prepared.config, prepared.server_tls
+        unapplied = restart_only_changes(old.config, config)
+        if unapplied:
+            log.warning("changed settings that apply only on restart; still using the old "
+                        "values", settings=unapplied)
         new = ServingGeneration(old.number + 1, config, server_tls)
         if not self._start_generation(new):
-            self._reload_failed(old, "the new workers did not start")
+            self._reload_failed(old, QProxyError("the new workers did not start"))
             return
         self.current = new
         self._respawns.clear()
@@ -315,17 +317,19 @@ class Master:
         self.metrics.reloads.labels("ok").inc()
         self.metrics.generation.set(new.number)
         self.metrics.workers.set(new.size)
-        for warning in server_tls.warnings:
+        for warning in prepared.warnings:
             log.warning("configuration warning", detail=warning)
         log.info("reloaded", generation=new.number, workers=list(new.workers.values()),
                  groups=server_tls.policy.groups,
                  certificates=[p.key_kind for p in server_tls.pairs])
         systemd.notify("READY=1")
 
-    def _reload_failed(self, old: ServingGeneration, error: str) -> None:
+    def _reload_failed(self, old: ServingGeneration, error: QProxyError) -> None:
         self.metrics.reloads.labels("failed").inc()
+        problems = ([str(e) for e in error.errors] if isinstance(error, ConfigErrors)
+                    else [str(error)])
         log.error("reload failed; still serving the previous configuration",
-                  generation=old.number, error=error)
+                  generation=old.number, error=str(error), errors=problems)
         systemd.notify("READY=1")
 
     def _dispatch(self, signum: int) -> None:
@@ -335,9 +339,15 @@ class Master:
             self._reload()
         elif signum == signal.SIGUSR1:
             reopen_log_files()
-            for generation in (self.current, *self.old):
-                for pid in generation.workers.values():
+            children = [pid for generation in (self.current, *self.old)
+                        for pid in generation.workers.values()]
+            if self.metrics_pid is not None:
+                children.append(self.metrics_pid)
+            for pid in children:
+                try:
                     os.kill(pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
             log.info("log files reopened")
 
     def _drain_wakeups(self) -> None:
@@ -349,6 +359,17 @@ class Master:
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
+        """Serve until SIGTERM/SIGINT. Returns (or raises) only once every child is gone, so
+        that what the process tree shares (the metrics directory) can go with it."""
+        try:
+            return self._run()
+        except BaseException:
+            if os.getpid() == self.pid and (self._workers_alive() or self.metrics_pid):
+                log.exception("the master failed; stopping its workers")
+                self._shutdown()
+            raise
+
+    def _run(self) -> int:
         self._bind()
         self._install_signals()
         self._spawn_metrics()
@@ -381,7 +402,11 @@ class Master:
             self._drain_wakeups()
             signals, self._signals = self._signals, []
             for signum in signals:
-                self._dispatch(signum)
+                try:
+                    self._dispatch(signum)
+                except Exception:  # noqa: BLE001 - the master outlives any one signal's work
+                    log.exception("handling a signal failed; still serving",
+                                  signal=signal.Signals(signum).name)
             self._reap()
             self._respawn_due()
             if watchdog and time.monotonic() >= next_ping:

@@ -16,17 +16,12 @@ from ..observability.metrics import Metrics
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
 from ..proxy.upstream import Router, Upstream
-from ..tls.context import ServerTls, build_server_tls
+from ..tls.context import ServerTls
 from ..tls import deadlines
-from ..tls.machine import info_callback
 from ..tls.protocol import Limits, TlsServerProtocol
 from .observer import ConnectionCount, Observer, client_identity
 
 log = get_logger("qproxy.worker")
-
-
-def build_tls(config: ServerConfig, source: str) -> ServerTls:
-    return build_server_tls(config, source, info_callback)
 
 
 class _Refuse(asyncio.Protocol):
