@@ -155,7 +155,7 @@ class Master:
             if self.metrics_socket is not None:
                 self.metrics_socket.close()
             return worker_main(generation.number, generation.config, generation.server_tls,
-                               self.metrics, self.listeners, generation.size, ready_w)
+                               self.metrics, self.listeners, generation.size, ready_w, slot)
 
         pid = self._fork(run)
         os.close(ready_w)
