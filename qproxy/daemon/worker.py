@@ -64,11 +64,25 @@ class Generation:
 
     async def retire(self, timeout: float) -> None:
         """Finish in-flight requests (closing idle keep-alive connections), then let go."""
+        await first_requests(FIRST_REQUEST_GRACE)
         for connection in idle_tls_connections():
             connection.close_if_idle()
         await self.http_server.shutdown(timeout)
         for upstream in self.upstreams.values():
             await upstream.close()
+
+
+FIRST_REQUEST_GRACE = 1.0
+"""How long a drain lets connections that finished their handshake send their first request.
+A client's request is usually on its way when the handshake completes: closing at once loses
+it (seen under load with a reload every 0.2 s); one that sends nothing is closed after this."""
+
+
+async def first_requests(grace: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while idle_tls_connections() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def idle_tls_connections() -> list[TlsServerProtocol]:
