@@ -148,6 +148,7 @@ def test_metrics_process_reopens_its_log_file_on_sigusr1(start_server, dev_pki, 
     server = start_server(make_config(dev_pki, backend["address"], logging={
         "file": str(log_file), "console": True}))
     metrics_pid = next(p for p in children(server.pid) if p not in server.worker_pids)
+    assert "qtls_workers" in metrics(server)  # the metrics process is up (its handlers too)
     assert str(log_file) in open_fds(metrics_pid)
     log_file.unlink()  # logrotate's "delete, then SIGUSR1"
     server.proc.send_signal(signal.SIGUSR1)

@@ -125,6 +125,10 @@ class Master:
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        # Until the child's loop installs its own handlers, a SIGUSR1 (logrotate) or a stray
+        # SIGHUP must not kill it, as their default action would.
+        for signum in (signal.SIGUSR1, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         die_with_parent(self.pid)
         os.close(self._wake_r)
         os.close(self._wake_w)
