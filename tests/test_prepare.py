@@ -145,3 +145,11 @@ def test_unexpected_failure_inside_prepare_is_a_config_error(tmp_path, dev, monk
     monkeypatch.setattr("qproxy.tls.context.build_server_tls", explode)
     with pytest.raises(ConfigErrors, match="unexpected AttributeError"):
         prepare(str(path), Purpose.RELOAD)
+
+
+def test_json_path_of_an_odd_key_stays_on_one_line():
+    from qproxy.config.load import json_path
+
+    assert json_path(("certificates", "keypairs", 0, "key")) == "certificates.keypairs[0].key"
+    assert json_path(("server", "a\nb")) == 'server["a\\nb"]'
+    assert json_path(("server", "")) == 'server[""]'

@@ -22,8 +22,10 @@ def json_path(location: tuple[Any, ...]) -> str:
     for part in location:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
+        elif isinstance(part, str) and part.isprintable() and part and '"' not in part:
+            out += ("." if out else "") + part
+        else:  # a key with line breaks or control characters: one error stays one line
+            out += f"[{json.dumps(str(part))}]"
     return out
 
 
