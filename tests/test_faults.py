@@ -22,6 +22,7 @@ from tests.support.faults import (
 )
 from tests.support.harness import http_request, read_response, tls_connect
 from tests.support.tmpfs import fill, small_tmpfs
+from tests.test_e2e_hsm import hsm_cert, hsm_config, token  # noqa: F401 - fixtures
 
 
 def metrics(server) -> str:
@@ -234,3 +235,32 @@ def test_master_killed_workers_follow_and_free_the_port(start_server, dev_pki, b
     with socket.socket() as sock:  # a new instance can bind the port
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+
+
+def test_reload_names_settings_it_cannot_apply(start_server, dev_pki, backend):
+    config = make_config(dev_pki, backend["address"])
+    server = start_server(config)
+    changed = json.loads(json.dumps(config))
+    changed["server"]["listen_port"] = server.port + 1
+    changed["hsm"] = {"session_pool_size": 3}
+    changed["openssl"] = {"providers": [{"name": "legacy", "activate": False}]}
+    changed["upstreams"]["app"]["read_timeout"] = 5  # applied
+    server.config_path.write_text(json.dumps(changed))
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.wait_log(lambda e: e.get("event") == "reloaded", 15)
+    warning = server.wait_log(lambda e: "apply only on restart" in e.get("event", ""), 1)
+    assert warning is not None and warning["settings"] == ["server.listen_port", "hsm", "openssl"]
+    assert get(server.port).status == 200
+
+
+def test_reload_checks_hsm_keys_as_a_start_does(start_server, dev_pki, backend, token, hsm_cert):
+    """A certificate that does not match the token's key is refused on SIGHUP by the same
+    check a start makes, naming the mismatch (it used to reach the new workers, which died)."""
+    config = hsm_config(dev_pki, backend, token, hsm_cert)
+    server = start_server(config)
+    config["certificates"]["server_cert"] = str(dev_pki.ecdsa_cert)  # not the token's key
+    server.config_path.write_text(json.dumps(config))
+    server.proc.send_signal(signal.SIGHUP)
+    failed = server.wait_log(lambda e: e.get("event", "").startswith("reload failed"), 30)
+    assert failed is not None and "does not match" in failed["error"], failed
+    assert get(server.port).status == 200
