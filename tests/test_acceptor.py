@@ -58,8 +58,8 @@ def test_full_worker_stops_accepting_and_resumes_when_room_is_made():
             opened.append(1)
             return Counting(made)
 
-        acceptor = Acceptor(loop, [sock], factory, lambda: len(opened) < limit[0],
-                            lambda p, e: None, lambda state, reason: pauses.append(state))
+        acceptor = Acceptor(loop, [sock], factory, lambda pending: len(opened) + pending < limit[0],
+                            lambda e: None, lambda state, reason: pauses.append(state))
         acceptor.start()
         clients = [socket.create_connection(sock.getsockname()) for _ in range(3)]
         for _ in range(50):
@@ -96,8 +96,8 @@ def test_emfile_backs_off_instead_of_spinning_then_serves():
         flaky = FlakyListener(sock, failures=4)
         made: list = []
         pauses: list = []
-        acceptor = Acceptor(loop, [flaky], lambda: Counting(made), lambda: True,
-                            lambda p, e: None, lambda state, reason: pauses.append(reason))
+        acceptor = Acceptor(loop, [flaky], lambda: Counting(made), lambda pending: True,
+                            lambda e: None, lambda state, reason: pauses.append(reason))
         acceptor.start()
         client = socket.create_connection(sock.getsockname())
         for _ in range(200):

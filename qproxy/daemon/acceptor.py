@@ -47,9 +47,11 @@ _TRANSITIONS = {
 
 class Acceptor:
     def __init__(self, loop: asyncio.AbstractEventLoop, listeners: list[socket.socket],
-                 make_protocol: Callable[[], asyncio.Protocol], has_room: Callable[[], bool],
-                 attach_failed: Callable[[asyncio.Protocol, BaseException], None],
+                 make_protocol: Callable[[], asyncio.Protocol], has_room: Callable[[int], bool],
+                 attach_failed: Callable[[BaseException], None],
                  paused: Callable[[AcceptState, str], None]) -> None:
+        """`has_room(pending)`: whether one more connection fits, counting `pending` accepted
+        sockets whose protocol is not made yet (the worker counts from `make_protocol` on)."""
         self._loop = loop
         self._listeners = listeners
         self._make_protocol = make_protocol
@@ -59,6 +61,7 @@ class Acceptor:
         self._backoff = BACKOFF_FIRST
         self._timer: asyncio.TimerHandle | None = None
         self._attaching: set[asyncio.Task] = set()
+        self._pending = 0
         self.state = AcceptState.FULL  # not watching yet: start() moves to ACCEPTING
 
     def _set(self, state: AcceptState) -> None:
@@ -77,7 +80,7 @@ class Acceptor:
 
     # -- control --------------------------------------------------------------------------
     def start(self) -> None:
-        self._set(AcceptState.ACCEPTING if self._has_room() else AcceptState.FULL)
+        self._set(AcceptState.ACCEPTING if self._has_room(self._pending) else AcceptState.FULL)
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -86,13 +89,13 @@ class Acceptor:
 
     def room_made(self) -> None:
         """A connection closed: a full worker takes connections again."""
-        if self.state is AcceptState.FULL and self._has_room():
+        if self.state is AcceptState.FULL and self._has_room(self._pending):
             self._set(AcceptState.ACCEPTING)
 
     # -- accepting ------------------------------------------------------------------------
     def _readable(self, sock: socket.socket) -> None:
         for _ in range(BATCH):
-            if not self._has_room():
+            if not self._has_room(self._pending):
                 self._set(AcceptState.FULL)
                 self._paused(AcceptState.FULL, "max_connections")
                 return
@@ -114,19 +117,29 @@ class Acceptor:
         conn.setblocking(False)
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        protocol = self._make_protocol()  # counted from here on
-        task = self._loop.create_task(
-            self._loop.connect_accepted_socket(lambda: protocol, conn))
-        self._attaching.add(task)
-        task.add_done_callback(lambda t: self._attached(t, protocol, conn))
+        self._pending += 1
+        made = False
 
-    def _attached(self, task: asyncio.Task, protocol: asyncio.Protocol,
-                  conn: socket.socket) -> None:
-        self._attaching.discard(task)
-        if task.cancelled() or task.exception() is not None:
-            conn.close()
-            self._attach_failed(protocol, task.exception() if not task.cancelled()
-                                else asyncio.CancelledError())
+        def factory() -> asyncio.Protocol:
+            nonlocal made
+            made = True
+            self._pending -= 1
+            return self._make_protocol()  # counted by the worker from here on
+
+        task = self._loop.create_task(self._loop.connect_accepted_socket(factory, conn))
+        self._attaching.add(task)
+
+        def attached(task: asyncio.Task) -> None:
+            self._attaching.discard(task)
+            failed = task.cancelled() or task.exception() is not None
+            if failed and not made:  # once made, the protocol's connection_lost accounts for it
+                self._pending -= 1
+                conn.close()
+                self._attach_failed(task.exception() if not task.cancelled()
+                                    else asyncio.CancelledError())
+                self.room_made()
+
+        task.add_done_callback(attached)
 
     def _back_off(self, exc: OSError) -> None:
         self._set(AcceptState.BACKING_OFF)
@@ -137,4 +150,4 @@ class Acceptor:
     def _retry(self) -> None:
         self._timer = None
         if self.state is AcceptState.BACKING_OFF:
-            self._set(AcceptState.ACCEPTING if self._has_room() else AcceptState.FULL)
+            self._set(AcceptState.ACCEPTING if self._has_room(self._pending) else AcceptState.FULL)

@@ -88,6 +88,7 @@ class Master:
         self.metrics = metrics
         self.pid = os.getpid()
         self.current = ServingGeneration(1, prepared.config, prepared.server_tls)
+        self._log_file = prepared.config.logging.file
         self.old: list[ServingGeneration] = []
         self.listeners: list[socket.socket] = []
         self.metrics_socket: socket.socket | None = None
@@ -416,9 +417,11 @@ class Master:
             if watchdog and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog
+            # The file written is the one configured at start (logging.file needs a restart);
+            # the rotation size and count follow reloads.
             logging_section = self.current.config.logging
-            if logging_section.file and rotate_by_size(
-                    logging_section.file, logging_section.max_size_mb * 1024 * 1024,
+            if self._log_file and rotate_by_size(
+                    self._log_file, logging_section.max_size_mb * 1024 * 1024,
                     logging_section.max_files):
                 reopen_log_files()
         self._shutdown()

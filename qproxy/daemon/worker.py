@@ -114,11 +114,10 @@ class Worker:
         self.generation.observer.connection_opened()
         return self.generation.protocol()
 
-    def _has_room(self) -> bool:
-        return self.connections.open < self.limit
+    def _has_room(self, pending: int) -> bool:
+        return self.connections.open + pending < self.limit
 
-    def _attach_failed(self, protocol: asyncio.Protocol, exc: BaseException) -> None:
-        self.generation.observer.connection_closed()
+    def _attach_failed(self, exc: BaseException) -> None:
         log.warning("accepted connection could not be set up", error=repr(exc))
 
     def _accept_paused(self, state: AcceptState, reason: str) -> None:

@@ -44,7 +44,10 @@ class LineFileHandler(logging.Handler):
         self._last_report: float | None = None
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        info = os.fstat(fd)
+        self._identity = (info.st_dev, info.st_ino)
+        return fd
 
     # -- writing -----------------------------------------------------------------------------
     def emit(self, record: logging.LogRecord) -> None:
@@ -88,6 +91,10 @@ class LineFileHandler(logging.Handler):
     def _failed(self, reason: str) -> None:
         self.lost += 1
         self._unreported += 1
+        self._complain(reason)
+
+    def _complain(self, reason: str) -> None:
+        """To stderr, at most once per REPORT_INTERVAL."""
         now = self._clock()
         if self._last_report is not None and now - self._last_report < REPORT_INTERVAL:
             return
@@ -110,11 +117,10 @@ class LineFileHandler(logging.Handler):
         one of the configured name, as WatchedFileHandler does."""
         try:
             on_disk = os.stat(self.path)
-            mine = os.fstat(self._fd)
         except OSError:
             self.reopen()
             return
-        if (on_disk.st_dev, on_disk.st_ino) != (mine.st_dev, mine.st_ino):
+        if (on_disk.st_dev, on_disk.st_ino) != self._identity:
             self.reopen()
 
     def reopen(self) -> None:
@@ -123,7 +129,7 @@ class LineFileHandler(logging.Handler):
             try:
                 fd = self._open()
             except OSError as exc:
-                self._failed(f"cannot reopen: {exc.strerror}")
+                self._complain(f"cannot reopen: {exc.strerror}")  # the old file still works
                 return
             old, self._fd = self._fd, fd
             os.close(old)
