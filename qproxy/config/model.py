@@ -13,6 +13,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 # Seconds. Finite and at most ~11 days: an event loop's timer, a socket timeout and a TLS
 # session lifetime all overflow somewhere past that.
 PositiveFloat = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
+# Written into the generated OpenSSL config, one `key = value` per line: a line break would
+# let a value start a section of its own.
+OneLine = Annotated[str, Field(pattern=r"^[^\r\n]*$")]
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
@@ -108,14 +111,14 @@ class CertificatesSection(Section):
 
 class HsmSection(Section):
     enabled: bool = False
-    pkcs11_library: str | None = None
+    pkcs11_library: OneLine | None = None
     token_label: str | None = None
     pin: str | None = None
     pin_file: str | None = None
     # pkcs11-provider keeps a session per process and per operation; the pool bound of the
     # seed format is passed to it as its session cache size.
-    session_pool_size: Annotated[int, Field(ge=1)] = 10
-    provider_module: str | None = None
+    session_pool_size: Annotated[int, Field(ge=1, le=100_000)] = 10
+    provider_module: OneLine | None = None
 
     @model_validator(mode="after")
     def _library_when_enabled(self) -> "HsmSection":
@@ -127,9 +130,9 @@ class HsmSection(Section):
 
 class ProviderSpec(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    module: str | None = None
+    module: OneLine | None = None
     activate: bool = True
-    settings: dict[str, str] = {}
+    settings: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], OneLine] = {}
 
 
 class OpensslSection(Section):
@@ -162,6 +165,10 @@ class MetricsSection(Section):
     def _absolute(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("must start with '/'")
+        # aiohttp reads {name} as a route variable and refuses other odd characters only when
+        # the metrics process starts (which would then die and be restarted over and over).
+        if not all(c.isalnum() or c in "/._~-" for c in value) or not value.isascii():
+            raise ValueError("only letters, digits and / . _ ~ - (e.g. '/metrics')")
         return value
 
 

@@ -103,6 +103,13 @@ CASES: list[BadConfig] = [
               "server.handshake_timeout"),
     BadConfig("backlog_2_to_70", lambda c, _w: _dump(_with(c, ("server", "backlog"), 2**70)),
               "server.backlog"),
+    BadConfig("metrics_path_route_variable",
+              lambda c, _w: _dump(_with(c, ("metrics", "path"), "/{x")), "metrics.path"),
+    BadConfig("provider_setting_with_line_break",
+              lambda c, _w: _dump(_with(c, ("openssl", "providers"), [
+                  {"name": "legacy", "activate": False,
+                   "settings": {"a": "b\n[evil_sect]\nactivate = 1"}}])),
+              "openssl.providers[0].settings.a"),
     BadConfig("key_is_dev_zero", _key_is(lambda _c, _w: "/dev/zero"),
               "certificates.keypairs[0].key", dangerous=True),
     BadConfig("cert_is_dev_urandom", _cert_is(lambda _c, _w: "/dev/urandom"),
