@@ -264,3 +264,26 @@ def test_reload_checks_hsm_keys_as_a_start_does(start_server, dev_pki, backend, 
     failed = server.wait_log(lambda e: e.get("event", "").startswith("reload failed"), 30)
     assert failed is not None and "does not match" in failed["error"], failed
     assert get(server.port).status == 200
+
+
+def test_metrics_process_that_keeps_dying_is_restarted_with_back_off(start_server, dev_pki, backend):
+    server = start_server(make_config(dev_pki, backend["address"]))
+    delays = []
+    for _ in range(3):
+        assert wait_until(lambda: len(children(server.pid)) == 2, 10)
+        victim = next(p for p in children(server.pid) if p not in server.worker_pids)
+        os.kill(victim, signal.SIGKILL)
+        exited = server.wait_log(lambda e: e.get("event", "").startswith("metrics process exited")
+                                 and e.get("metrics_pid") == victim, 10)
+        assert exited is not None
+        delays.append(exited["respawn_in_s"])
+    assert delays == [0.25, 0.5, 1.0]
+    assert wait_until(lambda: "qtls_workers" in _metrics_or_empty(server), 10)
+    assert get(server.port).status == 200
+
+
+def _metrics_or_empty(server) -> str:
+    try:
+        return metrics(server)
+    except OSError:
+        return ""

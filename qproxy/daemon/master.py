@@ -76,6 +76,10 @@ class ServingGeneration:
         return self.config.server.workers or (os.cpu_count() or 1)
 
 
+METRICS_SLOT = -1
+"""The metrics process's place in the respawn queue (workers have slots 0 … n-1)."""
+
+
 @dataclass
 class Respawn:
     slot: int
@@ -259,8 +263,10 @@ class Master:
         if pid == self.metrics_pid:
             self.metrics_pid = None
             if not self._stopping:
-                log.error("metrics process exited; restarting it", metrics_pid=pid, status=how)
-                self._spawn_metrics()
+                delay = self._respawn_delay(METRICS_SLOT, lived)
+                log.error("metrics process exited; restarting it", metrics_pid=pid, status=how,
+                          respawn_in_s=delay)
+                self._respawns.append(Respawn(METRICS_SLOT, time.monotonic() + delay))
             return
         for generation in (self.current, *self.old):
             generation.forget(pid)
@@ -277,20 +283,27 @@ class Master:
             del self.current.workers[slot]
             if self._stopping:
                 return
-            quick = self._quick_deaths.get(slot, 0) + 1 if lived < 10 else 0
-            self._quick_deaths[slot] = quick
-            delay = 0.0 if quick == 0 else min(30.0, 0.25 * 2 ** (quick - 1))
+            delay = self._respawn_delay(slot, lived)
             self.metrics.worker_restarts.inc()
             log.error("worker died; respawning", worker_pid=pid, status=how, slot=slot,
                       generation=self.current.number, respawn_in_s=delay)
             self._respawns.append(Respawn(slot, time.monotonic() + delay))
+
+    def _respawn_delay(self, slot: int, lived: float) -> float:
+        """0 for a child that ran a while; 0.25 s doubling to 30 s for one that keeps dying."""
+        quick = self._quick_deaths.get(slot, 0) + 1 if lived < 10 else 0
+        self._quick_deaths[slot] = quick
+        return 0.0 if quick == 0 else min(30.0, 0.25 * 2 ** (quick - 1))
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
         due = [r for r in self._respawns if r.due <= now]
         self._respawns = [r for r in self._respawns if r.due > now]
         for item in due:
-            if item.slot not in self.current.workers and not self._stopping:
+            if item.slot == METRICS_SLOT:
+                if self.metrics_pid is None and not self._stopping:
+                    self._spawn_metrics()
+            elif item.slot not in self.current.workers and not self._stopping:
                 pid, _ = self._spawn_worker(self.current, item.slot)
                 log.info("worker respawned", worker_pid=pid, slot=item.slot,
                          generation=self.current.number)
@@ -315,7 +328,7 @@ class Master:
             self._reload_failed(old, QProxyError("the new workers did not start"))
             return
         self.current = new
-        self._respawns.clear()
+        self._respawns = [r for r in self._respawns if r.slot == METRICS_SLOT]
         self._quick_deaths.clear()
         self._stop_accepting(old)
         self.old.append(old)
