@@ -153,3 +153,12 @@ def test_json_path_of_an_odd_key_stays_on_one_line():
     assert json_path(("certificates", "keypairs", 0, "key")) == "certificates.keypairs[0].key"
     assert json_path(("server", "a\nb")) == 'server["a\\nb"]'
     assert json_path(("server", "")) == 'server[""]'
+
+
+def test_a_flood_of_problems_is_listed_up_to_a_bound(tmp_path, dev):
+    config = full_config(dev)
+    config["server"].update({f"unknown_{i}": i for i in range(5000)})
+    result = run_test_config(tmp_path, json.dumps(config).encode())
+    assert result.exit_code == 1
+    problems = [line for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert len(problems) == 51 and "4950 more problems" in problems[-1]

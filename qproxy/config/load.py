@@ -45,6 +45,16 @@ def expand_env(value: Any, environ: dict[str, str], path: tuple[Any, ...] = ()) 
     return value
 
 
+MAX_ERRORS = 50
+"""Problems listed at most: a file of 100,000 unknown keys gets a readable answer."""
+
+
+def _at_most(errors: list[ConfigError], limit: int) -> list[ConfigError]:
+    if len(errors) <= limit:
+        return errors
+    return [*errors[:limit], ConfigError("", f"... and {len(errors) - limit} more problems")]
+
+
 def _pydantic_errors(exc: ValidationError) -> list[ConfigError]:
     errors = []
     for err in exc.errors(include_url=False):
@@ -72,7 +82,7 @@ def parse_config(document: Any, source: str = "<config>",
     try:
         return ServerConfig.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigErrors(source, _pydantic_errors(exc)) from None
+        raise ConfigErrors(source, _at_most(_pydantic_errors(exc), MAX_ERRORS)) from None
 
 
 MAX_DEPTH = 32
