@@ -24,6 +24,7 @@ from ..tls.context import ServerTls
 from . import systemd
 from .lifeline import die_with_parent
 from .prepare import Prepared, Purpose, prepare, restart_only_changes
+from .respawn import METRICS_SLOT, RespawnQueue
 from .worker import worker_main
 
 log = get_logger("qproxy.master")
@@ -76,16 +77,6 @@ class ServingGeneration:
         return self.config.server.workers or (os.cpu_count() or 1)
 
 
-METRICS_SLOT = -1
-"""The metrics process's place in the respawn queue (workers have slots 0 … n-1)."""
-
-
-@dataclass
-class Respawn:
-    slot: int
-    due: float
-
-
 class Master:
     def __init__(self, prepared: Prepared, source: str, metrics: Metrics) -> None:
         self.source = source
@@ -99,8 +90,7 @@ class Master:
         self.metrics_pid: int | None = None
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
-        self._respawns: list[Respawn] = []
-        self._quick_deaths: dict[int, int] = {}  # slot -> consecutive early exits
+        self._respawns = RespawnQueue()
         self._started: dict[int, float] = {}  # pid -> start time
         self._stopping = False
 
@@ -263,10 +253,9 @@ class Master:
         if pid == self.metrics_pid:
             self.metrics_pid = None
             if not self._stopping:
-                delay = self._respawn_delay(METRICS_SLOT, lived)
+                delay = self._respawns.schedule(METRICS_SLOT, lived)
                 log.error("metrics process exited; restarting it", metrics_pid=pid, status=how,
                           respawn_in_s=delay)
-                self._respawns.append(Respawn(METRICS_SLOT, time.monotonic() + delay))
             return
         for generation in (self.current, *self.old):
             generation.forget(pid)
@@ -283,29 +272,21 @@ class Master:
             del self.current.workers[slot]
             if self._stopping:
                 return
-            delay = self._respawn_delay(slot, lived)
+            delay = self._respawns.schedule(slot, lived)
             self.metrics.worker_restarts.inc()
             log.error("worker died; respawning", worker_pid=pid, status=how, slot=slot,
                       generation=self.current.number, respawn_in_s=delay)
-            self._respawns.append(Respawn(slot, time.monotonic() + delay))
-
-    def _respawn_delay(self, slot: int, lived: float) -> float:
-        """0 for a child that ran a while; 0.25 s doubling to 30 s for one that keeps dying."""
-        quick = self._quick_deaths.get(slot, 0) + 1 if lived < 10 else 0
-        self._quick_deaths[slot] = quick
-        return 0.0 if quick == 0 else min(30.0, 0.25 * 2 ** (quick - 1))
 
     def _respawn_due(self) -> None:
-        now = time.monotonic()
-        due = [r for r in self._respawns if r.due <= now]
-        self._respawns = [r for r in self._respawns if r.due > now]
-        for item in due:
-            if item.slot == METRICS_SLOT:
-                if self.metrics_pid is None and not self._stopping:
+        for slot in self._respawns.due():
+            if self._stopping:
+                return
+            if slot == METRICS_SLOT:
+                if self.metrics_pid is None:
                     self._spawn_metrics()
-            elif item.slot not in self.current.workers and not self._stopping:
-                pid, _ = self._spawn_worker(self.current, item.slot)
-                log.info("worker respawned", worker_pid=pid, slot=item.slot,
+            elif slot not in self.current.workers:
+                pid, _ = self._spawn_worker(self.current, slot)
+                log.info("worker respawned", worker_pid=pid, slot=slot,
                          generation=self.current.number)
 
     def _reload(self) -> None:
@@ -328,8 +309,7 @@ class Master:
             self._reload_failed(old, QProxyError("the new workers did not start"))
             return
         self.current = new
-        self._respawns = [r for r in self._respawns if r.slot == METRICS_SLOT]
-        self._quick_deaths.clear()
+        self._respawns.new_generation()
         self._stop_accepting(old)
         self.old.append(old)
         self.metrics.reloads.labels("ok").inc()
@@ -409,8 +389,9 @@ class Master:
         next_ping = time.monotonic()
         while not self._stopping:
             timeout = 1.0
-            if self._respawns:
-                timeout = min(timeout, max(0.0, min(r.due for r in self._respawns) - time.monotonic()))
+            next_respawn = self._respawns.seconds_to_next()
+            if next_respawn is not None:
+                timeout = min(timeout, next_respawn)
             if watchdog:
                 timeout = min(timeout, max(0.0, next_ping - time.monotonic()))
             try:
