@@ -305,7 +305,15 @@ class Master:
             log.warning("changed settings that apply only on restart; still using the old "
                         "values", settings=unapplied)
         new = ServingGeneration(old.number + 1, config, server_tls)
-        if not self._start_generation(new):
+        try:
+            started = self._start_generation(new)
+        except OSError as exc:  # fork or pipe: out of processes, memory or descriptors
+            self._terminate(new, signal.SIGKILL)
+            self.old.append(new)  # reaped like any finishing generation
+            self._reload_failed(old, QProxyError(f"cannot start the new workers: {exc}"))
+            return
+        if not started:  # its workers were killed: reaped (and their pipes closed) as an old one
+            self.old.append(new)
             self._reload_failed(old, QProxyError("the new workers did not start"))
             return
         self.current = new
