@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import time
@@ -22,7 +23,7 @@ from tests.support.faults import (
 )
 from tests.support.harness import http_request, read_response, tls_connect
 from tests.support.tmpfs import fill, small_tmpfs
-from tests.test_e2e_hsm import hsm_cert, hsm_config, token  # noqa: F401 - fixtures
+from tests.test_e2e_hsm import SOFTHSM_LIBRARY, hsm_cert, hsm_config, token  # noqa: F401
 
 
 def metrics(server) -> str:
@@ -253,6 +254,8 @@ def test_reload_names_settings_it_cannot_apply(start_server, dev_pki, backend):
     assert get(server.port).status == 200
 
 
+@pytest.mark.skipif(shutil.which("softhsm2-util") is None or not Path(SOFTHSM_LIBRARY).exists(),
+                    reason="softhsm2 and pkcs11-provider are installed by `make test`")
 def test_reload_checks_hsm_keys_as_a_start_does(start_server, dev_pki, backend, token, hsm_cert):
     """A certificate that does not match the token's key is refused on SIGHUP by the same
     check a start makes, naming the mismatch (it used to reach the new workers, which died)."""
