@@ -290,3 +290,18 @@ def _metrics_or_empty(server) -> str:
         return metrics(server)
     except OSError:
         return ""
+
+
+def test_log_rotation_that_fails_is_logged_and_serving_goes_on(start_server, dev_pki, backend,
+                                                               tmp_path):
+    log_file = tmp_path / "qtls.log"
+    log_file.write_bytes(b"{}\n" * 400_000)  # past max_size_mb: the master rotates at once
+    (tmp_path / "qtls.log.1").mkdir()  # ... onto a directory: os.replace fails
+    (tmp_path / "qtls.log.1" / "keep").write_text("x")
+    server = start_server(make_config(dev_pki, backend["address"], logging={
+        "file": str(log_file), "console": True, "max_size_mb": 1, "max_files": 1}))
+    assert server.wait_log(lambda e: e.get("event") == "log rotation failed", 5)
+    time.sleep(1.5)  # more rounds of the master's loop
+    assert server.proc.poll() is None
+    assert get(server.port).status == 200
+    assert len(server.events("log rotation failed")) == 1  # once a minute at most

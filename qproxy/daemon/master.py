@@ -20,6 +20,7 @@ from ..config.model import ServerConfig
 from ..errors import ConfigErrors, QProxyError
 from ..observability.logging import get_logger, reopen_log_files, rotate_by_size
 from ..observability.metrics import Metrics, mark_process_dead
+from ..observability.throttle import Throttle
 from ..tls.context import ServerTls
 from . import systemd
 from .lifeline import die_with_parent
@@ -91,6 +92,7 @@ class Master:
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         self._respawns = RespawnQueue()
+        self._rotation_failures = Throttle(60.0)
         self._started: dict[int, float] = {}  # pid -> start time
         self._stopping = False
 
@@ -156,7 +158,12 @@ class Master:
             return worker_main(generation.number, generation.config, generation.server_tls,
                                self.metrics, self.listeners, generation.size, ready_w, slot)
 
-        pid = self._fork(run)
+        try:
+            pid = self._fork(run)
+        except OSError:
+            os.close(ready_r)
+            os.close(ready_w)
+            raise
         os.close(ready_w)
         generation.workers[slot] = pid
         generation.status[pid] = ready_r
@@ -281,13 +288,18 @@ class Master:
         for slot in self._respawns.due():
             if self._stopping:
                 return
-            if slot == METRICS_SLOT:
-                if self.metrics_pid is None:
-                    self._spawn_metrics()
-            elif slot not in self.current.workers:
-                pid, _ = self._spawn_worker(self.current, slot)
-                log.info("worker respawned", worker_pid=pid, slot=slot,
-                         generation=self.current.number)
+            try:
+                if slot == METRICS_SLOT:
+                    if self.metrics_pid is None:
+                        self._spawn_metrics()
+                elif slot not in self.current.workers:
+                    pid, _ = self._spawn_worker(self.current, slot)
+                    log.info("worker respawned", worker_pid=pid, slot=slot,
+                             generation=self.current.number)
+            except OSError as exc:  # fork or pipe failed: out of processes, memory or fds
+                delay = self._respawns.schedule(slot, lived=0.0)
+                log.error("cannot start a child process; trying again", slot=slot,
+                          error=str(exc), retry_in_s=delay)
 
     def _reload(self) -> None:
         """SIGHUP: the new configuration through the same `prepare()` a start uses; on any
@@ -411,23 +423,35 @@ class Master:
             for signum in signals:
                 try:
                     self._dispatch(signum)
-                except Exception:  # noqa: BLE001 - the master outlives any one signal's work
+                except Exception as exc:  # noqa: BLE001 - the master outlives any signal's work
                     log.exception("handling a signal failed; still serving",
                                   signal=signal.Signals(signum).name)
+                    if signum == signal.SIGHUP:  # counted, and READY=1 for systemd
+                        self._reload_failed(self.current, QProxyError(
+                            f"unexpected {type(exc).__name__}: {exc}"))
             self._reap()
             self._respawn_due()
             if watchdog and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog
-            # The file written is the one configured at start (logging.file needs a restart);
-            # the rotation size and count follow reloads.
-            logging_section = self.current.config.logging
-            if self._log_file and rotate_by_size(
-                    self._log_file, logging_section.max_size_mb * 1024 * 1024,
-                    logging_section.max_files):
-                reopen_log_files()
+            self._rotate_log()
         self._shutdown()
         return 0
+
+    def _rotate_log(self) -> None:
+        """The file written is the one configured at start (logging.file needs a restart); the
+        rotation size and count follow reloads. A rotation that fails is logged (once a
+        minute at most) and tried again: it is no reason to stop serving."""
+        section = self.current.config.logging
+        if not self._log_file:
+            return
+        try:
+            if rotate_by_size(self._log_file, section.max_size_mb * 1024 * 1024,
+                              section.max_files):
+                reopen_log_files()
+        except OSError as exc:
+            if self._rotation_failures.hit() is not None:
+                log.error("log rotation failed", file=self._log_file, error=exc.strerror)
 
     def _shutdown(self) -> None:
         self._stopping = True
