@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..config.model import ServerConfig
 from ..errors import ConfigErrors, QProxyError
@@ -93,6 +94,7 @@ class Master:
         self._wake_r, self._wake_w = os.pipe()
         self._respawns = RespawnQueue()
         self._rotation_failures = Throttle(60.0)
+        self._step_failures = Throttle(10.0)
         self._started: dict[int, float] = {}  # pid -> start time
         self._stopping = False
 
@@ -250,9 +252,12 @@ class Master:
                 return
             if pid == 0:
                 return
-            mark_process_dead(pid)
             lived = time.monotonic() - self._started.pop(pid, time.monotonic())
             self._child_exited(pid, status, lived)
+            try:
+                mark_process_dead(pid)  # its live gauges leave the sum
+            except OSError as exc:
+                log.error("cannot drop a dead process's metrics", pid=pid, error=str(exc))
 
     def _child_exited(self, pid: int, status: int, lived: float) -> None:
         how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
@@ -429,14 +434,21 @@ class Master:
                     if signum == signal.SIGHUP:  # counted, and READY=1 for systemd
                         self._reload_failed(self.current, QProxyError(
                             f"unexpected {type(exc).__name__}: {exc}"))
-            self._reap()
-            self._respawn_due()
+            for step in (self._reap, self._respawn_due, self._rotate_log):
+                self._safely(step)
             if watchdog and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog
-            self._rotate_log()
         self._shutdown()
         return 0
+
+    def _safely(self, step: Callable[[], None]) -> None:
+        """One step of the loop; a failure in it is logged (throttled), never the master's end."""
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - a supervisor that dies takes every worker's clients
+            if self._step_failures.hit() is not None:
+                log.exception("master loop step failed; still serving", step=step.__name__)
 
     def _rotate_log(self) -> None:
         """The file written is the one configured at start (logging.file needs a restart); the
