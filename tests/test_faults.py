@@ -21,7 +21,7 @@ from tests.support.bad_configs import CASES
 from tests.support.faults import (
     Backend, Load, alive, children, cpu_seconds, open_fds, wait_until,
 )
-from tests.support.harness import http_request, read_response, tls_connect
+from tests.support.harness import http_request, tls_connect
 from tests.support.tmpfs import fill, small_tmpfs
 from tests.test_e2e_hsm import SOFTHSM_LIBRARY, hsm_cert, hsm_config, token  # noqa: F401
 
