@@ -162,3 +162,21 @@ def test_a_flood_of_problems_is_listed_up_to_a_bound(tmp_path, dev):
     assert result.exit_code == 1
     problems = [line for line in result.stderr.splitlines() if line.startswith("  ")]
     assert len(problems) == 51 and "4950 more problems" in problems[-1]
+
+
+def test_hsm_check_child_is_bounded_in_time(monkeypatch):
+    """A token that never answers must not hold the master (which runs this on SIGHUP)."""
+    from qproxy.keys import pkcs11
+
+    monkeypatch.setattr(pkcs11, "check_keys", lambda *args: time.sleep(30) or [])
+    started = time.monotonic()
+    problems = pkcs11.check_keys_in_child("/nonexistent.so", None, None, [], timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert problems and "did not finish within 0.5 s" in problems[0]
+
+
+def test_hsm_check_child_reports_what_it_found(monkeypatch):
+    from qproxy.keys import pkcs11
+
+    monkeypatch.setattr(pkcs11, "check_keys", lambda *args: ["certificates.x: mismatch"])
+    assert pkcs11.check_keys_in_child("/x.so", None, None, []) == ["certificates.x: mismatch"]
