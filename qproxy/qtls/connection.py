@@ -47,8 +47,8 @@ _TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
     ConnectionState.CLOSED: frozenset(),
 }
 
-_OPENSSL_ALERT_PREFIX = "tlsv1 alert "
-_SSLV3_ALERT_PREFIX = "sslv3 alert "
+# OpenSSL 4 says "tls alert ...", older releases "tlsv1 alert ..." / "sslv3 alert ...".
+_ALERT_PREFIXES = ("tls alert ", "tlsv1 alert ", "sslv3 alert ", "tlsv13 alert ")
 
 
 def openssl_reasons(exc: SSL.Error) -> list[str]:
@@ -64,7 +64,7 @@ def alert_of(reasons: list[str]) -> str | None:
     """The TLS alert OpenSSL reported, e.g. 'handshake failure' from 'sslv3 alert handshake
     failure' (an alert the peer sent us)."""
     for reason in reasons:
-        for prefix in (_OPENSSL_ALERT_PREFIX, _SSLV3_ALERT_PREFIX):
+        for prefix in _ALERT_PREFIXES:
             if reason.startswith(prefix):
                 return reason[len(prefix):]
     return None
@@ -83,6 +83,8 @@ def set_socket_timeout(sock: socket.socket, seconds: float | None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, packed)
 
 
+# On a blocking socket OpenSSL only wants more I/O when SO_RCVTIMEO / SO_SNDTIMEO expired.
+_WANT_IO = (SSL.WantReadError, SSL.WantWriteError)
 _TIMEOUT_ERRNOS = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ETIMEDOUT}
 
 
@@ -189,6 +191,8 @@ class QTLSConnection:
             set_socket_timeout(self._sock, seconds)
 
     def _handshake_error(self, conn: SSL.Connection, exc: SSL.Error) -> QTLSException:
+        if isinstance(exc, _WANT_IO):
+            return QTLSTimeout("the TLS handshake timed out")
         if isinstance(exc, SSL.SysCallError) and _syscall_errno(exc) in _TIMEOUT_ERRNOS:
             return QTLSTimeout("the TLS handshake timed out")
         if isinstance(exc, SSL.SysCallError):
@@ -220,6 +224,9 @@ class QTLSConnection:
         except SSL.ZeroReturnError:
             self._set_state(ConnectionState.PEER_CLOSED)
             return b""
+        except _WANT_IO:
+            self._fail()
+            raise QTLSTimeout("read() timed out; the connection is closed") from None
         except SSL.SysCallError as exc:
             self._fail()
             if _syscall_errno(exc) in _TIMEOUT_ERRNOS:
@@ -228,7 +235,15 @@ class QTLSConnection:
                                        f"({exc.args[1] if len(exc.args) > 1 else exc})") from None
         except SSL.Error as exc:
             self._fail()
-            raise QTLSException(f"TLS error while reading: {exc}") from None
+            reasons = openssl_reasons(exc)
+            alert = alert_of(reasons)
+            reason = "; ".join(reasons) or str(exc)
+            if alert is not None:
+                # In TLS 1.3 a server refuses a client certificate after the client's side of
+                # the handshake is done: the alert arrives with the first read.
+                raise QTLSHandshakeError(f"the peer ended the connection with alert '{alert}'",
+                                         alert=alert, reason=reason) from None
+            raise QTLSException(f"TLS error while reading: {reason}") from None
         except (socket.timeout, TimeoutError):
             self._fail()
             raise QTLSTimeout("read() timed out") from None
@@ -243,6 +258,9 @@ class QTLSConnection:
                              call="write()")
         try:
             conn.sendall(view)
+        except _WANT_IO:
+            self._fail()
+            raise QTLSTimeout("write() timed out; the connection is closed") from None
         except SSL.Error as exc:
             self._fail()
             raise QTLSConnectionClosed(f"write() failed, the connection is closed: {exc}") from None

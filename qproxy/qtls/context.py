@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
@@ -251,7 +252,7 @@ class QTLSContext:
         except TypeError:
             raise QTLSConfigError(f"{name!r} is encrypted: give an unencrypted key (mode 0600) "
                                   "or keep it in an HSM", name) from None
-        except (ValueError, serialization.UnsupportedAlgorithm) as exc:
+        except (ValueError, UnsupportedAlgorithm) as exc:
             raise QTLSConfigError(f"{name!r} is not a usable private key ({exc})", name) from None
         with self._lock:
             try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
@@ -157,7 +157,7 @@ class QTLSDilithium:
     def from_private_key_pem(cls, data: bytes) -> QTLSDilithium:
         try:
             key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError, serialization.UnsupportedAlgorithm) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise QTLSCryptoError(f"not an unencrypted PEM private key: {exc}") from None
         return cls._from_key(key, private=True)
 
@@ -171,7 +171,7 @@ class QTLSDilithium:
                 key = x509.load_pem_x509_certificate(data).public_key()
             else:
                 key = serialization.load_pem_public_key(data)
-        except (ValueError, serialization.UnsupportedAlgorithm) as exc:
+        except (ValueError, UnsupportedAlgorithm) as exc:
             raise QTLSCryptoError(f"not a PEM public key or certificate: {exc}") from None
         return cls._from_key(key, private=False)
 
