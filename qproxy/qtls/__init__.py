@@ -7,7 +7,7 @@ algorithm policy tables. Nothing here implements cryptography or TLS. See docs/q
 from __future__ import annotations
 
 # Must run before OpenSSL is first imported: OpenSSL reads OPENSSL_CONF once.
-from .hsm import configure_from_environment as _configure_hsm
+from .hsm import configure_quietly as _configure_hsm
 
 _configure_hsm()
 

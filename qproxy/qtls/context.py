@@ -272,6 +272,8 @@ class QTLSContext:
             pkcs11_uri.parse(uri)
         except pkcs11_uri.UriError as exc:
             raise QTLSHSMError(str(exc)) from None
+        if hsm.setup_problem is not None:
+            raise QTLSHSMError(f"pkcs11-provider could not be set up: {hsm.setup_problem}")
         if not os.environ.get("OPENSSL_CONF"):
             raise QTLSHSMError(
                 "pkcs11-provider is not loaded in this process: set QTLS_PKCS11_LIBRARY and "

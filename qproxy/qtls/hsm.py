@@ -16,6 +16,18 @@ from ..errors import ConfigError
 from ..keys import provider
 
 LIBRARY_ENV = "QTLS_PKCS11_LIBRARY"
+setup_problem: str | None = None
+"""Why the provider could not be configured on import; `use_hsm_key` reports it."""
+
+
+def configure_quietly() -> None:
+    """On import of `qproxy.qtls`: configure if asked to, keep any problem for later, so that
+    importing the library never fails for a program that does not use an HSM key."""
+    global setup_problem
+    try:
+        configure_from_environment()
+    except ConfigError as exc:
+        setup_problem = str(exc)
 
 
 def configure_from_environment(environ: dict[str, str] | None = None) -> str | None:
