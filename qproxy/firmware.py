@@ -1,10 +1,8 @@
 """Signed firmware: `qproxy firmware keygen|sign|verify` with ML-DSA-65 (file or HSM key).
 
-What is signed: ML-DSA (FIPS 204, pure mode, empty context) over the 58-byte message
-`b"qproxy firmware v1 sha256\\0" + SHA-256(image)`. The image is hashed as a stream, so a
-1 GiB image never sits in memory, and a device that checks the SHA-256 anyway verifies the
-signature over the digest it computed; the prefix keeps a firmware signature from being valid
-for anything else the key signs. The signature is detached: `<image>.sig` holds its raw bytes.
+What is signed is defined in `qproxy.qtls.firmware` (devices use the same code): ML-DSA over
+a prefix and the image's SHA-256, so images are hashed as a stream. The signature is
+detached: `<image>.sig` holds its raw bytes.
 A signer is named by its key id, the SHA-256 of its SubjectPublicKeyInfo (hex).
 """
 
@@ -32,7 +30,6 @@ def _dilithium() -> type[QTLSDilithium]:
 
     return QTLSDilithium
 
-SIGNED_PREFIX = b"qproxy firmware v1 sha256\0"
 SIGNATURE_SUFFIX = ".sig"
 ALGORITHM = "ML-DSA-65"
 _CHUNK = 1 << 20
@@ -61,7 +58,9 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
 
 
 def signed_message(sha256_hex: str) -> bytes:
-    return SIGNED_PREFIX + bytes.fromhex(sha256_hex)
+    from .qtls.firmware import signed_message
+
+    return signed_message(bytes.fromhex(sha256_hex))
 
 
 class Signer(Protocol):

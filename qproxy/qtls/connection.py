@@ -360,6 +360,12 @@ class QTLSConnection:
         return list(chain)
 
     @property
+    def peer_certificate_keys(self) -> list[str]:
+        """The key kind of each certificate the peer sent, leaf first: 'ML-DSA-65',
+        'ECDSA P-384', 'RSA-3072', ... (what a device checks to know the chain is PQ)."""
+        return [describe_key(cert.public_key()) for cert in self.peer_certificate_chain]
+
+    @property
     def peer_signature_algorithm(self) -> str | None:
         """The TLS 1.3 signature scheme of the peer's CertificateVerify, e.g. 'mldsa65'.
 
