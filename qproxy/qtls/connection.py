@@ -92,7 +92,124 @@ def _syscall_errno(exc: SSL.SysCallError) -> int | None:
     return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
 
 
-class QTLSConnection:
+def handshake_error(conn: SSL.Connection, exc: SSL.Error, verify_mode: int) -> QTLSException:
+    """The QTLSException for a failed handshake: timeout, peer gone, certificate, or alert."""
+    if isinstance(exc, _WANT_IO):
+        return QTLSTimeout("the TLS handshake timed out")
+    if isinstance(exc, SSL.SysCallError) and _syscall_errno(exc) in _TIMEOUT_ERRNOS:
+        return QTLSTimeout("the TLS handshake timed out")
+    if isinstance(exc, SSL.SysCallError):
+        return QTLSConnectionClosed(f"the peer closed the connection during the handshake "
+                                    f"({exc.args[1] if len(exc.args) > 1 else exc})")
+    reasons = openssl_reasons(exc)
+    alert = alert_of(reasons)
+    reason = "; ".join(reasons) or str(exc)
+    code = openssl_ext.verify_result(conn)
+    if code != 0 and verify_mode:
+        text = openssl_ext.verify_result_string(code)
+        return QTLSVerificationError(
+            f"the peer's certificate did not verify: {text} (X509_V_ERR {code})",
+            verify_code=code, verify_reason=text, alert=alert, reason=reason)
+    return QTLSHandshakeError(f"TLS handshake failed: {reason}", alert=alert, reason=reason)
+
+
+def prepare_client(conn: SSL.Connection, server_hostname: str | None, check_hostname: bool,
+                   session: SSL.Session | None) -> None:
+    """SNI (not for IP literals), host-name verification, a session to resume; connect state."""
+    if server_hostname:
+        if not _is_ip_literal(server_hostname):
+            conn.set_tlsext_host_name(server_hostname.encode("idna"))
+        if check_hostname:
+            openssl_ext.set_verify_host(conn, server_hostname)
+    if session is not None:
+        conn.set_session(session)
+    conn.set_connect_state()
+
+
+class NegotiatedProperties:
+    """What a handshake settled, for sync and asyncio connections alike."""
+
+    def _established(self, call: str) -> SSL.Connection:
+        raise NotImplementedError
+
+    def verify_peer_certificate(self) -> bool:
+        """Whether the peer presented a certificate whose chain (and, for a client given a
+        host name, whose name) verified against the context's trust anchors."""
+        conn = self._established("verify_peer_certificate()")
+        return conn.get_peer_certificate() is not None and openssl_ext.verify_result(conn) == 0
+
+    @property
+    def verify_result(self) -> tuple[int, str]:
+        conn = self._established("verify_result")
+        code = openssl_ext.verify_result(conn)
+        return code, openssl_ext.verify_result_string(code)
+
+    @property
+    def negotiated_group(self) -> str | None:
+        """The key-exchange group, e.g. 'X25519MLKEM768' or 'X25519'."""
+        conn = self._established("negotiated_group")
+        return canonical_group(openssl_ext.negotiated_group(conn))
+
+    @property
+    def is_post_quantum(self) -> bool:
+        return is_post_quantum(self.negotiated_group)
+
+    @property
+    def cipher(self) -> str | None:
+        conn = self._established("cipher")
+        return conn.get_cipher_name()
+
+    @property
+    def protocol_version(self) -> str:
+        conn = self._established("protocol_version")
+        return conn.get_protocol_version_name()
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        conn = self._established("peer_certificate")
+        cert = conn.get_peer_certificate()
+        return cert.to_cryptography() if cert is not None else None
+
+    @property
+    def peer_certificate_chain(self) -> list[x509.Certificate]:
+        """The chain the peer sent, leaf first (a server's leaf is included either way)."""
+        conn = self._established("peer_certificate_chain")
+        chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        leaf = self.peer_certificate
+        if leaf is not None and (not chain or chain[0] != leaf):
+            chain = [leaf, *chain]
+        return list(chain)
+
+    @property
+    def peer_certificate_keys(self) -> list[str]:
+        """The key kind of each certificate the peer sent, leaf first: 'ML-DSA-65',
+        'ECDSA P-384', 'RSA-3072', ... (what a device checks to know the chain is PQ)."""
+        return [describe_key(cert.public_key()) for cert in self.peer_certificate_chain]
+
+    @property
+    def peer_signature_algorithm(self) -> str | None:
+        """The TLS 1.3 signature scheme of the peer's CertificateVerify, e.g. 'mldsa65'.
+
+        Derived from the peer's key: in TLS 1.3 a key signs with exactly one scheme (RSA keys
+        with RSA-PSS; the SHA-256 variant is reported)."""
+        leaf = self.peer_certificate
+        if leaf is None:
+            return None
+        return sigalg_for_key(describe_key(leaf.public_key()), self.protocol_version)
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        conn = self._established("alpn_protocol")
+        chosen = conn.get_alpn_proto_negotiated()
+        return chosen.decode("ascii") if chosen else None
+
+    @property
+    def session_resumed(self) -> bool:
+        conn = self._established("session_resumed")
+        return openssl_ext.session_reused(conn)
+
+
+class QTLSConnection(NegotiatedProperties):
     """A TLS connection on `sock` (a connected stream socket), client or server by context."""
 
     def __init__(self, ctx: QTLSContext, sock: socket.socket | None = None, *,
@@ -158,21 +275,14 @@ class QTLSConnection:
         conn = SSL.Connection(self.context.ssl_context, self._sock)
         self._conn = conn
         if self.context.mode is Mode.CLIENT:
-            if self.server_hostname:
-                if not _is_ip_literal(self.server_hostname):
-                    conn.set_tlsext_host_name(self.server_hostname.encode("idna"))
-                if self.check_hostname:
-                    openssl_ext.set_verify_host(conn, self.server_hostname)
-            if self._session is not None:
-                conn.set_session(self._session)
-            conn.set_connect_state()
+            prepare_client(conn, self.server_hostname, self.check_hostname, self._session)
         else:
             conn.set_accept_state()
         try:
             conn.do_handshake()
         except SSL.Error as exc:
             self._fail()
-            raise self._handshake_error(conn, exc) from None
+            raise handshake_error(conn, exc, self.context.verify_mode) from None
         except (socket.timeout, TimeoutError):
             self._fail()
             raise QTLSTimeout("the TLS handshake timed out") from None
@@ -189,25 +299,6 @@ class QTLSConnection:
         """Bound each later read, write and handshake step (None: wait forever)."""
         if self._sock is not None and self._state is not ConnectionState.CLOSED:
             set_socket_timeout(self._sock, seconds)
-
-    def _handshake_error(self, conn: SSL.Connection, exc: SSL.Error) -> QTLSException:
-        if isinstance(exc, _WANT_IO):
-            return QTLSTimeout("the TLS handshake timed out")
-        if isinstance(exc, SSL.SysCallError) and _syscall_errno(exc) in _TIMEOUT_ERRNOS:
-            return QTLSTimeout("the TLS handshake timed out")
-        if isinstance(exc, SSL.SysCallError):
-            return QTLSConnectionClosed(f"the peer closed the connection during the handshake "
-                                        f"({exc.args[1] if len(exc.args) > 1 else exc})")
-        reasons = openssl_reasons(exc)
-        alert = alert_of(reasons)
-        reason = "; ".join(reasons) or str(exc)
-        code = openssl_ext.verify_result(conn)
-        if code != 0 and self.context.verify_mode:
-            text = openssl_ext.verify_result_string(code)
-            return QTLSVerificationError(
-                f"the peer's certificate did not verify: {text} (X509_V_ERR {code})",
-                verify_code=code, verify_reason=text, alert=alert, reason=reason)
-        return QTLSHandshakeError(f"TLS handshake failed: {reason}", alert=alert, reason=reason)
 
     # -- data ------------------------------------------------------------------------------
 
@@ -302,92 +393,8 @@ class QTLSConnection:
                  tb: TracebackType | None) -> None:
         self.shutdown()
 
-    # -- what was negotiated ---------------------------------------------------------------
-
-    def verify_peer_certificate(self) -> bool:
-        """Whether the peer presented a certificate whose chain (and, for a client given a
-        host name, whose name) verified against the context's trust anchors."""
-        conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
-                             call="verify_peer_certificate()")
-        return conn.get_peer_certificate() is not None and openssl_ext.verify_result(conn) == 0
-
-    @property
-    def verify_result(self) -> tuple[int, str]:
-        conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
-                             call="verify_result")
-        code = openssl_ext.verify_result(conn)
-        return code, openssl_ext.verify_result_string(code)
-
-    @property
-    def negotiated_group(self) -> str | None:
-        """The key-exchange group, e.g. 'X25519MLKEM768' or 'X25519'."""
-        conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
-                             call="negotiated_group")
-        return canonical_group(openssl_ext.negotiated_group(conn))
-
-    @property
-    def is_post_quantum(self) -> bool:
-        return is_post_quantum(self.negotiated_group)
-
-    @property
-    def cipher(self) -> str | None:
-        conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
-                             call="cipher")
-        return conn.get_cipher_name()
-
-    @property
-    def protocol_version(self) -> str:
-        conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
-                             call="protocol_version")
-        return conn.get_protocol_version_name()
-
-    @property
-    def peer_certificate(self) -> x509.Certificate | None:
-        conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
-                             call="peer_certificate")
-        cert = conn.get_peer_certificate()
-        return cert.to_cryptography() if cert is not None else None
-
-    @property
-    def peer_certificate_chain(self) -> list[x509.Certificate]:
-        """The chain the peer sent, leaf first (a server's leaf is included either way)."""
-        conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
-                             call="peer_certificate_chain")
-        chain = conn.get_peer_cert_chain(as_cryptography=True) or []
-        leaf = self.peer_certificate
-        if leaf is not None and (not chain or chain[0] != leaf):
-            chain = [leaf, *chain]
-        return list(chain)
-
-    @property
-    def peer_certificate_keys(self) -> list[str]:
-        """The key kind of each certificate the peer sent, leaf first: 'ML-DSA-65',
-        'ECDSA P-384', 'RSA-3072', ... (what a device checks to know the chain is PQ)."""
-        return [describe_key(cert.public_key()) for cert in self.peer_certificate_chain]
-
-    @property
-    def peer_signature_algorithm(self) -> str | None:
-        """The TLS 1.3 signature scheme of the peer's CertificateVerify, e.g. 'mldsa65'.
-
-        Derived from the peer's key: in TLS 1.3 a key signs with exactly one scheme (RSA keys
-        with RSA-PSS; the SHA-256 variant is reported)."""
-        leaf = self.peer_certificate
-        if leaf is None:
-            return None
-        return sigalg_for_key(describe_key(leaf.public_key()), self.protocol_version)
-
-    @property
-    def alpn_protocol(self) -> str | None:
-        conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
-                             call="alpn_protocol")
-        chosen = conn.get_alpn_proto_negotiated()
-        return chosen.decode("ascii") if chosen else None
-
-    @property
-    def session_resumed(self) -> bool:
-        conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
-                             call="session_resumed")
-        return openssl_ext.session_reused(conn)
+    def _established(self, call: str) -> SSL.Connection:
+        return self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED, call=call)
 
     @property
     def session(self) -> SSL.Session | None:
