@@ -11,6 +11,7 @@ from .hsm import configure_quietly as _configure_hsm
 
 _configure_hsm()
 
+from .aio import QTLSStreamWriter, open_connection  # noqa: E402
 from .client import QTLSClient  # noqa: E402
 from .connection import ConnectionState, QTLSConnection  # noqa: E402
 from .constants import (  # noqa: E402
@@ -35,10 +36,10 @@ __all__ = [
     "QTLSConnection", "QTLSConnectionClosed", "QTLSContext", "QTLSCryptoError",
     "QTLSDilithium", "QTLSException", "QTLSHSMError", "QTLSHandshakeError", "QTLSKyber",
     "QTLSModeError", "QTLSServer", "QTLSStateError", "QTLSTimeout", "QTLSUsageError",
-    "QTLSVerificationError", "QTLS_CLIENT_MODE", "QTLS_FILETYPE_ASN1", "QTLS_FILETYPE_PEM",
+    "QTLSStreamWriter", "QTLSVerificationError", "QTLS_CLIENT_MODE", "QTLS_FILETYPE_ASN1", "QTLS_FILETYPE_PEM",
     "QTLS_KEM_KYBER1024", "QTLS_KEM_KYBER768", "QTLS_OP_CLASSICAL_ONLY", "QTLS_OP_HYBRID_MODE",
     "QTLS_OP_NO_SESSION_TICKETS", "QTLS_OP_PQC_ONLY", "QTLS_OP_REQUIRE_PQ", "QTLS_SERVER_MODE",
     "QTLS_SIG_DILITHIUM2", "QTLS_SIG_DILITHIUM3", "QTLS_SIG_DILITHIUM5",
     "QTLS_VERIFY_CLIENT_ONCE", "QTLS_VERIFY_FAIL_IF_NO_PEER_CERT", "QTLS_VERIFY_NONE",
-    "QTLS_VERIFY_PEER", "SEED_NAMES",
+    "QTLS_VERIFY_PEER", "SEED_NAMES", "open_connection",
 ]
