@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
@@ -163,7 +164,7 @@ def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
     except TypeError:
         raise ConfigError(json_path + ".key", f"{pair.key!r} is encrypted; give an "
                           "unencrypted key (mode 0600) or keep it in an HSM") from None
-    except (ValueError, serialization.UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigError(json_path + ".key", f"{pair.key!r} is not a usable PEM private key "
                           f"({exc})") from None
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
