@@ -300,8 +300,12 @@ class QTLSContext:
             if self.mode is Mode.CLIENT:
                 self._ctx.set_alpn_protos(encoded)
             else:
-                def select(_conn: SSL.Connection, offered: list[bytes]) -> bytes:
-                    return next((p for p in encoded if p in offered), SSL.NO_OVERLAPPING_PROTOCOLS)
+                def select(_conn: SSL.Connection, offered: list[bytes]):  # type: ignore[no-untyped-def]
+                    # bytes, or pyOpenSSL's private marker type that refuses the handshake
+                    for protocol in encoded:
+                        if protocol in offered:
+                            return protocol
+                    return SSL.NO_OVERLAPPING_PROTOCOLS
                 self._ctx.set_alpn_select_callback(select)
 
     def require_mode(self, mode: Mode, call: str) -> None:

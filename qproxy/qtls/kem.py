@@ -21,8 +21,8 @@ PublicKey = Union[mlkem.MLKEM768PublicKey, mlkem.MLKEM1024PublicKey]
 @dataclass(frozen=True)
 class KemParameters:
     name: str
-    private_class: type
-    public_class: type
+    private_class: type[mlkem.MLKEM768PrivateKey] | type[mlkem.MLKEM1024PrivateKey]
+    public_class: type[mlkem.MLKEM768PublicKey] | type[mlkem.MLKEM1024PublicKey]
     public_key_size: int
     ciphertext_size: int
     shared_secret_size: int = 32

@@ -27,8 +27,10 @@ PublicKey = Union[mldsa.MLDSA44PublicKey, mldsa.MLDSA65PublicKey, mldsa.MLDSA87P
 @dataclass(frozen=True)
 class SignatureParameters:
     name: str
-    private_class: type
-    public_class: type
+    private_class: (type[mldsa.MLDSA44PrivateKey] | type[mldsa.MLDSA65PrivateKey]
+                    | type[mldsa.MLDSA87PrivateKey])
+    public_class: (type[mldsa.MLDSA44PublicKey] | type[mldsa.MLDSA65PublicKey]
+                   | type[mldsa.MLDSA87PublicKey])
     public_key_size: int
     signature_size: int
     seed_size: int = 32
@@ -164,6 +166,7 @@ class QTLSDilithium:
     @classmethod
     def from_public_key_pem(cls, data: bytes) -> QTLSDilithium:
         """A public key from PEM: a SubjectPublicKeyInfo or a certificate."""
+        key: object
         try:
             if b"CERTIFICATE" in data:
                 from cryptography import x509
