@@ -365,6 +365,26 @@ def test_bad_files_and_arguments_name_the_problem(dev_pki, tmp_path):
         ctx.use_hsm_key("file:/etc/key.pem")
 
 
+def test_key_before_certificate_is_checked_too(dev_pki):
+    ctx = QTLSContext(QTLS_SERVER_MODE)
+    ctx.use_private_key_file(dev_pki.ecdsa_key)
+    with pytest.raises(QTLSConfigError, match="does not match the private key"):
+        ctx.use_certificate_file(dev_pki.mldsa_cert)
+    ctx = QTLSContext(QTLS_SERVER_MODE)
+    ctx.use_private_key_file(dev_pki.mldsa_key)
+    ctx.use_certificate_file(dev_pki.mldsa_cert)  # the right pair, in the other order
+
+
+def test_write_refuses_text(dev_pki, echo_server):
+    server = echo_server()
+    client = QTLSClient(client_context(dev_pki.ca_bundle))
+    client.connect("localhost", server.port)
+    with pytest.raises(QTLSUsageError, match="encode text"):
+        client.write("text")  # type: ignore[arg-type]
+    client.write(b"bytes still work")
+    assert client.read() == b"echo:bytes still work"
+
+
 def test_every_error_is_a_qtls_exception_with_a_code():
     import qproxy.qtls as qtls
 
@@ -375,7 +395,8 @@ def test_every_error_is_a_qtls_exception_with_a_code():
             assert isinstance(obj.error_code, ErrorCode)
 
 
-def test_a_failed_handshake_does_not_stop_the_server(dev_pki, echo_server, tmp_path):
+def test_a_failed_handshake_does_not_stop_the_server(dev_pki, echo_server, tmp_path, caplog):
+    caplog.set_level("INFO", logger="qproxy.qtls.server")
     server = echo_server()
     other = write_ca_and_leaf(tmp_path)
     for _ in range(3):
@@ -388,6 +409,9 @@ def test_a_failed_handshake_does_not_stop_the_server(dev_pki, echo_server, tmp_p
     client.connect("localhost", server.port)
     client.write(b"still here")
     assert client.read() == b"echo:still here"
+    failures = [r for r in caplog.records if r.name == "qproxy.qtls.server"]
+    assert len(failures) == 6  # one line per failed client, nothing else
+    assert all("handshake" in r.getMessage() for r in failures)
 
 
 # -- threads -------------------------------------------------------------------------------
@@ -426,3 +450,37 @@ def test_shared_contexts_across_threads(dev_pki, echo_server):
     assert len(results) == 24
     assert all(group == "X25519MLKEM768" and ok for group, ok in results)
     assert not server.errors
+
+
+def test_server_survives_running_out_of_file_descriptors(dev_pki, echo_server, caplog):
+    import errno
+
+    server = echo_server()
+    real = server.server._listener
+
+    class Flaky:
+        """The listener, but the next accept() fails as with EMFILE."""
+
+        failures = 1
+
+        def accept(self):
+            if Flaky.failures:
+                Flaky.failures -= 1
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real.accept()
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    caplog.set_level("WARNING", logger="qproxy.qtls.server")
+    # The acceptor thread is already blocked in the real accept(); the first client wakes it,
+    # the second meets the flaky listener.
+    server.server._listener = Flaky()
+    client = QTLSClient(client_context(dev_pki.ca_bundle), timeout=5)
+    for text in (b"one", b"two"):
+        client.connect("localhost", server.port)
+        client.write(text)
+        assert client.read() == b"echo:" + text
+        client.shutdown()
+    assert Flaky.failures == 0
+    assert any("Too many open files" in r.getMessage() for r in caplog.records)

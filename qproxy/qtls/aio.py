@@ -25,7 +25,7 @@ from .connection import (
 from .constants import Mode
 from .context import QTLSContext
 from .errors import (
-    QTLSConnectionClosed, QTLSException, QTLSHandshakeError, QTLSTimeout,
+    QTLSConnectionClosed, QTLSException, QTLSHandshakeError, QTLSTimeout, QTLSUsageError,
 )
 
 READ_SIZE = 65536
@@ -110,6 +110,8 @@ class QTLSStreamWriter(NegotiatedProperties):
         return self._pipe.conn
 
     def write(self, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise QTLSUsageError(f"write() takes bytes, not {type(data).__name__}")
         if self._closing:
             raise QTLSConnectionClosed("write() after close()")
         if self._pipe.raw_writer.is_closing():

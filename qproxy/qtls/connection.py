@@ -344,6 +344,9 @@ class QTLSConnection(NegotiatedProperties):
 
     def write(self, data: bytes) -> int:
         """Send all of `data`; returns its length."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise QTLSUsageError(f"write() takes bytes, not {type(data).__name__} (encode text "
+                                 "first, e.g. text.encode('utf-8'))")
         view = memoryview(data)
         conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
                              call="write()")

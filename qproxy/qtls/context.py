@@ -71,6 +71,7 @@ class QTLSContext:
         self._kem_words: tuple[str, ...] = ()
         self._verify_mode = QTLS_VERIFY_PEER if self.mode is Mode.CLIENT else 0
         self._has_certificate = False
+        self._has_key = False
         self._ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION
                               | SSL.OP_IGNORE_UNEXPECTED_EOF)
         if self.mode is Mode.SERVER:
@@ -232,6 +233,13 @@ class QTLSContext:
                 raise QTLSConfigError(f"OpenSSL refused the certificate {name!r}: {exc}",
                                       name) from None
             self._has_certificate = True
+            if self._has_key:
+                # The key came first: OpenSSL only pairs them if they match.
+                try:
+                    self._ctx.check_privatekey()
+                except SSL.Error:
+                    raise QTLSConfigError(f"the certificate {name!r} does not match the private "
+                                          "key loaded before it", name) from None
 
     def use_private_key_file(self, path: PathLike, file_type: int = QTLS_FILETYPE_PEM) -> None:
         """This end's private key (unencrypted); it must match the certificate when both are
@@ -257,6 +265,7 @@ class QTLSContext:
         with self._lock:
             try:
                 self._ctx.use_privatekey_file(name, _FILETYPES[file_type])
+                self._has_key = True
                 if self._has_certificate:
                     self._ctx.check_privatekey()
             except SSL.Error as exc:
@@ -283,6 +292,7 @@ class QTLSContext:
         try:
             with self._lock:
                 self._ctx.use_privatekey_file(f"/proc/self/fd/{fd}")
+                self._has_key = True
                 if self._has_certificate:
                     self._ctx.check_privatekey()
         except SSL.Error as exc:

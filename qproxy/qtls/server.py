@@ -47,12 +47,21 @@ class QTLSServer:
 
     def accept(self) -> QTLSConnection:
         """The next client with its handshake done; handshake errors are raised to the caller."""
+        sock, _peer = self._next_socket()
+        return self._handshake(sock)
+
+    def _next_socket(self) -> tuple[socket.socket, str]:
         if self.closed:
             raise QTLSStateError("the server is closed")
         try:
-            sock, _address = self._listener.accept()
+            sock, address = self._listener.accept()
         except OSError as exc:
-            raise QTLSConnectionClosed(f"the listening socket is closed ({exc})") from None
+            if self.closed:
+                raise QTLSConnectionClosed("the server is closed") from None
+            raise QTLSConnectionClosed(f"accept() failed: {exc}") from None
+        return sock, f"{address[0]}:{address[1]}"
+
+    def _handshake(self, sock: socket.socket) -> QTLSConnection:
         set_socket_timeout(sock, self.handshake_timeout)
         conn = QTLSConnection(self.context, sock)
         conn.accept()
@@ -60,18 +69,26 @@ class QTLSServer:
         return conn
 
     def accept_connections(self) -> Iterator[QTLSConnection]:
-        """Established connections, one at a time, until `close()`."""
-        while not self.closed:
+        """Established connections, one at a time, until `close()`. A client whose handshake
+        fails is logged (one line, on the `qproxy.qtls.server` logger) and skipped."""
+        while True:
             try:
-                yield self.accept()
-            except QTLSConnectionClosed:
+                sock, peer = self._next_socket()
+            except (QTLSConnectionClosed, QTLSStateError) as exc:
                 if self.closed:
                     return
-                log.info("qtls client dropped during handshake")
-            except QTLSStateError:
-                return
+                # Out of file descriptors and the like: the listener is fine, the moment is
+                # not. Wait a little (or until close()) and go on serving.
+                log.warning("qtls accept failed: %s", exc)
+                self._closed.wait(0.1)
+                continue
+            try:
+                conn = self._handshake(sock)
             except QTLSException as exc:
-                log.info("qtls handshake failed: %s", exc)
+                log.info("qtls handshake with %s failed (%s): %s", peer,
+                         type(exc).__name__, exc)
+                continue
+            yield conn
 
     def close(self) -> None:
         """Stop listening; a thread blocked in accept_connections() returns."""
