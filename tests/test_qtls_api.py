@@ -484,3 +484,40 @@ def test_server_survives_running_out_of_file_descriptors(dev_pki, echo_server, c
         client.shutdown()
     assert Flaky.failures == 0
     assert any("Too many open files" in r.getMessage() for r in caplog.records)
+
+
+def test_one_connection_two_threads_is_a_clear_error_and_shutdown_interrupts(dev_pki,
+                                                                             echo_server):
+    release = threading.Event()
+
+    def silent(conn: QTLSConnection) -> None:
+        release.wait(10)  # say nothing while the client's reader is blocked
+
+    server = echo_server(handler=silent)
+    client = QTLSClient(client_context(dev_pki.ca_bundle))
+    conn = client.connect("localhost", server.port)
+    outcome: list[BaseException] = []
+    reading = threading.Event()
+
+    def reader() -> None:
+        reading.set()
+        try:
+            conn.read()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    reading.wait(5)
+    for _ in range(100):  # until the reader holds the connection (bounded)
+        if conn._busy.locked():
+            break
+        threading.Event().wait(0.01)
+    with pytest.raises(QTLSStateError, match="another thread"):
+        conn.write(b"from a second thread")
+    conn.shutdown()  # from the main thread: wakes the reader
+    thread.join(5)
+    release.set()
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], QTLSConnectionClosed)
+    assert conn.state is ConnectionState.CLOSED

@@ -11,6 +11,9 @@ import errno
 import ipaddress
 import socket
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from types import TracebackType
 
@@ -225,6 +228,9 @@ class QTLSConnection(NegotiatedProperties):
         self._conn: SSL.Connection | None = None
         self.server_hostname = server_hostname
         self.check_hostname = check_hostname
+        # OpenSSL must never see one SSL object from two threads at once: a second thread
+        # gets a QTLSStateError instead of corrupted state (shutdown() is the exception).
+        self._busy = threading.Lock()
         self._session = session
 
     # -- state -----------------------------------------------------------------------------
@@ -252,6 +258,16 @@ class QTLSConnection(NegotiatedProperties):
         assert self._conn is not None
         return self._conn
 
+    @contextmanager
+    def _exclusive(self, call: str) -> Iterator[None]:
+        if not self._busy.acquire(blocking=False):
+            raise QTLSStateError(f"{call}: another thread is using this connection; use one "
+                                 "connection per thread or synchronise the calls")
+        try:
+            yield
+        finally:
+            self._busy.release()
+
     # -- handshake -------------------------------------------------------------------------
 
     def connect(self) -> None:
@@ -265,6 +281,10 @@ class QTLSConnection(NegotiatedProperties):
         self._handshake()
 
     def _handshake(self) -> None:
+        with self._exclusive("the handshake"):
+            self._handshake_exclusive()
+
+    def _handshake_exclusive(self) -> None:
         if self._state is not ConnectionState.NEW:
             raise QTLSStateError(f"the handshake was already done (state '{self._state.value}')")
         if self._sock is None:
@@ -306,6 +326,10 @@ class QTLSConnection(NegotiatedProperties):
         """Up to `num` bytes of application data; b"" once the peer has closed cleanly."""
         if num <= 0:
             raise QTLSUsageError("num must be positive")
+        with self._exclusive("read()"):
+            return self._read(num)
+
+    def _read(self, num: int) -> bytes:
         conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
                              call="read()")
         if self._state is ConnectionState.PEER_CLOSED:
@@ -347,7 +371,10 @@ class QTLSConnection(NegotiatedProperties):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise QTLSUsageError(f"write() takes bytes, not {type(data).__name__} (encode text "
                                  "first, e.g. text.encode('utf-8'))")
-        view = memoryview(data)
+        with self._exclusive("write()"):
+            return self._write(memoryview(data))
+
+    def _write(self, view: memoryview) -> int:
         conn = self._require(ConnectionState.ESTABLISHED, ConnectionState.PEER_CLOSED,
                              call="write()")
         try:
@@ -367,7 +394,25 @@ class QTLSConnection(NegotiatedProperties):
         return len(view)
 
     def shutdown(self) -> None:
-        """Send close_notify (best effort) and close the socket. Safe to call twice."""
+        """Send close_notify (best effort) and close the socket. Safe to call twice, and from
+        another thread to interrupt a blocked read()."""
+        if not self._busy.acquire(blocking=False):
+            # Another thread is blocked in read() or write(): cut the socket under it, so that
+            # it returns (with QTLSConnectionClosed), then finish here.
+            if self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            if not self._busy.acquire(timeout=10):
+                raise QTLSStateError("shutdown(): another thread does not let go of this "
+                                     "connection")
+        try:
+            self._shutdown_exclusive()
+        finally:
+            self._busy.release()
+
+    def _shutdown_exclusive(self) -> None:
         if self._state is ConnectionState.CLOSED:
             return
         if self._conn is not None and self._state in (ConnectionState.ESTABLISHED,
