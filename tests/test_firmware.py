@@ -110,3 +110,27 @@ def test_a_server_certificate_can_name_the_signer(signed, dev_pki):
                                      signed["sig"])
     key = firmware.load_verification_key(dev_pki.mldsa_cert)
     assert firmware.verify_image(signed["image"], path.read_bytes(), key).key_id == info.key_id
+
+
+try:
+    from tests.test_e2e_hsm import token  # noqa: F401 (fixture: a throw-away SoftHSM2 token)
+    from tests.test_e2e_hsm import qproxy as qproxy_cli
+except ImportError:  # pragma: no cover
+    qproxy_cli = None
+
+
+@pytest.mark.skipif(__import__("shutil").which("softhsm2-util") is None,
+                    reason="softhsm2 is installed by `make test`")
+def test_hsm_signing_key_problems_are_one_clear_line(token, tmp_path):
+    """SoftHSM2 2.6 has no ML-DSA: signing with a token key must say so, not crash."""
+    image = tmp_path / "fw.bin"
+    image.write_bytes(b"firmware")
+    qproxy_cli("hsm", "keygen", "--label", "ec-key", "--type", "ec-p256")
+    out = qproxy_cli("firmware", "sign", str(image), "--key",
+                     "pkcs11:token=qtls-server;object=ec-key;type=private", check=False)
+    assert out.returncode == 1
+    assert "ML-DSA" in out.stderr and "Traceback" not in out.stderr
+    out = qproxy_cli("firmware", "sign", str(image), "--key",
+                     "pkcs11:token=qtls-server;object=absent;type=private", check=False)
+    assert out.returncode == 1 and "no such private key" in out.stderr
+    assert not (tmp_path / "fw.bin.sig").exists()
