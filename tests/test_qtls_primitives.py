@@ -212,3 +212,54 @@ def test_pem_round_trip_and_key_id_from_a_certificate(dev_pki):
     again = QTLSDilithium.from_private_key_pem(signer.private_key_pem())
     assert again.get_public_key() == signer.get_public_key()
     assert QTLSDilithium.from_public_key_pem(signer.public_key_pem()).key_id == signer.key_id
+
+
+# -- fuzzing: arbitrary bytes never escape as anything but the documented outcomes -----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_RECEIVER = QTLSKyber()
+_RECEIVER.keygen()
+_VERIFIER = QTLSDilithium()
+_VERIFIER.set_public_key(QTLSDilithium().keygen())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.binary(max_size=2000), st.binary(min_size=1568, max_size=1568)))
+def test_fuzz_ciphertexts(data):
+    try:
+        _RECEIVER.set_ciphertext(data)
+    except QTLSCryptoError:
+        assert len(data) != 1568
+        return
+    assert len(_RECEIVER.decapsulate()) == 32
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.binary(max_size=4000), st.binary(min_size=3309, max_size=3309)),
+       st.binary(max_size=64))
+def test_fuzz_signatures(signature, message):
+    assert _VERIFIER.verify(message, signature) is False
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(st.binary(max_size=2000), st.binary(min_size=1952, max_size=1952)))
+def test_fuzz_public_keys(data):
+    verifier = QTLSDilithium()
+    try:
+        verifier.set_public_key(data)
+    except QTLSCryptoError:
+        return
+    assert verifier.verify(b"m", b"\x00" * 3309) is False
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(st.binary(max_size=2000), st.binary(min_size=1568, max_size=1568)))
+def test_fuzz_kem_public_keys(data):
+    sender = QTLSKyber()
+    try:
+        sender.set_public_key(data)
+    except QTLSCryptoError:
+        return
+    assert len(sender.encapsulate()) == 32 and len(sender.get_ciphertext()) == 1568

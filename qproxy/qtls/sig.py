@@ -89,7 +89,10 @@ class QTLSDilithium:
         if not isinstance(key, (bytes, bytearray, memoryview)) or len(key) != size:
             raise QTLSCryptoError(f"an {self.algorithm} public key is {size} bytes, got "
                                   f"{len(key) if isinstance(key, (bytes, bytearray, memoryview)) else type(key).__name__}")
-        self._public = self.parameters.public_class.from_public_bytes(bytes(key))
+        try:
+            self._public = self.parameters.public_class.from_public_bytes(bytes(key))
+        except ValueError as exc:
+            raise QTLSCryptoError(f"not a valid {self.algorithm} public key: {exc}") from None
         self._private = None
 
     def get_private_key(self) -> bytes:
