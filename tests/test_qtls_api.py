@@ -103,6 +103,38 @@ def test_seed_server_and_client_examples_run_as_written(dev_pki, capsys):
     assert QTLSServer.__init__ is original_init
 
 
+def test_seed_module_name_qtls_is_an_alias(dev_pki, echo_server, capsys):
+    """The document imports `from qtls import ...`: its client example runs verbatim."""
+    import qtls
+    import qproxy.qtls
+
+    assert qtls.QTLSContext is qproxy.qtls.QTLSContext and set(qtls.__all__) <= set(dir(qtls))
+    server = echo_server()
+    code = doc_example("Client", {
+        "/etc/qtls/ca-bundle.pem": str(dev_pki.ca_bundle),
+        "'server.example.com', 8443": f"'localhost', {server.port}",
+        "from qproxy.qtls import": "from qtls import"})
+    assert "from qtls import (" in code
+    exec(compile(code, "seed client example", "exec"), {})
+    assert "server says: echo:Hello, Q-TLS server!" in capsys.readouterr().out
+
+
+def test_nonblocking_socket_is_made_blocking(dev_pki, echo_server):
+    def slow_echo(conn: QTLSConnection) -> None:
+        data = conn.read()
+        threading.Event().wait(0.3)  # a reply that takes a moment: no 1 ms timeout may fire
+        conn.write(b"echo:" + data)
+
+    server = echo_server(handler=slow_echo)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    with QTLSConnection(client_context(dev_pki.ca_bundle), sock,
+                        server_hostname="localhost") as conn:
+        conn.connect()
+        conn.write(b"nb")
+        assert conn.read() == b"echo:nb"
+
+
 def test_seed_kem_and_signature_examples_run_as_written(capsys):
     exec(compile(doc_example("ML-KEM (KYBER1024) key encapsulation"), "kem", "exec"), {})
     exec(compile(doc_example("ML-DSA (DILITHIUM3) signatures"), "sig", "exec"), {})

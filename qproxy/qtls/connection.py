@@ -223,7 +223,9 @@ class QTLSConnection(NegotiatedProperties):
         self.context = ctx
         self._sock = sock
         if sock is not None and sock.fileno() >= 0 and sock.gettimeout() is not None:
-            set_socket_timeout(sock, sock.gettimeout())
+            # A timeout becomes the kernel's; a non-blocking socket (timeout 0) becomes a
+            # blocking one, which is what this API is.
+            set_socket_timeout(sock, sock.gettimeout() or None)
         self._state = ConnectionState.NEW
         self._conn: SSL.Connection | None = None
         self.server_hostname = server_hostname
