@@ -19,9 +19,8 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from .connection import (
-    NegotiatedProperties, alert_of, handshake_error, openssl_reasons, prepare_client,
-)
+from .failures import alert_of, handshake_error, openssl_reasons
+from .negotiated import NegotiatedProperties, prepare_client
 from .constants import Mode
 from .context import QTLSContext
 from .errors import (

@@ -10,7 +10,8 @@ from cryptography import x509
 
 from .constants import Mode
 from .context import QTLSContext
-from .connection import QTLSConnection, set_socket_timeout
+from .connection import QTLSConnection
+from .failures import set_socket_timeout
 from .errors import QTLSConnectionClosed, QTLSStateError, QTLSTimeout
 
 

@@ -7,28 +7,26 @@ an OpenSSL error. One connection belongs to one thread at a time (as the seed sa
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from types import TracebackType
 
-from cryptography import x509
 from OpenSSL import SSL
 
-from ..tls import openssl_ext
-from ..tls.certinfo import describe_key
-from ..tls.policy import canonical_group, is_post_quantum, sigalg_for_key
 from .constants import Mode
 from .context import QTLSContext
 from .errors import (
     QTLSConnectionClosed, QTLSException, QTLSHandshakeError, QTLSStateError, QTLSTimeout,
-    QTLSUsageError, QTLSVerificationError,
+    QTLSUsageError,
 )
+from .failures import (
+    TIMEOUT_ERRNOS, WANT_IO, alert_of, handshake_error, openssl_reasons, set_socket_timeout,
+    syscall_errno,
+)
+from .negotiated import NegotiatedProperties, prepare_client
 
 
 class ConnectionState(Enum):
@@ -49,168 +47,6 @@ _TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
     ConnectionState.FAILED: frozenset({ConnectionState.CLOSED}),
     ConnectionState.CLOSED: frozenset(),
 }
-
-# OpenSSL 4 says "tls alert ...", older releases "tlsv1 alert ..." / "sslv3 alert ...".
-_ALERT_PREFIXES = ("tls alert ", "tlsv1 alert ", "sslv3 alert ", "tlsv13 alert ")
-
-
-def openssl_reasons(exc: SSL.Error) -> list[str]:
-    """The reason strings of a pyOpenSSL error (its args hold (lib, func, reason) tuples)."""
-    reasons = []
-    for entry in (exc.args[0] if exc.args and isinstance(exc.args[0], list) else []):
-        if isinstance(entry, tuple) and entry:
-            reasons.append(str(entry[-1]))
-    return reasons
-
-
-def alert_of(reasons: list[str]) -> str | None:
-    """The TLS alert OpenSSL reported, e.g. 'handshake failure' from 'sslv3 alert handshake
-    failure' (an alert the peer sent us)."""
-    for reason in reasons:
-        for prefix in _ALERT_PREFIXES:
-            if reason.startswith(prefix):
-                return reason[len(prefix):]
-    return None
-
-
-def set_socket_timeout(sock: socket.socket, seconds: float | None) -> None:
-    """A per-call timeout OpenSSL can live with.
-
-    pyOpenSSL needs a blocking socket (Python's timeout mode makes the socket non-blocking and
-    OpenSSL then reports WANT_READ): the kernel's SO_RCVTIMEO / SO_SNDTIMEO bound each call
-    instead, and a timeout surfaces as EAGAIN."""
-    sock.settimeout(None)
-    value = 0.0 if seconds is None else max(seconds, 0.001)
-    packed = struct.pack("ll", int(value), int(value % 1 * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, packed)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, packed)
-
-
-# On a blocking socket OpenSSL only wants more I/O when SO_RCVTIMEO / SO_SNDTIMEO expired.
-_WANT_IO = (SSL.WantReadError, SSL.WantWriteError)
-_TIMEOUT_ERRNOS = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ETIMEDOUT}
-
-
-def _syscall_errno(exc: SSL.SysCallError) -> int | None:
-    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-
-
-def handshake_error(conn: SSL.Connection, exc: SSL.Error, verify_mode: int) -> QTLSException:
-    """The QTLSException for a failed handshake: timeout, peer gone, certificate, or alert."""
-    if isinstance(exc, _WANT_IO):
-        return QTLSTimeout("the TLS handshake timed out")
-    if isinstance(exc, SSL.SysCallError) and _syscall_errno(exc) in _TIMEOUT_ERRNOS:
-        return QTLSTimeout("the TLS handshake timed out")
-    if isinstance(exc, SSL.SysCallError):
-        return QTLSConnectionClosed(f"the peer closed the connection during the handshake "
-                                    f"({exc.args[1] if len(exc.args) > 1 else exc})")
-    reasons = openssl_reasons(exc)
-    alert = alert_of(reasons)
-    reason = "; ".join(reasons) or str(exc)
-    code = openssl_ext.verify_result(conn)
-    if code != 0 and verify_mode:
-        text = openssl_ext.verify_result_string(code)
-        return QTLSVerificationError(
-            f"the peer's certificate did not verify: {text} (X509_V_ERR {code})",
-            verify_code=code, verify_reason=text, alert=alert, reason=reason)
-    return QTLSHandshakeError(f"TLS handshake failed: {reason}", alert=alert, reason=reason)
-
-
-def prepare_client(conn: SSL.Connection, server_hostname: str | None, check_hostname: bool,
-                   session: SSL.Session | None) -> None:
-    """SNI (not for IP literals), host-name verification, a session to resume; connect state."""
-    if server_hostname:
-        if not _is_ip_literal(server_hostname):
-            conn.set_tlsext_host_name(server_hostname.encode("idna"))
-        if check_hostname:
-            openssl_ext.set_verify_host(conn, server_hostname)
-    if session is not None:
-        conn.set_session(session)
-    conn.set_connect_state()
-
-
-class NegotiatedProperties:
-    """What a handshake settled, for sync and asyncio connections alike."""
-
-    def _established(self, call: str) -> SSL.Connection:
-        raise NotImplementedError
-
-    def verify_peer_certificate(self) -> bool:
-        """Whether the peer presented a certificate whose chain (and, for a client given a
-        host name, whose name) verified against the context's trust anchors."""
-        conn = self._established("verify_peer_certificate()")
-        return conn.get_peer_certificate() is not None and openssl_ext.verify_result(conn) == 0
-
-    @property
-    def verify_result(self) -> tuple[int, str]:
-        conn = self._established("verify_result")
-        code = openssl_ext.verify_result(conn)
-        return code, openssl_ext.verify_result_string(code)
-
-    @property
-    def negotiated_group(self) -> str | None:
-        """The key-exchange group, e.g. 'X25519MLKEM768' or 'X25519'."""
-        conn = self._established("negotiated_group")
-        return canonical_group(openssl_ext.negotiated_group(conn))
-
-    @property
-    def is_post_quantum(self) -> bool:
-        return is_post_quantum(self.negotiated_group)
-
-    @property
-    def cipher(self) -> str | None:
-        conn = self._established("cipher")
-        return conn.get_cipher_name()
-
-    @property
-    def protocol_version(self) -> str:
-        conn = self._established("protocol_version")
-        return conn.get_protocol_version_name()
-
-    @property
-    def peer_certificate(self) -> x509.Certificate | None:
-        conn = self._established("peer_certificate")
-        cert = conn.get_peer_certificate()
-        return cert.to_cryptography() if cert is not None else None
-
-    @property
-    def peer_certificate_chain(self) -> list[x509.Certificate]:
-        """The chain the peer sent, leaf first (a server's leaf is included either way)."""
-        conn = self._established("peer_certificate_chain")
-        chain = conn.get_peer_cert_chain(as_cryptography=True) or []
-        leaf = self.peer_certificate
-        if leaf is not None and (not chain or chain[0] != leaf):
-            chain = [leaf, *chain]
-        return list(chain)
-
-    @property
-    def peer_certificate_keys(self) -> list[str]:
-        """The key kind of each certificate the peer sent, leaf first: 'ML-DSA-65',
-        'ECDSA P-384', 'RSA-3072', ... (what a device checks to know the chain is PQ)."""
-        return [describe_key(cert.public_key()) for cert in self.peer_certificate_chain]
-
-    @property
-    def peer_signature_algorithm(self) -> str | None:
-        """The TLS 1.3 signature scheme of the peer's CertificateVerify, e.g. 'mldsa65'.
-
-        Derived from the peer's key: in TLS 1.3 a key signs with exactly one scheme (RSA keys
-        with RSA-PSS; the SHA-256 variant is reported)."""
-        leaf = self.peer_certificate
-        if leaf is None:
-            return None
-        return sigalg_for_key(describe_key(leaf.public_key()), self.protocol_version)
-
-    @property
-    def alpn_protocol(self) -> str | None:
-        conn = self._established("alpn_protocol")
-        chosen = conn.get_alpn_proto_negotiated()
-        return chosen.decode("ascii") if chosen else None
-
-    @property
-    def session_resumed(self) -> bool:
-        conn = self._established("session_resumed")
-        return openssl_ext.session_reused(conn)
-
 
 class QTLSConnection(NegotiatedProperties):
     """A TLS connection on `sock` (a connected stream socket), client or server by context."""
@@ -341,12 +177,12 @@ class QTLSConnection(NegotiatedProperties):
         except SSL.ZeroReturnError:
             self._set_state(ConnectionState.PEER_CLOSED)
             return b""
-        except _WANT_IO:
+        except WANT_IO:
             self._fail()
             raise QTLSTimeout("read() timed out; the connection is closed") from None
         except SSL.SysCallError as exc:
             self._fail()
-            if _syscall_errno(exc) in _TIMEOUT_ERRNOS:
+            if syscall_errno(exc) in TIMEOUT_ERRNOS:
                 raise QTLSTimeout("read() timed out; the connection is closed") from None
             raise QTLSConnectionClosed(f"the peer closed the connection without close_notify "
                                        f"({exc.args[1] if len(exc.args) > 1 else exc})") from None
@@ -381,7 +217,7 @@ class QTLSConnection(NegotiatedProperties):
                              call="write()")
         try:
             conn.sendall(view)
-        except _WANT_IO:
+        except WANT_IO:
             self._fail()
             raise QTLSTimeout("write() timed out; the connection is closed") from None
         except SSL.Error as exc:
@@ -457,11 +293,3 @@ class QTLSConnection(NegotiatedProperties):
     @property
     def socket(self) -> socket.socket | None:
         return self._sock
-
-
-def _is_ip_literal(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True

@@ -12,17 +12,13 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Union
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from ..keys import uri as pkcs11_uri
 from ..tls import openssl_ext
 from ..tls.policy import PolicyError, build_groups, build_sigalgs
-from . import hsm
+from . import files, hsm
 from .constants import (
     ALL_OPTIONS, ALL_VERIFY_FLAGS, KEY_EXCHANGE_OPTIONS, QTLS_FILETYPE_ASN1, QTLS_FILETYPE_PEM,
     QTLS_OP_CLASSICAL_ONLY, QTLS_OP_HYBRID_MODE, QTLS_OP_NO_SESSION_TICKETS, QTLS_OP_PQC_ONLY,
@@ -30,8 +26,8 @@ from .constants import (
     QTLS_VERIFY_PEER, Mode,
 )
 from .errors import QTLSConfigError, QTLSHSMError, QTLSModeError, QTLSUsageError
+from .files import PathLike
 
-PathLike = Union[str, "os.PathLike[str]"]
 SESSION_ID_CONTEXT = b"qproxy.qtls"
 
 _VERIFY_FLAGS = {
@@ -182,7 +178,7 @@ class QTLSContext:
         if ca_file is None and ca_path is None:
             raise QTLSUsageError("give ca_file, ca_path or both")
         if ca_file is not None:
-            self._check_pem_certificates(ca_file, "CA bundle")
+            files.check_pem_certificates(ca_file, "CA bundle")
         if ca_path is not None and not Path(ca_path).is_dir():
             raise QTLSConfigError(f"CA directory {os.fspath(ca_path)!r} does not exist",
                                   os.fspath(ca_path))
@@ -200,19 +196,6 @@ class QTLSContext:
         """The system's trust store (for public servers)."""
         with self._lock:
             self._ctx.set_default_verify_paths()
-
-    @staticmethod
-    def _check_pem_certificates(path: PathLike, what: str) -> list[x509.Certificate]:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise QTLSConfigError(f"cannot read {what} {os.fspath(path)!r}: {exc.strerror}",
-                                  os.fspath(path)) from None
-        try:
-            return x509.load_pem_x509_certificates(data)
-        except ValueError:
-            raise QTLSConfigError(f"{os.fspath(path)!r} holds no PEM certificate",
-                                  os.fspath(path)) from None
 
     # -- own certificate and key -----------------------------------------------------------
 
@@ -247,21 +230,7 @@ class QTLSContext:
         if file_type not in _FILETYPES:
             raise QTLSUsageError("file_type must be QTLS_FILETYPE_PEM or QTLS_FILETYPE_ASN1")
         name = os.fspath(path)
-        try:
-            data = Path(name).read_bytes()
-        except OSError as exc:
-            raise QTLSConfigError(f"cannot read private key {name!r}: {exc.strerror}",
-                                  name) from None
-        try:
-            if file_type == QTLS_FILETYPE_PEM:
-                serialization.load_pem_private_key(data, password=None)
-            else:
-                serialization.load_der_private_key(data, password=None)
-        except TypeError:
-            raise QTLSConfigError(f"{name!r} is encrypted: give an unencrypted key (mode 0600) "
-                                  "or keep it in an HSM", name) from None
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise QTLSConfigError(f"{name!r} is not a usable private key ({exc})", name) from None
+        files.check_private_key(name, file_type)
         with self._lock:
             try:
                 self._ctx.use_privatekey_file(name, _FILETYPES[file_type])

@@ -10,7 +10,8 @@ from types import TracebackType
 
 from .constants import Mode
 from .context import QTLSContext
-from .connection import QTLSConnection, set_socket_timeout
+from .connection import QTLSConnection
+from .failures import set_socket_timeout
 from .errors import QTLSConnectionClosed, QTLSException, QTLSStateError
 
 log = logging.getLogger("qproxy.qtls.server")
