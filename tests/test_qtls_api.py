@@ -405,6 +405,14 @@ def test_key_before_certificate_is_checked_too(dev_pki):
     ctx = QTLSContext(QTLS_SERVER_MODE)
     ctx.use_private_key_file(dev_pki.mldsa_key)
     ctx.use_certificate_file(dev_pki.mldsa_cert)  # the right pair, in the other order
+    # Two pairs (one per key type), each in either order, are not mistaken for mismatches.
+    ctx.use_certificate_file(dev_pki.ecdsa_cert)
+    ctx.use_private_key_file(dev_pki.ecdsa_key)
+    ctx.use_private_key_file(dev_pki.rsa_key)
+    ctx.use_certificate_file(dev_pki.rsa_cert)
+    with pytest.raises(QTLSConfigError, match="does not match"):
+        ctx.use_certificate_file(dev_pki.ecdsa_cert)
+        ctx.use_private_key_file(dev_pki.rsa_key)
 
 
 def test_write_refuses_text(dev_pki, echo_server):

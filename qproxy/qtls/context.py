@@ -66,8 +66,9 @@ class QTLSContext:
         self._options = QTLS_OP_HYBRID_MODE
         self._kem_words: tuple[str, ...] = ()
         self._verify_mode = QTLS_VERIFY_PEER if self.mode is Mode.CLIENT else 0
-        self._has_certificate = False
-        self._has_key = False
+        # Certificates and keys come in pairs (one per key type); this names the half a
+        # pair still lacks, so each half is checked against the other once both are in.
+        self._waiting_for: str | None = None
         self._ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION
                               | SSL.OP_IGNORE_UNEXPECTED_EOF)
         if self.mode is Mode.SERVER:
@@ -215,14 +216,15 @@ class QTLSContext:
             except SSL.Error as exc:
                 raise QTLSConfigError(f"OpenSSL refused the certificate {name!r}: {exc}",
                                       name) from None
-            self._has_certificate = True
-            if self._has_key:
-                # The key came first: OpenSSL only pairs them if they match.
-                try:
-                    self._ctx.check_privatekey()
-                except SSL.Error:
-                    raise QTLSConfigError(f"the certificate {name!r} does not match the private "
-                                          "key loaded before it", name) from None
+            if self._waiting_for != "certificate":
+                self._waiting_for = "key"
+                return
+            self._waiting_for = None
+            try:
+                self._ctx.check_privatekey()
+            except SSL.Error:
+                raise QTLSConfigError(f"the certificate {name!r} does not match the private "
+                                      "key loaded before it", name) from None
 
     def use_private_key_file(self, path: PathLike, file_type: int = QTLS_FILETYPE_PEM) -> None:
         """This end's private key (unencrypted); it must match the certificate when both are
@@ -234,12 +236,19 @@ class QTLSContext:
         with self._lock:
             try:
                 self._ctx.use_privatekey_file(name, _FILETYPES[file_type])
-                self._has_key = True
-                if self._has_certificate:
-                    self._ctx.check_privatekey()
+                self._key_loaded()
             except SSL.Error as exc:
                 raise QTLSConfigError(f"{name!r} does not match the certificate or OpenSSL "
                                       f"refused it: {exc}", name) from None
+
+    def _key_loaded(self) -> None:
+        """After a key: check it against its certificate if that came first (raises
+        SSL.Error on a mismatch), else wait for the certificate."""
+        if self._waiting_for == "key":
+            self._waiting_for = None
+            self._ctx.check_privatekey()
+        else:
+            self._waiting_for = "certificate"
 
     def use_hsm_key(self, uri: str) -> None:
         """This end's private key stays in an HSM: `pkcs11:token=...;object=...;type=private`.
@@ -261,9 +270,7 @@ class QTLSContext:
         try:
             with self._lock:
                 self._ctx.use_privatekey_file(f"/proc/self/fd/{fd}")
-                self._has_key = True
-                if self._has_certificate:
-                    self._ctx.check_privatekey()
+                self._key_loaded()
         except SSL.Error as exc:
             raise QTLSHSMError(f"the HSM key {uri} could not be used through pkcs11-provider "
                                f"(token present? PIN right? key matches the certificate?): "
