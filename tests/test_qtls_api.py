@@ -400,7 +400,7 @@ def test_bad_files_and_arguments_name_the_problem(dev_pki, tmp_path):
 def test_key_before_certificate_is_checked_too(dev_pki):
     ctx = QTLSContext(QTLS_SERVER_MODE)
     ctx.use_private_key_file(dev_pki.ecdsa_key)
-    with pytest.raises(QTLSConfigError, match="does not match the private key"):
+    with pytest.raises(QTLSConfigError, match="does not match the key loaded before it"):
         ctx.use_certificate_file(dev_pki.mldsa_cert)
     ctx = QTLSContext(QTLS_SERVER_MODE)
     ctx.use_private_key_file(dev_pki.mldsa_key)

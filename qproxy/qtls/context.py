@@ -66,9 +66,10 @@ class QTLSContext:
         self._options = QTLS_OP_HYBRID_MODE
         self._kem_words: tuple[str, ...] = ()
         self._verify_mode = QTLS_VERIFY_PEER if self.mode is Mode.CLIENT else 0
-        # Certificates and keys come in pairs (one per key type); this names the half a
-        # pair still lacks, so each half is checked against the other once both are in.
-        self._waiting_for: str | None = None
+        # Certificates and keys come in pairs (one per key type), in either order: the
+        # public key of a half whose other half has not come yet, and which half it is.
+        # OpenSSL's own check_privatekey cannot tell: it looks at the slot of the key's type.
+        self._pending: tuple[str, bytes | None] | None = None
         self._ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION
                               | SSL.OP_IGNORE_UNEXPECTED_EOF)
         if self.mode is Mode.SERVER:
@@ -216,15 +217,7 @@ class QTLSContext:
             except SSL.Error as exc:
                 raise QTLSConfigError(f"OpenSSL refused the certificate {name!r}: {exc}",
                                       name) from None
-            if self._waiting_for != "certificate":
-                self._waiting_for = "key"
-                return
-            self._waiting_for = None
-            try:
-                self._ctx.check_privatekey()
-            except SSL.Error:
-                raise QTLSConfigError(f"the certificate {name!r} does not match the private "
-                                      "key loaded before it", name) from None
+            self._half_loaded("certificate", files.leaf_public_key(name, file_type), name)
 
     def use_private_key_file(self, path: PathLike, file_type: int = QTLS_FILETYPE_PEM) -> None:
         """This end's private key (unencrypted); it must match the certificate when both are
@@ -232,23 +225,24 @@ class QTLSContext:
         if file_type not in _FILETYPES:
             raise QTLSUsageError("file_type must be QTLS_FILETYPE_PEM or QTLS_FILETYPE_ASN1")
         name = os.fspath(path)
-        files.check_private_key(name, file_type)
+        public = files.check_private_key(name, file_type)
         with self._lock:
             try:
                 self._ctx.use_privatekey_file(name, _FILETYPES[file_type])
-                self._key_loaded()
             except SSL.Error as exc:
-                raise QTLSConfigError(f"{name!r} does not match the certificate or OpenSSL "
-                                      f"refused it: {exc}", name) from None
+                raise QTLSConfigError(f"OpenSSL refused the private key {name!r}: {exc}",
+                                      name) from None
+            self._half_loaded("key", public, name)
 
-    def _key_loaded(self) -> None:
-        """After a key: check it against its certificate if that came first (raises
-        SSL.Error on a mismatch), else wait for the certificate."""
-        if self._waiting_for == "key":
-            self._waiting_for = None
-            self._ctx.check_privatekey()
-        else:
-            self._waiting_for = "certificate"
+    def _half_loaded(self, half: str, public: bytes | None, name: str) -> None:
+        """One half of a pair is in: complete the pending pair (they must match) or wait."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] == half:
+            self._pending = (half, public)
+            return
+        if public is not None and pending[1] is not None and public != pending[1]:
+            raise QTLSConfigError(f"{name!r} does not match the {pending[0]} loaded before it "
+                                  "(different public keys)", name)
 
     def use_hsm_key(self, uri: str) -> None:
         """This end's private key stays in an HSM: `pkcs11:token=...;object=...;type=private`.
@@ -270,7 +264,10 @@ class QTLSContext:
         try:
             with self._lock:
                 self._ctx.use_privatekey_file(f"/proc/self/fd/{fd}")
-                self._key_loaded()
+                # The key never leaves the token: OpenSSL compares it with the certificate.
+                if self._pending is not None and self._pending[0] == "certificate":
+                    self._pending = None
+                    self._ctx.check_privatekey()
         except SSL.Error as exc:
             raise QTLSHSMError(f"the HSM key {uri} could not be used through pkcs11-provider "
                                f"(token present? PIN right? key matches the certificate?): "

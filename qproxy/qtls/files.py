@@ -35,17 +35,36 @@ def check_pem_certificates(path: PathLike, what: str) -> list[x509.Certificate]:
                               os.fspath(path)) from None
 
 
-def check_private_key(path: PathLike, file_type: int) -> None:
-    """QTLSConfigError unless the file holds an unencrypted private key cryptography reads."""
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def leaf_public_key(path: PathLike, file_type: int) -> bytes | None:
+    """SubjectPublicKeyInfo DER of the file's first certificate (None if cryptography cannot
+    read it; OpenSSL then has the last word)."""
+    data = read_file(path, "certificate")
+    try:
+        if file_type == QTLS_FILETYPE_PEM:
+            leaf = x509.load_pem_x509_certificates(data)[0]
+        else:
+            leaf = x509.load_der_x509_certificate(data)
+        return leaf.public_key().public_bytes(*_SPKI)
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+
+
+def check_private_key(path: PathLike, file_type: int) -> bytes:
+    """The key's SubjectPublicKeyInfo DER; QTLSConfigError unless the file holds an
+    unencrypted private key cryptography reads."""
     name = os.fspath(path)
     data = read_file(name, "private key")
     try:
         if file_type == QTLS_FILETYPE_PEM:
-            serialization.load_pem_private_key(data, password=None)
+            key = serialization.load_pem_private_key(data, password=None)
         else:
-            serialization.load_der_private_key(data, password=None)
+            key = serialization.load_der_private_key(data, password=None)
     except TypeError:
         raise QTLSConfigError(f"{name!r} is encrypted: give an unencrypted key (mode 0600) "
                               "or keep it in an HSM", name) from None
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise QTLSConfigError(f"{name!r} is not a usable private key ({exc})", name) from None
+    return key.public_key().public_bytes(*_SPKI)
