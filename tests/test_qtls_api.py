@@ -561,3 +561,19 @@ def test_one_connection_two_threads_is_a_clear_error_and_shutdown_interrupts(dev
     assert not thread.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], QTLSConnectionClosed)
     assert conn.state is ConnectionState.CLOSED
+
+
+def test_failed_connect_leaves_the_client_not_connected(dev_pki, echo_server):
+    server = echo_server()
+    client = QTLSClient(client_context(dev_pki.ca_bundle))
+    client.connect("localhost", server.port)
+    client.write(b"a")
+    client.read()
+    with pytest.raises(QTLSVerificationError):
+        client.connect("127.0.0.1", server.port, server_hostname="wrong.example")
+    with pytest.raises(QTLSStateError, match="not connected"):
+        client.read()
+    conn = client.connect("localhost", server.port)  # the first session is still offered
+    client.write(b"b")
+    assert client.read() == b"echo:b"
+    assert conn.session_resumed

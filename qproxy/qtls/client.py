@@ -26,6 +26,8 @@ class QTLSClient:
         self.timeout = timeout
         self.verify_hostname = verify_hostname
         self._connection: QTLSConnection | None = None
+        self._key: tuple[str, int] | None = None
+        """(server name, port) of `_connection`: where its session may be resumed."""
         self._sessions: dict[tuple[str, int], SSL.Session] = {}
 
     def connect(self, host: str, port: int = 8443, *, server_hostname: str | None = None,
@@ -33,8 +35,8 @@ class QTLSClient:
         """TCP connect and handshake. `server_hostname` (default: `host`) is sent as SNI and,
         with verify_hostname, must be covered by the server's certificate."""
         if self._connection is not None:
-            self._save_session()
-            self._connection.shutdown()
+            self.shutdown()
+            self._connection = self._key = None
         try:
             sock = socket.create_connection((host, port), timeout=self.timeout,
                                             source_address=source_address)
@@ -48,9 +50,8 @@ class QTLSClient:
         conn = QTLSConnection(self.context, sock, server_hostname=name,
                               check_hostname=self.verify_hostname,
                               session=self._sessions.get((name, port)))
-        self._key = (name, port)
         conn.connect()
-        self._connection = conn
+        self._connection, self._key = conn, (name, port)
         return conn
 
     @property
@@ -73,7 +74,7 @@ class QTLSClient:
         return self.connection.peer_certificate
 
     def _save_session(self) -> None:
-        if self._connection is not None:
+        if self._connection is not None and self._key is not None:
             session = self._connection.session
             if session is not None:
                 self._sessions[self._key] = session
