@@ -577,3 +577,21 @@ def test_failed_connect_leaves_the_client_not_connected(dev_pki, echo_server):
     client.write(b"b")
     assert client.read() == b"echo:b"
     assert conn.session_resumed
+
+
+@pytest.mark.parametrize("options,daemon", [
+    (QTLS_OP_HYBRID_MODE, {"hybrid_mode": True}),
+    (QTLS_OP_HYBRID_MODE | QTLS_OP_REQUIRE_PQ, {"hybrid_mode": True, "require_pq": True}),
+    (QTLS_OP_PQC_ONLY, {"pqc_only": True}),
+    (QTLS_OP_CLASSICAL_ONLY, {"hybrid_mode": False}),
+])
+@pytest.mark.parametrize("words", [(), ("kyber768", "x25519", "kyber1024", "ecdhe-p384"),
+                                   ("KYBER1024",)])
+def test_options_give_the_daemons_group_lists(options, daemon, words):
+    """One engine, two faces: the same policy words and flags, the same OpenSSL list."""
+    from qproxy.tls.policy import build_policy
+
+    ctx = QTLSContext(QTLS_CLIENT_MODE)
+    ctx.set_options(options)
+    ctx.set_kem_algorithms(words)
+    assert ctx.groups == build_policy(tuple(w.lower() for w in words), (), (), **daemon).groups
