@@ -397,6 +397,13 @@ def test_bad_files_and_arguments_name_the_problem(dev_pki, tmp_path):
         ctx.use_hsm_key("file:/etc/key.pem")
 
 
+def test_port_in_use_is_a_config_error(dev_pki):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(QTLSConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            QTLSServer(server_context(dev_pki), "127.0.0.1", port)
+
+
 def test_key_before_certificate_is_checked_too(dev_pki):
     ctx = QTLSContext(QTLS_SERVER_MODE)
     ctx.use_private_key_file(dev_pki.ecdsa_key)

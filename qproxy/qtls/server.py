@@ -12,7 +12,7 @@ from .constants import Mode
 from .context import QTLSContext
 from .connection import QTLSConnection
 from .failures import set_socket_timeout
-from .errors import QTLSConnectionClosed, QTLSException, QTLSStateError
+from .errors import QTLSConfigError, QTLSConnectionClosed, QTLSException, QTLSStateError
 
 log = logging.getLogger("qproxy.qtls.server")
 
@@ -36,9 +36,9 @@ class QTLSServer:
             self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._listener.bind((host, port))
             self._listener.listen(backlog)
-        except OSError:
+        except OSError as exc:
             self._listener.close()
-            raise
+            raise QTLSConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self._closed = threading.Event()
         self.host, self.port = self._listener.getsockname()[:2]
 
