@@ -333,3 +333,8 @@ def hsm_uri(target: HsmTarget, label: str, pem_out: str | None) -> None:
         from pathlib import Path
 
         Path(pem_out).write_bytes(provider.pem_uri(str(uri)))
+
+
+from .firmware import firmware as _firmware  # noqa: E402
+
+main.add_command(_firmware)
