@@ -204,7 +204,8 @@ def normalise_target(raw: str) -> Target:
     if not kept:
         kept = [_Segment(False, bytearray(), bytearray())]
     routed = b"/".join(bytes(s.decoded) for s in kept)
-    sent = b"".join(s.separator() + s.encoded for s in kept)
+    # The first separator is the root's slash, whatever the segment now first followed.
+    sent = b"/" + b"".join(s.separator() + s.encoded for s in kept)[len(kept[0].separator()):]
     return Target(
         path="/" + routed.decode("utf-8", "surrogateescape"),
         forward=(sent + question + query).decode("utf-8", "surrogateescape"),
