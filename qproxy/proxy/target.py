@@ -25,8 +25,10 @@ Choices where the RFCs leave room; "nginx" means nginx 1.22's `$uri`, checked on
 - Stricter than nginx: a NUL or control character, sent plain or encoded (nginx refuses only
   `%00`); a backslash is an ordinary character, as nginx treats it on Linux, but a segment that
   a Windows backend (backslash as separator) or a servlet container (`;` parameters cut off,
-  `..;`) would read as `..` is refused, since there `/public/..\\internal` escapes the route;
-  absolute-form only with the `http` and `https` schemes (nginx takes any) and no userinfo.
+  `..;`) would read as `.` or `..` is refused, since there `/public/..\\internal` escapes the
+  route; absolute-form only with the `http` and `https` schemes (nginx takes any), no userinfo.
+- Not covered: a servlet container reads `/internal;x/secret` as `/internal/secret`, which the
+  prefix `/internal/` does not match (nginx has the same gap); route such backends whole.
 - Absolute-form (`http://host/p?q`) becomes origin-form (`/p?q`); `Target.authority` keeps the
   host for the caller's check against Host.
 """
@@ -108,10 +110,16 @@ def _encode(plain: bytes) -> bytes:
     return plain if _PLAIN.fullmatch(plain) else b"".join(map(_RAW.__getitem__, plain))
 
 
-def _climbs_elsewhere(decoded: bytes) -> bool:
-    """Whether a segment other than `..` itself is `..` to a backend reading `\\` as a
-    separator (Windows) or cutting `;` parameters off (Java servlet containers)."""
-    return decoded != b".." and b".." in decoded.split(b";", 1)[0].split(b"\\")
+_BACKSLASH_OR_SEMICOLON = re.compile(rb"[\\;]")
+_DOT_WORDS = frozenset((b".", b".."))
+
+
+def _dots_elsewhere(decoded: bytes) -> bool:
+    """Whether a segment that is not a dot-segment holds one to a backend reading `\\` as a
+    separator (Windows), cutting `;` parameters off (Java servlet containers), or both: any
+    `.` or `..` between those characters counts, so no combination of readings resolves a
+    dot-segment we did not."""
+    return not _DOT_WORDS.isdisjoint(_BACKSLASH_OR_SEMICOLON.split(decoded))
 
 
 def _canonical(path: bytes) -> tuple[bytes, bytes]:
@@ -152,8 +160,8 @@ def _resolve(path: bytes) -> tuple[bytes, bytes]:
                 raise TargetError(400, "the request path climbs above the root")
             kept.pop()
         elif word and word != b".":
-            if b".." in word and _climbs_elsewhere(word):
-                raise TargetError(400, "a path segment that some backends read as '..'")
+            if b"." in word and _dots_elsewhere(word):
+                raise TargetError(400, "a path segment that some backends read as '.' or '..'")
             kept.append(index)
     last = words[-1]
     directory = last in (b"", b".", b"..")  # the result ends on a directory too
