@@ -216,7 +216,9 @@ def normalise_target(raw: str, *, method: str | None = None) -> Target:
     if raw.startswith("/"):
         sent = raw.partition("#")[0]
         path, _, query = sent.partition("?")
-        if _NORMAL_PATH.fullmatch(path) and _PLAIN_QUERY.fullmatch(query):
+        # (";." and ".;" may make a dot-segment for a servlet container: the long way decides)
+        if (_NORMAL_PATH.fullmatch(path) and _PLAIN_QUERY.fullmatch(query)
+                and ";." not in path and ".;" not in path):
             return Target(path, sent)
     return _normalise(raw)
 
