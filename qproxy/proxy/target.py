@@ -225,8 +225,8 @@ def normalise_target(raw: str, *, method: str | None = None) -> Target:
 
 def _normalise(raw: str) -> Target:
     """normalise_target the long way, segment by segment."""
-    try:
-        target = raw.encode("utf-8", "surrogateescape")
+    try:  # a fragment is dropped unread, whatever it holds, as in the shortcut
+        target = raw.partition("#")[0].encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raise TargetError(400, "the request target is not valid text") from None
     if target == b"*":
@@ -234,7 +234,6 @@ def _normalise(raw: str) -> Target:
     authority = None
     if not target.startswith(b"/"):
         target, authority = _split_absolute(target)
-    target = target.partition(b"#")[0]
     path, question, query = target.partition(b"?")
     if _SPACE_OR_CONTROL.search(query):
         raise TargetError(400, "a space or control character in the request target")
