@@ -1,0 +1,170 @@
+"""Request heads parsed by httptools (llhttp), checked and turned into `HttpRequest`s.
+
+The reader knows HTTP/1.1's syntax and our limits on it; what to do with a request (queue it,
+answer it, pause) is the connection's business (`proxy.connection`)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+from multidict import CIMultiDict
+
+from ..config.model import ServerSection
+from .request import BadRequest, HttpRequest
+from .request_body import BodyLimits, BodySource, RequestBody
+
+
+class RequestSink(Protocol):
+    """What the reader tells its connection."""
+
+    remote: str
+
+    def message_begun(self) -> None: ...
+    def request_parsed(self, request: HttpRequest) -> None: ...
+    def message_complete(self) -> None: ...
+    def body_source(self) -> BodySource: ...
+    def transport_for_request(self): ...
+
+
+def _same_authority(target: str, host: str) -> bool:
+    """Whether an absolute-form target ('http://name:port/path') names the Host header's host."""
+    _, sep, rest = target.partition("://")
+    authority = rest.partition("/")[0].partition("?")[0].rpartition("@")[2]
+    return bool(sep) and authority.lower() == host.strip().lower()
+
+
+def _content_length(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0  # llhttp refuses it anyway
+
+
+class RequestReader:
+    """Feeds bytes to one httptools parser and builds the requests it finds."""
+
+    __slots__ = ("_sink", "_parser", "_section", "_limits", "_url", "_fields", "_in_head",
+                 "_head_bytes", "_head_limit", "parsing")
+
+    def __init__(self, sink: RequestSink, section: ServerSection, limits: BodyLimits) -> None:
+        self._sink = sink
+        self._parser = httptools.HttpRequestParser(self)
+        self._section = section
+        self._limits = limits
+        self._url = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_bytes = 0
+        self._head_limit = section.max_request_line + section.max_header_size * (
+            section.max_header_count + 1)
+        self.parsing: HttpRequest | None = None  # the request whose body is arriving
+
+    def feed(self, data: bytes) -> int | None:
+        """Parse; returns where the bytes after an upgrade request begin, if one was parsed.
+        Raises BadRequest for bytes that are not a request we take."""
+        if self._in_head:
+            # httptools holds a header line until it ends and checks nothing meanwhile:
+            # bound the head as a whole (its lines' limits summed), so one endless line
+            # cannot grow without bound.
+            self._head_bytes += len(data)
+            if self._head_bytes > self._head_limit:
+                raise BadRequest(431, "request head too large")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return exc.args[0] if exc.args else len(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, BadRequest):
+                raise cause from None
+            raise BadRequest(400, f"malformed request ({cause or exc})") from None
+        except httptools.HttpParserError as exc:
+            raise BadRequest(400, f"malformed request ({exc})") from None
+        return None
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._fields = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._sink.message_begun()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._section.max_request_line:
+            raise BadRequest(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        section = self._section
+        if len(name) + len(value) + 2 > section.max_header_size:
+            raise BadRequest(431, "header field too large")
+        self._fields.append((name, value))
+        if len(self._fields) > section.max_header_count:
+            raise BadRequest(431, "too many header fields")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._in_head = False
+        fields, self._fields = self._fields, []
+        headers: CIMultiDict[str] = CIMultiDict()
+        has_body = expect_continue = takes_trailers = False
+        length = 0
+        hosts = 0
+        for name, value in fields:
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                has_body = True
+            elif lower == b"content-length":
+                length = _content_length(value)
+                has_body = has_body or length > 0
+            elif lower == b"host":
+                hosts += 1
+            elif lower == b"expect":
+                expect_continue = value.strip().lower() == b"100-continue"
+            elif lower == b"te":
+                takes_trailers = b"trailers" in value.lower()
+            headers.add(name.decode("utf-8", "surrogateescape"),
+                        value.decode("utf-8", "surrogateescape"))
+        method = parser.get_method().decode("ascii", "replace")
+        version = parser.get_http_version()
+        target = self._url.decode("utf-8", "surrogateescape")
+        upgrade = parser.should_upgrade()
+        # Where routing and the backend could disagree on the host, refuse, as nginx does.
+        if hosts > 1:
+            raise BadRequest(400, "more than one Host header")
+        if hosts == 0 and version != "1.0":
+            raise BadRequest(400, "HTTP/1.1 request without a Host header")
+        if method == "CONNECT":
+            raise BadRequest(405, "CONNECT is not supported")
+        if not target.startswith(("/", "*")) and not _same_authority(target, headers["Host"]
+                                                                     if hosts else ""):
+            raise BadRequest(400, "the absolute request target names another host than Host")
+        if upgrade and has_body:
+            # llhttp hands an upgrade request's body over as post-upgrade bytes.
+            raise BadRequest(400, "an upgrade request with a body")
+        limit = self._limits.max_size
+        if limit and length > limit:
+            # Refused before a byte of it is read (and before any 100 Continue).
+            raise BadRequest(413, f"request body of {length} bytes is larger than "
+                             f"client_max_body_size ({limit})")
+        sink = self._sink
+        body = RequestBody(sink.body_source(), self._limits,
+                           expect_continue and version != "1.0") if has_body else None
+        request = HttpRequest(method, target, version, headers, parser.should_keep_alive(),
+                              upgrade, body, sink.remote, sink.transport_for_request())
+        request.trailers = takes_trailers
+        self.parsing = request if body is not None else None
+        sink.request_parsed(request)
+
+    def on_body(self, body: bytes) -> None:
+        request = self.parsing
+        if request is not None and request.body is not None:
+            request.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        request, self.parsing = self.parsing, None
+        if request is not None and request.body is not None:
+            request.body.finish()
+        self._sink.message_complete()
