@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-import os
 import tempfile
 from dataclasses import dataclass
 from typing import IO, Protocol
@@ -223,14 +222,3 @@ class RequestBody:
             finally:
                 self._waiter = None
 
-
-def default_temp_dir() -> str:
-    return tempfile.gettempdir()
-
-
-def check_temp_dir(path: str) -> None:
-    """Fail early (at start-up, not on the first large upload) on an unusable directory."""
-    with tempfile.TemporaryFile(dir=path):
-        pass
-    if not os.access(path, os.W_OK):
-        raise PermissionError(f"client_body_temp_path {path} is not writable")
