@@ -146,6 +146,8 @@ def test_client_eof_when_idle_closes():
 # -- error -> must close ------------------------------------------------------------------------
 @pytest.mark.parametrize("raw,status", [
     (b"\x01garbage\r\n\r\n", 400),
+    (b"GET /pathHTTP/1.1\r\nHost: x\r\n\r\n", 400),  # llhttp's "HTTP/0.9"
+    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
     (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
     (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     (b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", 405),

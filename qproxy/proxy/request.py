@@ -18,6 +18,7 @@ PHRASES = {
     413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
     499: "Client Closed Request", 500: "Internal Server Error", 501: "Not Implemented",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
 
 TEXT_PLAIN = [(b"Content-Type", b"text/plain")]

@@ -131,6 +131,12 @@ class RequestReader:
         version = parser.get_http_version()
         target = self._url.decode("utf-8", "surrogateescape")
         upgrade = parser.should_upgrade()
+        if version not in ("1.1", "1.0"):
+            # llhttp takes a request line with no version ("GET /pathHTTP/1.1") for HTTP/0.9
+            # and lets "HTTP/2.0" through; neither is HTTP/1.x with header fields.
+            if version == "0.9":
+                raise BadRequest(400, "no HTTP version in the request line")
+            raise BadRequest(505, f"HTTP/{version} is not supported here")
         # Where routing and the backend could disagree on the host, refuse, as nginx does.
         if hosts > 1:
             raise BadRequest(400, "more than one Host header")

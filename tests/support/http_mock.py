@@ -122,6 +122,8 @@ def responses(data: bytes, methods: list[bytes] | None = None) -> list[Response]
         conn.send(h11.EndOfMessage())
 
     ask()
+    if not data:
+        return []  # (h11 takes b"" for the end of the connection)
     conn.receive_data(data)
     out: list[Response] = []
     current: Response | None = None
