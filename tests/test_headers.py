@@ -204,3 +204,42 @@ def test_response_head_gives_back_the_backends_bytes():
     head = encode_response_head(200, "R\xe9ponse", [(b"X-Name", b"caf\xe9")], content_length=0,
                                 chunked=False, connection=None, date=b"now", keep_length=False)
     assert head.startswith(b"HTTP/1.1 200 R\xe9ponse\r\n") and b"X-Name: caf\xe9\r\n" in head
+
+
+# --- names with an underscore (nginx underscores_in_headers off) ----------------------------
+
+@pytest.mark.parametrize("name", [
+    "Content_Length", "content_length", "Transfer_Encoding", "X-Real_IP", "X_Real_IP",
+    "X_Forwarded_For", "X-Forwarded_Proto", "X_Forwarded_Host", "Host_", "_Host", "_",
+    "X_Client_Cert_Subject", "X-Client_Verify", "Connection_", "X_Custom", "Authorization_Token",
+])
+def test_names_with_an_underscore_never_reach_the_backend(name):
+    out = request((name, "forged"), client_ip="203.0.113.9")
+    assert all("_" not in key for key in out.keys()), name
+    assert "forged" not in out.values()
+    # what a backend folding '_' into '-' would read is ours alone
+    assert out.getall("X-Real-IP") == ["203.0.113.9"]
+    assert out.getall("X-Forwarded-For") == ["203.0.113.9"]
+
+
+def test_underscore_names_dropped_whatever_else_is_sent():
+    out = request(("Content-Length", "3"), ("Content_Length", "300"), ("X-Kept", "1"),
+                  ("X_Dropped", "2"), ("X-Forwarded-For", "10.0.0.1"),
+                  ("X_Forwarded_For", "6.6.6.6"), client_ip="203.0.113.9")
+    assert list(out.items())[:2] == [("Content-Length", "3"), ("X-Kept", "1")]
+    assert out.getall("X-Forwarded-For") == ["10.0.0.1, 203.0.113.9"]
+    assert "X_Dropped" not in out and "X_Forwarded_For" not in out
+
+
+def test_names_with_hyphens_and_digits_are_kept():
+    out = request(("X-Request-ID", "1"), ("X-B3-TraceId", "2"), ("Sec-CH-UA", "3"),
+                  ("Accept-Encoding", "gzip"))
+    assert [out[n] for n in ("X-Request-ID", "X-B3-TraceId", "Sec-CH-UA", "Accept-Encoding")] \
+        == ["1", "2", "3", "gzip"]
+
+
+def test_verified_identity_headers_are_ours_even_beside_underscore_forgeries():
+    out = request(("X_Client_Cert_Subject", "CN=admin"), ("X-Client-Verify", "SUCCESS"),
+                  identity={"X-Client-Cert-Subject": "CN=device-42"})
+    assert out.getall("X-Client-Cert-Subject") == ["CN=device-42"]
+    assert "X_Client_Cert_Subject" not in out

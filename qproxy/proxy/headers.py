@@ -38,12 +38,17 @@ def upstream_request_headers(
     client_identity: Mapping[str, str] | None,
     keep_upgrade: bool = False,
 ) -> CIMultiDict[str]:
-    """Headers for the backend request: hop-by-hop dropped, forwarding headers set."""
+    """Headers for the backend request: hop-by-hop dropped, names with an underscore dropped,
+    forwarding headers set."""
     drop = HOP_BY_HOP | _connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
         if lower in drop or lower.startswith(CLIENT_CERT_PREFIX) or lower == "x-client-verify":
+            continue
+        if "_" in name:
+            # nginx's `underscores_in_headers off`: CGI-style backends (WSGI, PHP) fold `_` and
+            # `-` together, so `Content_Length` or `X_Real_IP` would pass for the real thing.
             continue
         if lower in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"):
             continue
