@@ -111,7 +111,7 @@ class ProxyHandler:
         if chunked:
             headers["Transfer-Encoding"] = "chunked"
         try:
-            head = encode_request_head(request.method, request.raw_path, headers,
+            head = encode_request_head(request.method, request.target, headers,
                                        upstream.name)
         except ValueError as exc:
             return _short(responder, request, exchange, 400, f"Bad Request: {exc}")

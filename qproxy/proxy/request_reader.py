@@ -13,6 +13,7 @@ from multidict import CIMultiDict
 from ..config.model import ServerSection
 from .request import BadRequest, HttpRequest
 from .request_body import BodyLimits, BodySource, RequestBody
+from .target import TargetError, check_request_framing, normalise_target
 
 
 class RequestSink(Protocol):
@@ -25,13 +26,6 @@ class RequestSink(Protocol):
     def message_complete(self) -> None: ...
     def body_source(self) -> BodySource: ...
     def transport_for_request(self): ...
-
-
-def _same_authority(target: str, host: str) -> bool:
-    """Whether an absolute-form target ('http://name:port/path') names the Host header's host."""
-    _, sep, rest = target.partition("://")
-    authority = rest.partition("/")[0].partition("?")[0].rpartition("@")[2]
-    return bool(sep) and authority.lower() == host.strip().lower()
 
 
 def _content_length(value: bytes) -> int:
@@ -144,8 +138,15 @@ class RequestReader:
             raise BadRequest(400, "HTTP/1.1 request without a Host header")
         if method == "CONNECT":
             raise BadRequest(405, "CONNECT is not supported")
-        if not target.startswith(("/", "*")) and not _same_authority(target, headers["Host"]
-                                                                     if hosts else ""):
+        try:
+            # Framing the backend could read otherwise (smuggling), then the target in the
+            # one form that routes and is forwarded.
+            check_request_framing(fields, http_version=version)
+            normalised = normalise_target(target, method=method)
+        except TargetError as exc:
+            raise BadRequest(exc.status, str(exc)) from None
+        if normalised.authority is not None and normalised.authority.lower() != (
+                headers["Host"].strip().lower() if hosts else ""):
             raise BadRequest(400, "the absolute request target names another host than Host")
         if upgrade and has_body:
             # llhttp hands an upgrade request's body over as post-upgrade bytes.
@@ -159,7 +160,8 @@ class RequestReader:
         body = RequestBody(sink.body_source(), self._limits,
                            expect_continue and version != "1.0") if has_body else None
         request = HttpRequest(method, target, version, headers, parser.should_keep_alive(),
-                              upgrade, body, sink.remote, sink.transport_for_request())
+                              upgrade, body, sink.remote, sink.transport_for_request(),
+                              path=normalised.path, target=normalised.forward)
         request.trailers = takes_trailers
         self.parsing = request if body is not None else None
         sink.request_parsed(request)
