@@ -30,8 +30,6 @@ FEED_SLICE = 16 * 1024
 # Why input is paused (besides each request body over its high-water mark).
 _QUEUE_FULL = "queue full"
 _UPGRADING = "upgrading"
-# Reading states in which bytes are parsed as requests.
-_PARSING = frozenset({ReadState.IDLE, ReadState.HEAD, ReadState.BODY})
 
 
 class HttpTransport(Protocol):
@@ -97,7 +95,7 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         read = self._read
-        if read in _PARSING:
+        if read.parsing:  # type: ignore[attr-defined]
             if self._stash or self.flow.reading_paused:
                 # Reading is paused but a read was already under way: parse it on resume.
                 self._stash += data
@@ -114,11 +112,11 @@ class HttpConnection(asyncio.Protocol):
             return
         view = memoryview(data)
         for start in range(0, len(data), FEED_SLICE):
-            if self.flow.reading_paused or self._read not in _PARSING:
+            if self.flow.reading_paused or not self._read.parsing:  # type: ignore[attr-defined]
                 # Pausing does not stop the bytes already read: keep the rest (pipelined
                 # requests, say) unparsed until the queue drains; after an upgrade request
                 # the rest belongs to the tunnel.
-                if self._read in _PARSING:
+                if self._read.parsing:  # type: ignore[attr-defined]
                     self._stash = bytes(view[start:])
                 elif self._read is ReadState.UPGRADING:
                     self._upgrade_bytes += bytes(view[start:])
@@ -189,7 +187,7 @@ class HttpConnection(asyncio.Protocol):
     def request_head_timed_out(self) -> None:
         if self._write is not WriteState.IDLE or self._queue:
             return  # a request is in hand after all
-        if self._read in _PARSING:
+        if self._read.parsing:  # type: ignore[attr-defined]
             self.set_read(ReadState.ERROR)
         self._answer_error(BadRequest(408, "the request headers did not arrive in time"),
                            log=False)  # the TLS side's observer has logged it
@@ -211,7 +209,7 @@ class HttpConnection(asyncio.Protocol):
         if self.flow.reading_paused or self._write is WriteState.CLOSED:
             return  # paused again meanwhile: the next resume replays
         data, self._stash = self._stash, b""
-        if self._read in _PARSING:
+        if self._read.parsing:  # type: ignore[attr-defined]
             self._parse(data)
         if not self._stash:
             self.flow.resume_transport()
@@ -223,7 +221,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- what the reader tells (request_reader.RequestSink) -------------------------------
     def message_begun(self) -> None:
-        self._stop_keepalive()
+        # The keep-alive timer runs on: when it fires it finds the connection busy and lapses.
         self.set_read(ReadState.HEAD)
 
     def request_parsed(self, request: HttpRequest) -> None:
@@ -346,7 +344,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_header(self, request: HttpRequest | None) -> bytes | None:
         """What the response says of the connection; decides whether it is closed after."""
         if request is None or not request.keep_alive or self.server.closing or (
-                self._read not in _PARSING and not self._queue) or (
+                not self._read.parsing and not self._queue) or (
                 # An unread rest of the body would be taken for the next request.
                 request.body is not None and not request.body.complete):
             self._keep_alive = False

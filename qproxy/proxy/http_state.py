@@ -64,13 +64,31 @@ class StateError(RuntimeError):
     """A transition the tables do not allow: a bug in the connection's code, not the peer's."""
 
 
+def _compile(table: dict) -> None:
+    # Checked several times a request: as bit masks on the members themselves (hashing an
+    # Enum member runs Python code in 3.11; the tables above stay the reference).
+    for bit, state in enumerate(table):
+        state.bit = 1 << bit
+    for state, allowed in table.items():
+        state.allowed = state.bit
+        for new in allowed:
+            state.allowed |= new.bit
+
+
+_compile(READ_TRANSITIONS)
+_compile(WRITE_TRANSITIONS)
+for _state in ReadState:
+    # Bytes read in these states are parsed as requests.
+    _state.parsing = _state in (ReadState.IDLE, ReadState.HEAD, ReadState.BODY)
+
+
 def check_read(old: ReadState, new: ReadState) -> ReadState:
-    if new is not old and new not in READ_TRANSITIONS[old]:
+    if not old.allowed & new.bit:  # type: ignore[attr-defined]
         raise StateError(f"HTTP read state {old.value} -> {new.value} is not allowed")
     return new
 
 
 def check_write(old: WriteState, new: WriteState) -> WriteState:
-    if new is not old and new not in WRITE_TRANSITIONS[old]:
+    if not old.allowed & new.bit:  # type: ignore[attr-defined]
         raise StateError(f"HTTP write state {old.value} -> {new.value} is not allowed")
     return new

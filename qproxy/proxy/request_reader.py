@@ -28,6 +28,11 @@ class RequestSink(Protocol):
     def transport_for_request(self): ...
 
 
+# The header fields the reader looks at, by lower-case name: one dict lookup a field.
+_SPECIAL = {b"host": "host", b"transfer-encoding": "transfer-encoding",
+            b"content-length": "content-length", b"expect": "expect", b"te": "te"}
+
+
 def _content_length(value: bytes) -> int:
     try:
         return int(value)
@@ -103,22 +108,24 @@ class RequestReader:
         self._in_head = False
         fields, self._fields = self._fields, []
         headers: CIMultiDict[str] = CIMultiDict()
-        has_body = expect_continue = takes_trailers = False
+        has_body = expect_continue = takes_trailers = framed = False
         length = 0
         hosts = 0
         for name, value in fields:
-            lower = name.lower()
-            if lower == b"transfer-encoding":
-                has_body = True
-            elif lower == b"content-length":
-                length = _content_length(value)
-                has_body = has_body or length > 0
-            elif lower == b"host":
-                hosts += 1
-            elif lower == b"expect":
-                expect_continue = value.strip().lower() == b"100-continue"
-            elif lower == b"te":
-                takes_trailers = b"trailers" in value.lower()
+            kind = _SPECIAL.get(name.lower())
+            if kind is not None:
+                if kind == "host":
+                    hosts += 1
+                elif kind == "transfer-encoding":
+                    has_body = framed = True
+                elif kind == "content-length":
+                    framed = True
+                    length = _content_length(value)
+                    has_body = has_body or length > 0
+                elif kind == "expect":
+                    expect_continue = value.strip().lower() == b"100-continue"
+                else:
+                    takes_trailers = b"trailers" in value.lower()
             headers.add(name.decode("utf-8", "surrogateescape"),
                         value.decode("utf-8", "surrogateescape"))
         method = parser.get_method().decode("ascii", "replace")
@@ -141,7 +148,8 @@ class RequestReader:
         try:
             # Framing the backend could read otherwise (smuggling), then the target in the
             # one form that routes and is forwarded.
-            check_request_framing(fields, http_version=version)
+            if framed:  # (with neither field there is nothing to check)
+                check_request_framing(fields, http_version=version)
             normalised = normalise_target(target, method=method)
         except TargetError as exc:
             raise BadRequest(exc.status, str(exc)) from None
