@@ -106,8 +106,8 @@ def _quiet(h: Harness) -> bool:
     if conn.write_state in (WriteState.CLOSED, WriteState.MUST_CLOSE) or h.transport.closed:
         return True
     if conn.write_state is WriteState.IDLE:
-        return not conn._queue
-    cycle = conn._cycle
+        return not conn.answers.busy
+    cycle = conn.answers.cycle
     # A handler waiting for the rest of a body that is not in the stream.
     return (conn.write_state is WriteState.WAITING and cycle is not None
             and cycle.request is not None and cycle.request.body is not None

@@ -13,7 +13,7 @@ from .request import PHRASES, TEXT_PLAIN, HttpDate, HttpRequest, error_body
 from .tunnel import TunnelPeer, TunnelProtocol
 
 if TYPE_CHECKING:
-    from .connection import HttpConnection
+    from .answering import Answering
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -46,7 +46,7 @@ class RequestCycle:
 
     __slots__ = ("_conn", "request", "task", "_chunked", "_tunnel", "body_bytes_sent")
 
-    def __init__(self, conn: "HttpConnection", request: HttpRequest | None) -> None:
+    def __init__(self, conn: "Answering", request: HttpRequest | None) -> None:
         self._conn = conn
         self.request = request
         self.task: asyncio.Task[None] | None = None

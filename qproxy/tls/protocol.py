@@ -131,6 +131,14 @@ _APP_PHASES = {
 
 
 class TlsServerProtocol(asyncio.Protocol):
+    """The socket side of one TLS connection, and the application protocol's lifecycle.
+
+    Longer than our ~250-line rule, for a reason: one of these lives as long as each
+    connection, idle ones included, and the idle-connection memory target counts its bytes;
+    the request-head deadline, the lingering close and the app's lifecycle kept here cost a
+    few slots, where helper objects would cost an object each per idle connection. Each job
+    has its own section below and its own state (`Phase`, `AppPhase`, the machine's)."""
+
     # Slots: one of these lives as long as each connection (an idle one too).
     __slots__ = ("_context_factory", "_app_factory", "_observer", "_limits", "_transport",
                  "_machine", "_app", "_app_phase", "_peer", "_started", "_phase",
