@@ -67,7 +67,9 @@ class HttpConnection(asyncio.Protocol):
         return self.answers.write_state
 
     def set_read(self, new: ReadState) -> None:
-        self._read = check_read(self._read, new)
+        if not self._read.allowed & new.bit:  # type: ignore[attr-defined]  # (http_state)
+            check_read(self._read, new)  # raises StateError
+        self._read = new
 
     # -- asyncio side ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
