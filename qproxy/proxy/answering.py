@@ -26,12 +26,12 @@ QUEUE_FULL = "queue full"  # why input is paused
 class Answering:
     """What a `RequestCycle` (the responder) answers through."""
 
-    __slots__ = ("_conn", "server", "_write", "_keep_alive", "_queue", "cycle", "_keepalive")
+    __slots__ = ("_conn", "server", "write_state", "_keep_alive", "_queue", "cycle", "_keepalive")
 
     def __init__(self, conn: "HttpConnection", server: "HttpServer") -> None:
         self._conn = conn
         self.server = server
-        self._write = WriteState.IDLE
+        self.write_state = WriteState.IDLE  # changed only through set_write
         # Whether the response in hand may leave the connection open (h11 keeps this one bool
         # beside its states too): only ever goes from True to False.
         self._keep_alive = True
@@ -39,14 +39,10 @@ class Answering:
         self.cycle: RequestCycle | None = None
         self._keepalive: IdleTimer | None = None
 
-    @property
-    def write_state(self) -> WriteState:
-        return self._write
-
     def set_write(self, new: WriteState) -> None:
-        if not self._write.allowed & new.bit:  # type: ignore[attr-defined]  # (http_state)
-            check_write(self._write, new)  # raises StateError
-        self._write = new
+        if not self.write_state.allowed & new.bit:  # type: ignore[attr-defined]  # (http_state)
+            check_write(self.write_state, new)  # raises StateError
+        self.write_state = new
 
     @property
     def flow(self) -> "FlowControl":
@@ -59,14 +55,14 @@ class Answering:
     @property
     def busy(self) -> bool:
         """A request in hand or waiting its turn."""
-        return self._write is not WriteState.IDLE or bool(self._queue)
+        return self.write_state is not WriteState.IDLE or bool(self._queue)
 
     def queued(self) -> list[HttpRequest | BadRequest]:
         return list(self._queue)
 
     # -- requests in turn -----------------------------------------------------------------
     def enqueue(self, item: HttpRequest | BadRequest) -> None:
-        if self._write is WriteState.IDLE and not self._queue:
+        if self.write_state is WriteState.IDLE and not self._queue:
             self._start(item)
             return
         self._queue.append(item)
@@ -74,7 +70,7 @@ class Answering:
             self._conn.pause_input(QUEUE_FULL)
 
     def start_next(self) -> None:
-        if self._write is not WriteState.IDLE or not self._queue:
+        if self.write_state is not WriteState.IDLE or not self._queue:
             return
         item = self._queue.popleft()
         if len(self._queue) < MAX_QUEUED_REQUESTS:
@@ -102,7 +98,7 @@ class Answering:
 
     def cycle_ended(self, cycle: RequestCycle, cancelled: bool) -> None:
         """The handler of the request in hand returned (or failed, or was cancelled)."""
-        write = self._write
+        write = self.write_state
         if cancelled or write is WriteState.CLOSED:
             self._keep_alive = False
         elif write is WriteState.WAITING:
@@ -120,7 +116,7 @@ class Answering:
         conn = self._conn
         self.cycle = None
         conn.transport.request_finished()
-        if self._write is WriteState.CLOSED:
+        if self.write_state is WriteState.CLOSED:
             return
         if not self._keep_alive or self.server.closing:
             self.set_write(WriteState.MUST_CLOSE)
@@ -157,7 +153,7 @@ class Answering:
     def connection_lost(self) -> list[HttpRequest | BadRequest | None]:
         """The requests whose bodies must now fail: the one in hand and those queued."""
         self.stop_keepalive()
-        if self._write is not WriteState.CLOSED:
+        if self.write_state is not WriteState.CLOSED:
             self.set_write(WriteState.CLOSED)
         cycle = self.cycle
         lost = [cycle.request if cycle else None, *self._queue]
@@ -187,14 +183,14 @@ class Answering:
     def write(self, data: bytes) -> bool:
         """True if the bytes went to a transport still open."""
         transport = self._conn.transport
-        if self._write is WriteState.CLOSED or transport.is_closing():
+        if self.write_state is WriteState.CLOSED or transport.is_closing():
             return False
         transport.write(data)
         return True
 
     def send_continue(self) -> None:
         """For a request body that is about to be read (`RequestBody.send_continue`)."""
-        if self._write is WriteState.WAITING:
+        if self.write_state is WriteState.WAITING:
             self.write(CONTINUE)
 
     def abort(self) -> None:

@@ -43,7 +43,7 @@ class HttpTransport(Protocol):
 
 
 class HttpConnection(asyncio.Protocol):
-    __slots__ = ("server", "loop", "transport", "remote", "_reader", "_read", "flow",
+    __slots__ = ("server", "loop", "transport", "remote", "_reader", "read_state", "flow",
                  "_stash", "_upgrade_bytes", "answers")
 
     def __init__(self, server: "HttpServer") -> None:
@@ -52,24 +52,20 @@ class HttpConnection(asyncio.Protocol):
         self.transport: HttpTransport = None  # type: ignore[assignment]  # connection_made
         self.remote = "-"
         self._reader = RequestReader(self, server.section, server.body_limits)
-        self._read = ReadState.IDLE
+        self.read_state = ReadState.IDLE  # changed only through set_read
         self.flow: FlowControl = None  # type: ignore[assignment]
         self._stash = b""  # read while input was paused, parsed on resume
         self._upgrade_bytes = b""  # sent ahead of a 101, for the tunnel
         self.answers = Answering(self, server)
 
     @property
-    def read_state(self) -> ReadState:
-        return self._read
-
-    @property
     def write_state(self) -> WriteState:
         return self.answers.write_state
 
     def set_read(self, new: ReadState) -> None:
-        if not self._read.allowed & new.bit:  # type: ignore[attr-defined]  # (http_state)
-            check_read(self._read, new)  # raises StateError
-        self._read = new
+        if not self.read_state.allowed & new.bit:  # type: ignore[attr-defined]  # (http_state)
+            check_read(self.read_state, new)  # raises StateError
+        self.read_state = new
 
     # -- asyncio side ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,7 +76,7 @@ class HttpConnection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        read = self._read
+        read = self.read_state
         if read.parsing:  # type: ignore[attr-defined]
             if self._stash or self.flow.reading_paused:
                 # Reading is paused but a read was already under way: parse it on resume.
@@ -98,13 +94,13 @@ class HttpConnection(asyncio.Protocol):
             return
         view = memoryview(data)
         for start in range(0, len(data), FEED_SLICE):
-            if self.flow.reading_paused or not self._read.parsing:  # type: ignore[attr-defined]
+            if self.flow.reading_paused or not self.read_state.parsing:  # type: ignore[attr-defined]
                 # Pausing does not stop the bytes already read: keep the rest (pipelined
                 # requests, say) unparsed until the queue drains; after an upgrade request
                 # the rest belongs to the tunnel.
-                if self._read.parsing:  # type: ignore[attr-defined]
+                if self.read_state.parsing:  # type: ignore[attr-defined]
                     self._stash = bytes(view[start:])
-                elif self._read is ReadState.UPGRADING:
+                elif self.read_state is ReadState.UPGRADING:
                     self._upgrade_bytes += bytes(view[start:])
                 return
             self._feed(bytes(view[start:start + FEED_SLICE]))
@@ -129,7 +125,7 @@ class HttpConnection(asyncio.Protocol):
         return True
 
     def _end_input(self, error: BaseException) -> None:
-        if self._read is ReadState.ENDED:
+        if self.read_state is ReadState.ENDED:
             return
         self.set_read(ReadState.ENDED)
         parsing = self._reader.parsing
@@ -159,7 +155,7 @@ class HttpConnection(asyncio.Protocol):
     def request_head_timed_out(self) -> None:
         if self.answers.busy:
             return  # a request is in hand after all
-        if self._read.parsing:  # type: ignore[attr-defined]
+        if self.read_state.parsing:  # type: ignore[attr-defined]
             self.set_read(ReadState.ERROR)
         self.answers.answer_error(BadRequest(408, "the request headers did not arrive in "
                                              "time"), log=False)  # TLS's observer logged it
@@ -181,7 +177,7 @@ class HttpConnection(asyncio.Protocol):
         if self.flow.reading_paused or self.answers.write_state is WriteState.CLOSED:
             return  # paused again meanwhile: the next resume replays
         data, self._stash = self._stash, b""
-        if self._read.parsing:  # type: ignore[attr-defined]
+        if self.read_state.parsing:  # type: ignore[attr-defined]
             self._parse(data)
         if not self._stash:
             self.flow.resume_transport()
@@ -196,14 +192,8 @@ class HttpConnection(asyncio.Protocol):
         self.answers.enqueue(request)
 
     def message_complete(self) -> None:
-        if self._read is ReadState.HEAD or self._read is ReadState.BODY:
+        if self.read_state is ReadState.HEAD or self.read_state is ReadState.BODY:
             self.set_read(ReadState.IDLE)
-
-    def body_source(self) -> Answering:
-        return self.answers
-
-    def transport_for_request(self) -> HttpTransport:
-        return self.transport
 
     def _reject(self, error: BadRequest) -> None:
         """Nothing after a bad request can be trusted to be framed right: parsing ends."""
@@ -220,7 +210,7 @@ class HttpConnection(asyncio.Protocol):
     def hand_over(self, tunnel: TunnelProtocol) -> None:
         """After a 101: the tunnel's protocol reads the connection from now on, starting with
         what the client sent ahead of the 101."""
-        ended = self._read is ReadState.ENDED
+        ended = self.read_state is ReadState.ENDED
         if not ended:
             self.set_read(ReadState.TUNNELLING)
         self.transport.set_protocol(tunnel)

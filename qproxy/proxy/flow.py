@@ -13,23 +13,21 @@ class FlowControl:
     says when its buffer is full (`pause_writing`) and drained again; writers wait with
     `drain`."""
 
-    __slots__ = ("_transport", "_paused_by", "writing_paused", "_drained")
+    __slots__ = ("_transport", "_paused_by", "reading_paused", "writing_paused", "_drained")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._paused_by: set[object] = set()
+        self.reading_paused = False  # whether anyone holds input paused
         self.writing_paused = False
         self._drained: asyncio.Future[None] | None = None
 
     # -- the client's input ----------------------------------------------------------------
-    @property
-    def reading_paused(self) -> bool:
-        return bool(self._paused_by)
-
     def pause_reading(self, reason: object) -> None:
         if not self._paused_by and not self._transport.is_closing():
             self._transport.pause_reading()
         self._paused_by.add(reason)
+        self.reading_paused = True
 
     def release(self, reason: object) -> bool:
         """Drop one reason; True if that was the last one (the caller resumes reading, after
@@ -37,7 +35,8 @@ class FlowControl:
         if reason not in self._paused_by:
             return False
         self._paused_by.discard(reason)
-        return not self._paused_by
+        self.reading_paused = bool(self._paused_by)
+        return not self.reading_paused
 
     def resume_transport(self) -> None:
         if not self._paused_by and not self._transport.is_closing():

@@ -5,7 +5,7 @@ answer it, pause) is the connection's business (`proxy.connection`)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import httptools
 from multidict import CIMultiDict
@@ -13,24 +13,43 @@ from multidict import CIMultiDict
 from ..config.model import ServerSection
 from .request import BadRequest, HttpRequest
 from .request_body import BodyLimits, BodySource, RequestBody
-from .target import TargetError, check_request_framing, normalise_target
+from .target import Target, TargetError, check_request_framing, normalise_target
 
 
 class RequestSink(Protocol):
     """What the reader tells its connection."""
 
     remote: str
+    transport: Any  # what the request was read from (HttpRequest.transport)
+    answers: BodySource  # what a request body asks to pause input or invite the body
 
     def message_begun(self) -> None: ...
     def request_parsed(self, request: HttpRequest) -> None: ...
     def message_complete(self) -> None: ...
-    def body_source(self) -> BodySource: ...
-    def transport_for_request(self): ...
 
 
 # The header fields the reader looks at, by lower-case name: one dict lookup a field.
 _SPECIAL = {b"host": "host", b"transfer-encoding": "transfer-encoding",
             b"content-length": "content-length", b"expect": "expect", b"te": "te"}
+
+
+# Targets seen lately, normalised: most requests repeat a path seen a moment ago, and a dict
+# lookup costs a fraction of normalising. Bounded; emptied when full.
+_NORMALISED: dict[str, Target] = {}
+_NORMALISED_MAX = 512
+_CACHED_LENGTH = 200
+
+
+def _normalised(target: str, method: str) -> Target:
+    if target[:1] != "/" or len(target) > _CACHED_LENGTH:
+        return normalise_target(target, method=method)  # (the asterisk form, say: per method)
+    found = _NORMALISED.get(target)
+    if found is None:
+        found = normalise_target(target, method=method)  # raises TargetError: not kept
+        if len(_NORMALISED) >= _NORMALISED_MAX:
+            _NORMALISED.clear()
+        _NORMALISED[target] = found
+    return found
 
 
 def _content_length(value: bytes) -> int:
@@ -150,7 +169,7 @@ class RequestReader:
             # one form that routes and is forwarded.
             if framed:  # (with neither field there is nothing to check)
                 check_request_framing(fields, http_version=version)
-            normalised = normalise_target(target, method=method)
+            normalised = _normalised(target, method)
         except TargetError as exc:
             raise BadRequest(exc.status, str(exc)) from None
         if normalised.authority is not None and normalised.authority.lower() != (
@@ -165,10 +184,10 @@ class RequestReader:
             raise BadRequest(413, f"request body of {length} bytes is larger than "
                              f"client_max_body_size ({limit})")
         sink = self._sink
-        body = RequestBody(sink.body_source(), self._limits,
+        body = RequestBody(sink.answers, self._limits,
                            expect_continue and version != "1.0") if has_body else None
         request = HttpRequest(method, target, version, headers, parser.should_keep_alive(),
-                              upgrade, body, sink.remote, sink.transport_for_request(),
+                              upgrade, body, sink.remote, sink.transport,
                               path=normalised.path, target=normalised.forward)
         request.takes_trailers = takes_trailers
         self.parsing = request if body is not None else None
