@@ -569,3 +569,30 @@ def test_head_then_get_on_one_connection():
         assert [r.status for r in got] == [200] * 40
         assert all(r.body == b"" for r in got[::2]) and all(r.body for r in got[1::2])
     run(main())
+
+
+def test_a_pipelined_head_that_stalls_is_408_at_the_keep_alive_timeout():
+    async def main():
+        h = Harness(echo, keepalive_timeout=0.05)
+        h.feed(GET + b"GET /next HTTP/1.1\r\nHost")
+        await h.until(lambda: h.transport.closed)
+        assert [r.status for r in responses(h.transport.take())] == [200, 408]
+    run(main())
+
+
+def test_a_second_response_is_a_state_error_not_garbage_on_the_wire():
+    errors: list[BaseException] = []
+
+    async def twice(request, responder):
+        responder.send_response(request, 200, "OK", TEXT, b"one")
+        try:
+            responder.send_response(request, 200, "OK", TEXT, b"two")
+        except StateError as exc:
+            errors.append(exc)
+
+    async def main():
+        h = Harness(twice)
+        h.feed(GET)
+        await h.until(lambda: h.transport.finished == 1)
+        assert [r.body for r in responses(h.transport.take())] == [b"one"] and errors
+    run(main())

@@ -142,8 +142,14 @@ class Answering:
 
     def _keepalive_expired(self) -> None:
         self._keepalive = None
-        if not self.busy and self._conn.read_state is ReadState.IDLE:
+        if self.busy:
+            return
+        if self._conn.read_state is ReadState.IDLE:
             self._conn.close()
+        elif self._conn.read_state is ReadState.HEAD:
+            # The next request's head began before this one ended (so TLS's head deadline
+            # did not start for it) and has stalled since: the slowloris answer.
+            self._conn.request_head_timed_out()
 
     def stop_keepalive(self) -> None:
         if self._keepalive is not None:

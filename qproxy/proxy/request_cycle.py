@@ -89,8 +89,10 @@ class RequestCycle:
         """A whole response: head and body leave in one write, one TLS record. Returns how
         many body bytes went to the client (0 if it had gone)."""
         conn = self._conn
-        if conn.write_state is WriteState.CLOSED:
-            return 0
+        if conn.write_state is not WriteState.WAITING:
+            if conn.write_state is WriteState.CLOSED:
+                return 0
+            raise StateError(f"a second response in HTTP write state {conn.write_state.value}")
         head_only = request is not None and request.method == "HEAD"
         no_body = status in (204, 304) or status < 200
         conn.set_write(WriteState.TUNNELLING if status == 101 else WriteState.DONE)
@@ -113,8 +115,10 @@ class RequestCycle:
         """A response whose body follows through `write_body`. Without a length it is sent
         chunked (HTTP/1.1) or delimited by closing the connection (HTTP/1.0)."""
         conn = self._conn
-        if conn.write_state is WriteState.CLOSED:
-            return
+        if conn.write_state is not WriteState.WAITING:
+            if conn.write_state is WriteState.CLOSED:
+                return
+            raise StateError(f"a second response in HTTP write state {conn.write_state.value}")
         conn.set_write(WriteState.SENDING)
         no_body = request.method == "HEAD" or status in (204, 304)
         chunked = length is None and not no_body and request.version != "1.0"
