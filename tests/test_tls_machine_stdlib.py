@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
+from qproxy.tls import openssl_ext
 from qproxy.tls.machine import (
     DataReceived,
     HandshakeComplete,
@@ -93,6 +94,10 @@ def test_request_then_close_notify_is_answered_then_closed(server_context):
     events = machine.receive(client.take())
     assert isinstance(events[-1], PeerClosed)
     assert machine.state is TlsState.PEER_CLOSED
+    # What follows the close_notify is not kept: an attacker cannot fill our input buffer
+    # while the answer is being made.
+    assert machine.receive(b"\x17\x03\x03" + b"\x00" * 60_000) == []
+    assert openssl_ext.pending_input(machine._conn) == 0
     machine.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     machine.close()
     assert machine.state is TlsState.CLOSED

@@ -49,6 +49,8 @@ _TRANSITIONS = {
     TlsState.CLOSED: {TlsState.CLOSED, TlsState.FAILED},
     TlsState.FAILED: set(),
 }
+# States in which nothing more is read.
+_DEAF = frozenset({TlsState.PEER_CLOSED, TlsState.CLOSED, TlsState.FAILED})
 # States in which application data may still be sent.
 CAN_SEND = frozenset({TlsState.OPEN, TlsState.PEER_CLOSED})
 
@@ -145,7 +147,9 @@ class TlsServerMachine:
         Raises TlsFailure on a fatal error; the alert (if OpenSSL made one) is then waiting in
         `data_to_send()`.
         """
-        if self._state in (TlsState.FAILED,):
+        if self._state in _DEAF:
+            # Nothing can follow a close_notify: bytes the peer sends after its own (or after
+            # ours) are dropped, not kept in the input BIO while the answer is still going out.
             return []
         if data:
             openssl_ext.feed_ciphertext(self._conn, data)
