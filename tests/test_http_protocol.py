@@ -596,3 +596,14 @@ def test_a_second_response_is_a_state_error_not_garbage_on_the_wire():
         await h.until(lambda: h.transport.finished == 1)
         assert [r.body for r in responses(h.transport.take())] == [b"one"] and errors
     run(main())
+
+
+def test_unwritable_temp_dir_is_500_not_a_handler_crash(tmp_path):
+    async def main():
+        h = Harness(echo, client_body_buffer_size=10,
+                    client_body_temp_path=str(tmp_path / "missing"))
+        h.feed(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
+        await h.until(lambda: h.transport.finished == 1)
+        [response] = responses(h.transport.take())
+        assert response.status == 500 and b"client_body_temp_path" in response.body
+    run(main())

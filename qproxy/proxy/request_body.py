@@ -168,6 +168,13 @@ class RequestBody:
         try:
             while (chunk := await self._next_arrived()) is not None:
                 spool.write(chunk)
+        except OSError as exc:
+            spool.close()
+            if isinstance(exc, ConnectionError):
+                raise
+            # The temp directory is full or unwritable: nginx's answer is 500 as well.
+            raise BadRequest(500, f"the request body could not be buffered in "
+                                  f"client_body_temp_path ({exc})") from None
         except BaseException:
             spool.close()
             raise
