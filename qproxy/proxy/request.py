@@ -53,7 +53,7 @@ class HttpRequest:
     routes match, `target` the normalised target that is forwarded."""
 
     __slots__ = ("method", "raw_path", "path", "target", "version", "headers", "keep_alive",
-                 "upgrade", "body", "remote", "transport", "started", "takes_trailers")
+                 "upgrade", "body", "remote", "transport", "started", "trailers")
 
     def __init__(self, method: str, raw_path: str, version: str, headers: CIMultiDict[str],
                  keep_alive: bool, upgrade: bool, body: "RequestBody | None", remote: str,
@@ -73,7 +73,7 @@ class HttpRequest:
         self.started = time.monotonic()
         # Whether the client said it takes trailers (TE: trailers): only then are a chunked
         # backend response's trailers passed on.
-        self.takes_trailers = False
+        self.trailers = False
 
     @property
     def host(self) -> str | None:

@@ -167,7 +167,7 @@ class RequestCycle:
             return
         request = self.request
         kept = allowed_trailers(trailers) if trailers and request is not None and (
-            request.takes_trailers) else None
+            request.trailers) else None
         if kept:
             conn.write(b"0\r\n" + b"".join(b"%s: %s\r\n" % (n.strip(), v.strip())
                                             for n, v in kept) + b"\r\n")

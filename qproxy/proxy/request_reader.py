@@ -189,7 +189,7 @@ class RequestReader:
         request = HttpRequest(method, target, version, headers, parser.should_keep_alive(),
                               upgrade, body, sink.remote, sink.transport,
                               path=normalised.path, target=normalised.forward)
-        request.takes_trailers = takes_trailers
+        request.trailers = takes_trailers
         self.parsing = request if body is not None else None
         sink.request_parsed(request)
 
