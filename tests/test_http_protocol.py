@@ -264,7 +264,7 @@ TRAILERS = [(b"X-Checksum", b"abc"), (b"Set-Cookie", b"injected=1"),
 def test_trailers_go_to_a_client_that_takes_them_without_forbidden_fields():
     async def main():
         h = Harness(_trailer_handler(TRAILERS))
-        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n")
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\nTE: gzip;q=1, Trailers\r\n\r\n")
         await h.until(lambda: h.transport.finished == 1)
         [response] = responses(h.transport.take())
         assert response.body == b"data"  # a Content-Length trailer truncates nothing
@@ -274,10 +274,11 @@ def test_trailers_go_to_a_client_that_takes_them_without_forbidden_fields():
     run(main())
 
 
-def test_trailers_are_dropped_for_a_client_that_did_not_ask():
+@pytest.mark.parametrize("te", [b"", b"TE: x-trailers-not\r\n", b"TE: gzip\r\n"])
+def test_trailers_are_dropped_for_a_client_that_did_not_ask(te):
     async def main():
         h = Harness(_trailer_handler(TRAILERS))
-        h.feed(GET)
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n" + te + b"\r\n")
         await h.until(lambda: h.transport.finished == 1)
         raw = h.transport.take()
         assert raw.endswith(b"\r\n0\r\n\r\n")

@@ -144,7 +144,9 @@ class RequestReader:
                 elif kind == "expect":
                     expect_continue = value.strip().lower() == b"100-continue"
                 else:
-                    takes_trailers = b"trailers" in value.lower()
+                    takes_trailers = takes_trailers or any(
+                        token.partition(b";")[0].strip() == b"trailers"
+                        for token in value.lower().split(b","))
             headers.add(name.decode("utf-8", "surrogateescape"),
                         value.decode("utf-8", "surrogateescape"))
         method = parser.get_method().decode("ascii", "replace")
