@@ -608,3 +608,24 @@ def test_unwritable_temp_dir_is_500_not_a_handler_crash(tmp_path):
         [response] = responses(h.transport.take())
         assert response.status == 500 and b"client_body_temp_path" in response.body
     run(main())
+
+
+
+def test_tunnel_without_a_101_is_a_state_error_and_closes_the_peer():
+    peer = Peer()
+    errors: list[BaseException] = []
+
+    async def confused(request, responder):
+        try:
+            await responder.tunnel(peer, b"", 5.0)
+        except StateError as exc:
+            errors.append(exc)
+        responder.send_response(request, 502, "Bad Gateway", TEXT, b"no")
+
+    async def main():
+        h = Harness(confused)
+        h.feed(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        await h.until(lambda: h.transport.closed)
+        assert errors and peer.closed
+        assert responses(h.transport.take())[0].status == 502
+    run(main())

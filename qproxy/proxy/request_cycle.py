@@ -180,6 +180,12 @@ class RequestCycle:
         """After a 101: relay bytes both ways until either side closes, or no byte has gone
         either way for `idle_timeout` seconds. Returns (bytes from the client, bytes to it)."""
         conn = self._conn
+        if conn.write_state is not WriteState.TUNNELLING:
+            peer.close()
+            if conn.write_state is WriteState.CLOSED:
+                return 0, 0  # the client left before the tunnel began
+            raise StateError(f"a tunnel in HTTP write state {conn.write_state.value} "
+                             "(send_response(101) first)")
         tunnel = TunnelProtocol(conn.transport, peer, idle_timeout, conn.tunnel_lost)
         self._tunnel = tunnel
         conn.hand_over(tunnel)
