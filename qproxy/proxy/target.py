@@ -214,19 +214,20 @@ def normalise_target(raw: str, *, method: str | None = None) -> Target:
     Given the request's `method`, the asterisk form is refused for any but OPTIONS."""
     if raw == "*" and method not in (None, "OPTIONS"):
         raise TargetError(400, f"the asterisk request target with {method} (only OPTIONS)")
-    if raw.startswith("/") and "#" not in raw:
-        # (A fragment, which no client should send, takes the long way: its text must be
-        # checked as the rest is.)
-        path, _, query = raw.partition("?")
-        if _NORMAL_PATH.fullmatch(path) and _PLAIN_QUERY.fullmatch(query):
-            return Target(path, raw)
+    if raw.startswith("/"):
+        sent = raw.partition("#")[0]
+        path, _, query = sent.partition("?")
+        # (";." and ".;" may make a dot-segment for a servlet container: the long way decides)
+        if (_NORMAL_PATH.fullmatch(path) and _PLAIN_QUERY.fullmatch(query)
+                and ";." not in path and ".;" not in path):
+            return Target(path, sent)
     return _normalise(raw)
 
 
 def _normalise(raw: str) -> Target:
     """normalise_target the long way, segment by segment."""
-    try:
-        target = raw.encode("utf-8", "surrogateescape")
+    try:  # a fragment is dropped unread, whatever it holds, as in the shortcut
+        target = raw.partition("#")[0].encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raise TargetError(400, "the request target is not valid text") from None
     if target == b"*":
@@ -234,7 +235,6 @@ def _normalise(raw: str) -> Target:
     authority = None
     if not target.startswith(b"/"):
         target, authority = _split_absolute(target)
-    target = target.partition(b"#")[0]
     path, question, query = target.partition(b"?")
     if _SPACE_OR_CONTROL.search(query):
         raise TargetError(400, "a space or control character in the request target")
