@@ -14,7 +14,7 @@ import os
 import re
 
 import h11
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from qproxy.proxy.http import BadRequest, HttpRequest
@@ -174,6 +174,9 @@ def test_any_stream_split_anywhere_gives_the_same_answers(data, cuts):
 
 @given(data=streams)
 def test_answers_are_requests_as_h11_reads_them_or_a_4xx_and_close(data):
+    # One leniency we keep on purpose, with llhttp and nginx (RFC 9112 section 3 allows it):
+    # more than one space between the request line's parts. h11 refuses it.
+    assume(not re.search(rb" {2,}(/|HTTP/)", data))
     written, closed = serve(data, [])
     got: list[Response] = responses(written)
     expected, h11_refused = h11_requests(data)
@@ -181,10 +184,10 @@ def test_answers_are_requests_as_h11_reads_them_or_a_4xx_and_close(data):
     assert [r.body for r in answered] == expected[:len(answered)]
     refusals = [r for r in got if r.status != 200]
     if refusals:
-        # One refusal, the last answer, a client error (or 505 for a version other than
-        # HTTP/1.x), and the connection closes.
+        # One refusal, the last answer, a client error (or 501 for a transfer coding we do not
+        # take, 505 for a version other than HTTP/1.x), and the connection closes.
         assert len(refusals) == 1 and got[-1] is refusals[0]
-        assert (400 <= refusals[0].status < 500 or refusals[0].status == 505) and closed
+        assert (400 <= refusals[0].status < 500 or refusals[0].status in (501, 505)) and closed
         assert refusals[0].headers.get("connection") == "close"
     else:
         # Without a refusal we answered exactly what h11 read: nothing dropped, nothing more.
