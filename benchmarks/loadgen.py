@@ -194,17 +194,67 @@ def transfer_upload(spec: ClientSpec, path: str, size: int) -> Outcome:
     return Outcome(count=1 if ok else 0, errors=0 if ok else 1, bytes=sent, latencies=[elapsed])
 
 
-def hold_idle(spec: ClientSpec, count: int, hold_seconds: float, ready) -> int:
-    """Open `count` TLS connections, signal `ready`, keep them idle, then close them all."""
+def hold_idle(spec: ClientSpec, count: int, hold_seconds: float, ready, leave=None,
+              request: bool = False) -> int:
+    """Open `count` TLS connections (with `request`, one request on each first), signal
+    `ready`, keep them idle until `leave` is set or `hold_seconds` pass, then close them all."""
     ctx = client_context(spec)
     held = []
     for _ in range(count):
         try:
-            held.append(_connect(spec, ctx))
+            conn = _connect(spec, ctx)
+            if request:
+                _request(conn, spec.path)
+            held.append(conn)
+        except (OSError, SSL.Error, ConnectionError):
+            break
+    ready.put(len(held))
+    if leave is None:
+        time.sleep(hold_seconds)
+    else:
+        leave.wait(hold_seconds)
+    for conn in held:
+        _close(conn)
+    return len(held)
+
+
+def slow_readers(spec: ClientSpec, count: int, hold_seconds: float, ready, leave,
+                 read_size: int = 1024, interval: float = 0.25) -> int:
+    """`count` clients that each ask for `spec.path` and then read it at a trickle
+    (`read_size` bytes every `interval` seconds, through a 4 KiB receive buffer), so the server
+    holds the rest; signal `ready` once every request is sent, trickle until `leave` is set or
+    `hold_seconds` pass, then leave without reading the rest (a close, as a client gives up)."""
+    ctx = client_context(spec)
+    held = []
+    for _ in range(count):
+        try:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: window
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", spec.port))
+            sock.settimeout(None)  # pyOpenSSL has no timeouts: a timeout would raise WantRead
+            conn = SSL.Connection(ctx, sock)
+            conn.set_tlsext_host_name(b"localhost")
+            conn.set_connect_state()
+            conn.do_handshake()
+            conn.sendall(f"GET {spec.path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            sock.settimeout(0.0)  # reads below take what is there and never wait
+            held.append(conn)
         except (OSError, SSL.Error):
             break
     ready.put(len(held))
-    time.sleep(hold_seconds)
+    deadline = time.monotonic() + hold_seconds
+    for _ in range(MAX_ITERATIONS):
+        if leave.wait(interval) or time.monotonic() >= deadline:
+            break
+        for conn in held:
+            try:
+                conn.recv(read_size)
+            except (SSL.WantReadError, SSL.ZeroReturnError, SSL.SysCallError, OSError):
+                pass
     for conn in held:
-        _close(conn)
+        try:
+            conn.close()
+        except OSError:
+            pass
     return len(held)

@@ -11,50 +11,38 @@ import sys
 
 import click
 
-from .config.load import load_config
-from .config.model import LoggingSection, ServerConfig
+from .config.model import LoggingSection
 from .errors import QProxyError
 from .keys import provider
 
 DEFAULT_CONFIG = "/etc/qtls/config/server.json"
 
 
-def _load_checked(path: str) -> tuple[ServerConfig, list[str]]:
-    """Everything checkable without binding; raises QProxyError."""
-    config = load_config(path)
-    provider.install(config)  # OPENSSL_CONF, before OpenSSL is first loaded below
-    from .daemon.server import check_hsm_keys
-    from .daemon.worker import build_tls
-    from .tls.context import check_platform
-
-    check_platform()
-    server_tls = build_tls(config, path)
-    check_hsm_keys(config, server_tls, path)
-    return config, server_tls.warnings
-
-
 def _check(path: str) -> int:
+    from .daemon.prepare import Purpose, prepare
+
     try:
-        _config, warnings = _load_checked(path)
+        prepared = prepare(path, Purpose.TEST)
     except QProxyError as exc:
         click.echo(f"qtls-server: configuration test failed\n{exc}", err=True)
         return 1
-    for warning in warnings:
+    for warning in prepared.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"qtls-server: configuration file {path} test is successful", err=True)
     return 0
 
 
 def _serve(path: str) -> int:
+    from .daemon.prepare import Purpose, prepare
     from .observability import multiprocess
     from .observability.logging import configure_logging
 
     try:
-        config = load_config(path)
-        provider.install(config)  # OPENSSL_CONF, before OpenSSL is first loaded
+        prepared = prepare(path, Purpose.START)
     except QProxyError as exc:
         click.echo(f"qtls-server: {exc}", err=True)
         return 1
+    config = prepared.config
     try:
         configure_logging(config.logging)
     except OSError as exc:
@@ -62,12 +50,13 @@ def _serve(path: str) -> int:
                    f"{exc.strerror}", err=True)
         return 1
     # Before prometheus_client is imported: workers keep their metrics there for the master.
+    # It lives as long as the process tree: Master.run returns only once its children are gone.
     metrics_dir, created = multiprocess.prepare()
     master_pid = os.getpid()
     try:
         from .daemon.server import serve
 
-        return serve(config, path)
+        return serve(prepared, path)
     except QProxyError as exc:
         configure_logging(LoggingSection(console=True))
         click.echo(f"qtls-server: {exc}", err=True)
@@ -344,3 +333,8 @@ def hsm_uri(target: HsmTarget, label: str, pem_out: str | None) -> None:
         from pathlib import Path
 
         Path(pem_out).write_bytes(provider.pem_uri(str(uri)))
+
+
+from .firmware import firmware as _firmware  # noqa: E402
+
+main.add_command(_firmware)

@@ -17,8 +17,22 @@ want=(systemd apparmor selinux-policy-dev checkpolicy semodule-utils m4 make log
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
-  echo "install-packaging-tools: not a Debian system; install the equivalents of: ${want[*]}" \
-       "(the packaging checks whose tool is missing are skipped)" >&2
+  # Not Debian: nothing to install with, so check that the tools are there. Exiting 0 without
+  # them would let the packaging checks skip (and, under CI=true, fail far from the cause).
+  PATH="$PATH:/usr/sbin:/sbin"
+  absent=()
+  for cmd in systemd-analyze apparmor_parser checkmodule semodule_package m4 make logrotate \
+             sysctl unshare shellcheck; do
+    command -v "$cmd" >/dev/null || absent+=("$cmd")
+  done
+  [ -f /usr/share/selinux/devel/Makefile ] || absent+=("the SELinux reference policy's devel Makefile")
+  { command -v ldconfig >/dev/null && ldconfig -p | grep -q 'libaudit\.so\.1'; } \
+    || absent+=("libaudit.so.1")
+  if [ "${#absent[@]}" -gt 0 ]; then
+    echo "install-packaging-tools: not a Debian system and these are missing: ${absent[*]}" \
+         "(install your system's equivalents of: ${want[*]})" >&2
+    exit 1
+  fi
   exit 0
 fi
 missing=()

@@ -80,3 +80,18 @@ def test_bind_listeners_localhost_binds_every_address_on_one_port():
 @pytest.mark.parametrize("total,workers,share", [(10000, 4, 2500), (10, 3, 4), (1, 8, 1)])
 def test_connection_share(total, workers, share):
     assert connection_share(total, workers) == share
+
+
+def test_respawn_queue_backs_off_for_children_that_keep_dying():
+    from qproxy.daemon.respawn import METRICS_SLOT, RespawnQueue
+
+    now = [100.0]
+    queue = RespawnQueue(clock=lambda: now[0])
+    assert queue.schedule(0, lived=3600) == 0.0  # a long life: at once
+    assert [queue.schedule(1, lived=1) for _ in range(9)] == [
+        0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert queue.due() == [0]
+    queue.schedule(METRICS_SLOT, lived=1)
+    queue.new_generation()  # old workers are not respawned, the metrics process is
+    now[0] += 1
+    assert queue.due() == [METRICS_SLOT] and queue.seconds_to_next() is None

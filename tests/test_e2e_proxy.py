@@ -10,9 +10,19 @@ import time
 import urllib.request
 
 import pytest
+from OpenSSL import SSL
 
+from qproxy import pki
 from tests.conftest import make_config
-from tests.support.harness import client_context, free_port, http_request, read_response, tls_connect
+from tests.support.harness import (
+    CloseKind,
+    client_context,
+    free_port,
+    http_request,
+    read_response,
+    read_until_closed,
+    tls_connect,
+)
 
 
 def _header_map(result) -> dict[str, str]:
@@ -63,24 +73,34 @@ def test_mtls_identity_reaches_backend(start_server, dev_pki, backend):
     assert access["ssl_client_subject"] == "O=qproxy development, CN=qproxy dev client"
 
 
-def test_mtls_refuses_client_without_certificate(start_server, dev_pki, backend, tmp_path):
-    from qproxy import pki
+def _refusal(port: int, ctx) -> str:
+    """The client's view of a refused handshake: OpenSSL's reason, which names the alert."""
+    with pytest.raises(SSL.Error) as refused:
+        conn = tls_connect(port, ctx)
+        http_request(conn, "GET", "/echo")  # TLS 1.3: the refusal arrives after our Finished
+    return str(refused.value)
 
+
+@pytest.mark.parametrize("case, alert, client_reason", [
+    ("no certificate", "certificate_required", "tlsv13 alert certificate required"),
+    ("untrusted certificate", "unknown_ca", "tlsv1 alert unknown ca"),
+])
+def test_mtls_refusal_sends_the_alert_that_names_the_problem(start_server, dev_pki, backend,
+                                                             tmp_path, case, alert,
+                                                             client_reason):
     server = start_server(make_config(dev_pki, backend["address"], certificates={
         "ca_bundle": str(dev_pki.ca_bundle), "verify_client": True}))
-    from OpenSSL import SSL
-
-    with pytest.raises(SSL.Error):
-        conn = tls_connect(server.port)
-        http_request(conn, "GET", "/echo")  # TLS 1.3: the refusal arrives after our Finished
-    stranger = pki.init(tmp_path / "other")
-    with pytest.raises(SSL.Error):
-        conn = tls_connect(server.port, client_context(cert=stranger.client_cert,
-                                                       key=stranger.client_key))
-        http_request(conn, "GET", "/echo")
-    failure = server.wait_log(lambda e: e.get("event") == "handshake failed"
-                              and e.get("alert") in ("certificate_required", "unknown_ca"))
-    assert failure is not None
+    if case == "no certificate":
+        ctx = client_context()
+    else:
+        stranger = pki.init(tmp_path / "other")
+        ctx = client_context(cert=stranger.client_cert, key=stranger.client_key)
+    assert client_reason in _refusal(server.port, ctx)
+    failure = server.wait_log(lambda e: e.get("event") == "handshake failed")
+    assert failure is not None and failure["alert"] == alert
+    # Refusing one client leaves the listener serving the next.
+    good = client_context(cert=dev_pki.client_cert, key=dev_pki.client_key)
+    assert http_request(tls_connect(server.port, good), "GET", "/echo").status == 200
 
 
 def test_backend_down_gives_502_with_access_log(start_server, dev_pki, backend):
@@ -176,6 +196,7 @@ def test_slow_request_headers_get_408(start_server, dev_pki, backend):
     result = read_response(conn)
     assert result.status == 408
     assert time.monotonic() - started < 5
+    assert read_until_closed(conn) == (b"", CloseKind.CLOSE_NOTIFY)
     assert server.wait_log(lambda e: e.get("event") == "request headers timed out")
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import make_config
 from tests.support.harness import ROOT, child_env, http_request, tls_connect
 
@@ -86,16 +88,21 @@ def test_socket_activation_uses_the_passed_listener(dev_pki, backend, tmp_path):
         listener.close()
 
 
-def test_max_connections_closes_extra_connections_cleanly(start_server, dev_pki, backend):
+def test_max_connections_extra_connection_waits_for_room(start_server, dev_pki, backend):
+    """At the limit the worker stops accepting (nginx's worker_connections): the extra
+    connection waits in the listen queue, not reset, and is served once a slot frees."""
     server = start_server(make_config(dev_pki, backend["address"], server={
         "listen_address": "127.0.0.1", "listen_port": 0, "workers": 1, "max_connections": 2}))
     held = [tls_connect(server.port), tls_connect(server.port)]
     extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    extra.settimeout(10)
-    assert extra.recv(10) == b""  # closed at once, no crash
+    extra.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        extra.recv(10)  # queued: neither served nor closed
     extra.close()
-    for conn in held:
-        assert http_request(conn, "GET", "/echo").status == 200
+    held.pop().close()
+    assert http_request(tls_connect(server.port), "GET", "/echo").status == 200
+    assert http_request(held[0], "GET", "/echo").status == 200
+    assert server.wait_log(lambda e: e.get("event", "").startswith("connection limit reached"))
     text = __import__("urllib.request").request.urlopen(
         f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    assert 'qtls_connections_refused_total{limit="max_connections"} 1.0' in text
+    assert 'qtls_accept_paused_total{reason="max_connections"}' in text

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +16,17 @@ import urllib.request
 from qproxy import pki
 from qproxy.tls import openssl_ext
 from tests.conftest import make_config
-from tests.support.harness import ROOT, child_env, client_context, http_request, tls_connect
+from tests.support.harness import (
+    ROOT,
+    CloseKind,
+    child_env,
+    client_context,
+    http_request,
+    read_response,
+    read_until_closed,
+    tls_connect,
+    wait_first_bytes,
+)
 
 
 def _four_workers(dev_pki, backend, **sections):
@@ -77,9 +88,14 @@ def test_connections_spread_over_workers_and_resume_across_them(start_server, de
         raise AssertionError("no resumption landed on another worker in 100 tries")
 
 
-def test_reload_under_load_refuses_nothing(start_server, dev_pki, backend, tmp_path):
-    config = _four_workers(dev_pki, backend)
+def test_reload_under_load_refuses_nothing(start_server, start_backend, dev_pki, tmp_path):
+    """Connections keep coming through the reload and none fails; one response that spans it
+    (held by the backend until after the reload) finishes on its old worker."""
+    app = start_backend()
+    config = _four_workers(dev_pki, app)
     server = start_server(config)
+    spanning = tls_connect(server.port, timeout=30)
+    first = wait_first_bytes(spanning, "/trickle?id=span")
     errors: list[str] = []
     done = threading.Event()
     count = [0]
@@ -115,6 +131,12 @@ def test_reload_under_load_refuses_nothing(start_server, dev_pki, backend, tmp_p
     thread.join(90)
     assert count[0] >= 500
     assert errors == []
+    (app["markers"] / "release-span").touch()
+    response = read_response(spanning, already=first)
+    assert response.status == 200 and response.complete and response.body.endswith(b"end\n")
+    span = server.wait_log(lambda e: e.get("event") == "request"
+                           and e.get("path") == "/trickle?id=span")
+    assert span is not None and span["pid"] in server.worker_pids
     # The old generation drains and exits.
     assert server.wait_log(lambda e: e.get("event") == "old worker finished", 30)
     assert 'qtls_config_reloads_total{result="ok"} 1.0' in _metrics(server)
@@ -148,58 +170,98 @@ def test_killed_worker_is_respawned_and_counted(start_server, dev_pki, backend):
     assert "qtls_worker_restarts_total 1.0" in _metrics(server)
 
 
-def test_sigterm_drains_then_refuses_and_exits_0(start_server, dev_pki, backend):
-    server = start_server(_four_workers(dev_pki, backend))
+def _refused_soon(port: int, seconds: float = 3.0) -> bool:
+    """True once a connection is refused (each worker closes its listener a moment after it
+    logs the drain: the close goes through its event loop)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_sigterm_refuses_while_draining_then_finishes_and_exits_0(start_server, start_backend,
+                                                                  dev_pki):
+    app = start_backend()
+    server = start_server(_four_workers(dev_pki, app))
     conn = tls_connect(server.port, timeout=30)
-    conn.sendall(b"GET /slow?delay=2 HTTP/1.1\r\nHost: x\r\n\r\n")
-    time.sleep(0.3)  # the request must be in flight at the backend before the signal
+    first = wait_first_bytes(conn, "/trickle?id=drain")
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
-    from tests.support.harness import read_response
-    response = read_response(conn)
-    assert response.status == 200 and response.body == b"late\n"
+    deadline = time.monotonic() + 10
+    while len(server.events("worker draining")) < 4 and time.monotonic() < deadline:
+        server.wait_log(lambda e: False, 0.05)
+    assert len(server.events("worker draining")) == 4
+    # The request is still held by the backend: no worker and not the master may listen now.
+    assert server.proc.poll() is None
+    assert _refused_soon(server.port)
+    (app["markers"] / "release-drain").touch()
+    response = read_response(conn, already=first)
+    assert response.status == 200 and response.complete and response.body.endswith(b"end\n")
+    assert read_until_closed(conn) == (b"", CloseKind.CLOSE_NOTIFY)
     assert server.proc.wait(30) == 0
     assert time.monotonic() - started < 30
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
-        refused = False
-    except OSError:
-        refused = True
-    assert refused
+
+
+def _request_lines(path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)  # every line whole: no torn or interleaved JSON
+        if entry.get("event") == "request":
+            out.append(entry)
+    return out
+
+
+def _wait_file_lines(path, count: int, timeout: float = 20) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while len(lines := _request_lines(path)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return lines
+
+
+def _log_targets(pid: int) -> set[str]:
+    targets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return targets
 
 
 def test_logrotate_rename_and_sigusr1_lose_no_lines(start_server, dev_pki, backend, tmp_path):
-    log_file = tmp_path / "server.log"
+    log_file, rotated = tmp_path / "server.log", tmp_path / "server.log.1"
     server = start_server(_four_workers(dev_pki, backend, logging={
         "console": True, "file": str(log_file), "max_size_mb": 0}))
     for index in range(40):
         assert http_request(tls_connect(server.port), "GET", f"/echo?before={index}").status == 200
-    _wait_requests(server, 40)
-    os.rename(log_file, tmp_path / "server.log.1")
+    # The file's lines, not the console's: those are what the rename must not split.
+    assert len(_wait_file_lines(log_file, 40)) == 40
+    os.rename(log_file, rotated)
     server.proc.send_signal(signal.SIGUSR1)
     assert server.wait_log(lambda e: e.get("event") == "log files reopened", 10)
+    # The signal, not a worker's next line, moves every worker to the new file: with no
+    # request since the rename, each one's descriptor must already point at it. (A
+    # WatchedFileHandler would reopen by itself at the next line, so lines alone prove nothing.)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(
+            str(log_file) in _log_targets(pid) and str(rotated) not in _log_targets(pid)
+            for pid in server.worker_pids):
+        time.sleep(0.05)
+    for pid in server.worker_pids:
+        assert str(log_file) in _log_targets(pid), f"worker {pid} did not reopen on SIGUSR1"
+        assert str(rotated) not in _log_targets(pid), f"worker {pid} still holds the old file"
     for index in range(40):
         assert http_request(tls_connect(server.port), "GET", f"/echo?after={index}").status == 200
-    _wait_requests(server, 80)
-
-    def request_lines(path) -> list[dict]:
-        out = []
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)  # every line whole: no torn or interleaved JSON
-            if entry.get("event") == "request":
-                out.append(entry)
-        return out
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        old, new = request_lines(tmp_path / "server.log.1"), request_lines(log_file)
-        if len(old) + len(new) >= 80:
-            break
-        time.sleep(0.1)
-    assert len(old) + len(new) == 80
-    assert all("after" in e["path"] for e in new)
-    assert len(new) >= 30  # the workers moved to the new file
+    new = _wait_file_lines(log_file, 40)
+    old = _request_lines(rotated)
+    assert sorted(e["path"] for e in old) == sorted(f"/echo?before={i}" for i in range(40))
+    assert sorted(e["path"] for e in new) == sorted(f"/echo?after={i}" for i in range(40))
 
 
 def test_metrics_total_is_the_sum_over_workers(start_server, dev_pki, backend):

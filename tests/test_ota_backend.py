@@ -573,6 +573,7 @@ def test_upload_and_download_over_socket(backend, chunked):
     assert (got_size, got_digest) == (size, expected)
 
 
+@pytest.mark.ci_may_skip(reason="reads peak RSS from Linux /proc")
 def test_chunked_upload_keeps_server_memory_small(backend):
     if not Path(f"/proc/{backend.proc.pid}/status").exists():
         pytest.skip("needs Linux /proc to read the server's peak RSS")
@@ -671,3 +672,44 @@ def test_storage_can_come_from_environment(tmp_path):
         server.stop()
     assert (storage / "1.0.bin").read_bytes() == IMAGE
     assert str(storage) in server.stdout_path.read_text()
+
+
+# -- detached firmware signatures (qproxy firmware sign) -----------------------------------
+
+
+def test_signature_upload_is_served_and_named_in_the_metadata(client):
+    client.put("/api/firmware/2.0.0", data=b"image bytes")
+    assert "signature" not in client.get("/api/firmware/2.0.0").get_json()
+    assert client.get("/api/firmware/2.0.0/signature").status_code == 404
+    signature = bytes(range(256)) * 12 + b"\x00" * (3309 - 256 * 12)
+    key_id = "ab" * 32
+    response = client.put("/api/firmware/2.0.0/signature", data=signature,
+                          headers={"X-Signer-Key-Id": key_id.upper()})
+    assert response.status_code == 201
+    assert response.get_json() == {"algorithm": "ML-DSA-65", "key_id": key_id}
+    meta = client.get("/api/firmware/latest").get_json()
+    assert meta["signature"] == {"algorithm": "ML-DSA-65", "key_id": key_id,
+                                 "url": "/api/firmware/2.0.0/signature"}
+    served = client.get("/api/firmware/2.0.0/signature")
+    assert served.data == signature and served.headers["X-Signer-Key-Id"] == key_id
+
+
+@pytest.mark.parametrize("headers,body,message", [
+    ({"X-Signer-Key-Id": "ab" * 32}, b"x" * 100, "3309 bytes, got 100"),
+    ({"X-Signer-Key-Id": "ab" * 32}, b"x" * 5000, "3309 bytes, got 4628"),
+    ({"X-Signer-Key-Id": "not-hex"}, b"x" * 3309, "64 hex digits"),
+    ({}, b"x" * 3309, "64 hex digits"),
+    ({"X-Signer-Key-Id": "ab" * 32, "X-Signature-Algorithm": "RSA"}, b"x" * 3309,
+     "unknown signature algorithm"),
+])
+def test_bad_signature_uploads_are_400_and_store_nothing(client, headers, body, message):
+    client.put("/api/firmware/2.0.0", data=b"image bytes")
+    response = client.put("/api/firmware/2.0.0/signature", data=body, headers=headers)
+    assert response.status_code == 400 and message in response.get_json()["error"]
+    assert "signature" not in client.get("/api/firmware/2.0.0").get_json()
+
+
+def test_signature_for_unknown_version_is_404(client):
+    response = client.put("/api/firmware/9.9.9/signature", data=b"x" * 3309,
+                          headers={"X-Signer-Key-Id": "ab" * 32})
+    assert response.status_code == 404

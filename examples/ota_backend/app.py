@@ -24,7 +24,9 @@ from .storage import (
     FirmwareNotFound,
     FirmwareStore,
     InvalidChecksum,
+    InvalidSignature,
     InvalidVersion,
+    SIGNATURE_SIZES,
     StorageError,
     UploadInterrupted,
     copy_and_hash,
@@ -38,6 +40,7 @@ RAW_HEADERS_ENVIRON_KEY = "ota_backend.raw_headers"
 _STATUS_FOR_ERROR: dict[type[StorageError], int] = {
     InvalidVersion: 400,
     InvalidChecksum: 400,
+    InvalidSignature: 400,
     EmptyUpload: 400,
     UploadInterrupted: 400,
     FirmwareNotFound: 404,
@@ -90,7 +93,14 @@ def _store() -> FirmwareStore:
 
 
 def _describe(info: FirmwareInfo) -> dict[str, Any]:
-    return {**info.to_dict(), "url": url_for("ota.download", version=info.version)}
+    described = {**info.to_dict(), "url": url_for("ota.download", version=info.version)}
+    signature = _store().signature(info.version)
+    if signature is not None:
+        described["signature"] = {
+            **signature.to_dict(),
+            "url": url_for("ota.get_signature", version=info.version),
+        }
+    return described
 
 
 # -- firmware API --------------------------------------------------------
@@ -160,6 +170,38 @@ def download(version: str):
 def checksum(version: str):
     info = _store().get(version)
     return jsonify(version=info.version, sha256=info.sha256)
+
+
+@bp.route("/api/firmware/<version>/signature", methods=["PUT", "POST"])
+def put_signature(version: str):
+    """Body: the raw detached signature (`qproxy firmware sign`); X-Signer-Key-Id: the key
+    id it printed; X-Signature-Algorithm: ML-DSA-65 unless said otherwise."""
+    # One byte more than the largest signature: enough to refuse anything bigger, and a
+    # client cannot make us buffer more.
+    body = request.stream.read(max(SIGNATURE_SIZES.values()) + 1)
+    info = _store().save_signature(
+        version, body,
+        algorithm=request.headers.get("X-Signature-Algorithm", "ML-DSA-65"),
+        key_id=request.headers.get("X-Signer-Key-Id", ""),
+    )
+    response = jsonify(info.to_dict())
+    response.status_code = 201
+    return response
+
+
+@bp.get("/api/firmware/<version>/signature")
+def get_signature(version: str):
+    store = _store()
+    store.get(version)
+    info = store.signature(version)
+    if info is None:
+        raise FirmwareNotFound(f"firmware version {version} is not signed")
+    response = send_file(store.signature_path(version), mimetype="application/octet-stream",
+                         as_attachment=True, download_name=f"firmware-{version}.bin.sig")
+    response.headers["X-Signer-Key-Id"] = info.key_id
+    response.headers["X-Signature-Algorithm"] = info.algorithm
+    response.headers.pop("Date", None)
+    return response
 
 
 # -- diagnostics ---------------------------------------------------------

@@ -4,6 +4,8 @@ Layout of the storage directory::
 
     <version>.bin     the image, byte for byte as uploaded
     <version>.json    metadata sidecar: version, size, sha256, uploaded_at
+    <version>.sig     detached ML-DSA-65 signature (optional, `qproxy firmware sign`)
+    <version>.sig.json  its metadata: algorithm, key_id (the signer)
     .upload-*.part    uploads in progress (ignored by readers)
 
 The sidecar is the commit point: a version is visible only once its JSON
@@ -37,6 +39,9 @@ _VERSION_RE = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*)){0,3}$")
 _MAX_VERSION_LENGTH = 64
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _TEMP_PREFIX = ".upload-"
+_KEY_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+# Signature sizes of the algorithms `qproxy firmware` and devices understand (FIPS 204).
+SIGNATURE_SIZES = {"ML-DSA-44": 2420, "ML-DSA-65": 3309, "ML-DSA-87": 4627}
 
 
 class StorageError(Exception):
@@ -69,6 +74,19 @@ class EmptyUpload(StorageError):
 
 class UploadInterrupted(StorageError):
     pass
+
+
+class InvalidSignature(StorageError):
+    """A signature upload that cannot be one (wrong size, unknown algorithm, bad key id)."""
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    algorithm: str
+    key_id: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -266,6 +284,57 @@ class FirmwareStore:
             image_path.unlink(missing_ok=True)  # release the claim
             raise
         _fsync_dir(self.root)
+
+    # -- detached signatures ---------------------------------------------
+
+    def signature_path(self, version: str) -> Path:
+        parse_version(version)
+        return self.root / f"{version}.sig"
+
+    def save_signature(self, version: str, signature: bytes, algorithm: str,
+                       key_id: str) -> SignatureInfo:
+        """Store the detached signature of an existing version (replacing an older one:
+        re-signing with a new key is how a key rotation reaches devices)."""
+        self.get(version)  # FirmwareNotFound for an unknown version
+        expected = SIGNATURE_SIZES.get(algorithm)
+        if expected is None:
+            raise InvalidSignature(f"unknown signature algorithm {algorithm!r}; known: "
+                                   f"{', '.join(SIGNATURE_SIZES)}")
+        if len(signature) != expected:
+            raise InvalidSignature(f"an {algorithm} signature is {expected} bytes, got "
+                                   f"{len(signature)}")
+        key_id = key_id.strip().lower()
+        if not _KEY_ID_RE.match(key_id):
+            raise InvalidSignature("X-Signer-Key-Id must be the signer's key id: 64 hex digits "
+                                   "(SHA-256 of its public key, as `qproxy firmware sign` prints)")
+        info = SignatureInfo(algorithm, key_id)
+        self._write_atomically(self.signature_path(version), signature)
+        # The sidecar last: a signature is announced only once its bytes are in place.
+        self._write_atomically(self.root / f"{version}.sig.json",
+                               (json.dumps(info.to_dict()) + "\n").encode())
+        return info
+
+    def signature(self, version: str) -> SignatureInfo | None:
+        try:
+            raw = json.loads((self.root / f"{version}.sig.json").read_text(encoding="utf-8"))
+            info = SignatureInfo(str(raw["algorithm"]), str(raw["key_id"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable signature metadata of %s: %s", version, exc)
+            return None
+        return info if self.signature_path(version).is_file() else None
+
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        fd, temp_name = tempfile.mkstemp(dir=self.root, prefix=_TEMP_PREFIX, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp_name, path)
+        finally:
+            Path(temp_name).unlink(missing_ok=True)
 
     def _write_meta(self, info: FirmwareInfo) -> None:
         fd, temp_name = tempfile.mkstemp(dir=self.root, prefix=_TEMP_PREFIX, suffix=".json.part")

@@ -10,7 +10,12 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Seconds. Finite and at most ~11 days: an event loop's timer, a socket timeout and a TLS
+# session lifetime all overflow somewhere past that.
+PositiveFloat = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
+# Written into the generated OpenSSL config, one `key = value` per line: a line break would
+# let a value start a section of its own.
+OneLine = Annotated[str, Field(pattern=r"^[^\r\n]*$")]
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
@@ -25,8 +30,8 @@ class ServerSection(Section):
     workers: Annotated[int, Field(ge=0, le=1024)] = Field(
         default=0, validation_alias=AliasChoices("workers", "worker_threads")
     )
-    max_connections: Annotated[int, Field(ge=1)] = 10000
-    backlog: Annotated[int, Field(ge=1)] = 511
+    max_connections: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    backlog: Annotated[int, Field(ge=1, le=65535)] = 511
     handshake_timeout: PositiveFloat = 10.0
     client_header_timeout: PositiveFloat = 30.0
     keepalive_timeout: PositiveFloat = 75.0
@@ -54,12 +59,20 @@ class TlsSection(Section):
     hybrid_mode: bool = True
     pqc_only: bool = False
     require_pq: bool = False
-    session_timeout: Annotated[int, Field(ge=0)] = 3600
+    session_timeout: Annotated[int, Field(ge=0, le=2**31 - 1)] = 3600
     # Sessions are resumed with stateless TLS 1.3 tickets; the size bounds the TLS 1.2
     # session-ID cache only.
     session_cache_size: Annotated[int, Field(ge=0)] = 10000
     session_tickets: bool = True
     alpn: tuple[str, ...] = ("http/1.1",)
+
+    @field_validator("alpn")
+    @classmethod
+    def _http1_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Accepting "h2" and then speaking HTTP/1.1 anyway would be worse than refusing it.
+        if value != ("http/1.1",):
+            raise ValueError('only ["http/1.1"] is served (there is no HTTP/2 yet)')
+        return value
 
     @model_validator(mode="after")
     def _modes_agree(self) -> "TlsSection":
@@ -107,14 +120,14 @@ class CertificatesSection(Section):
 
 class HsmSection(Section):
     enabled: bool = False
-    pkcs11_library: str | None = None
+    pkcs11_library: OneLine | None = None
     token_label: str | None = None
     pin: str | None = None
     pin_file: str | None = None
     # pkcs11-provider keeps a session per process and per operation; the pool bound of the
     # seed format is passed to it as its session cache size.
-    session_pool_size: Annotated[int, Field(ge=1)] = 10
-    provider_module: str | None = None
+    session_pool_size: Annotated[int, Field(ge=1, le=100_000)] = 10
+    provider_module: OneLine | None = None
 
     @model_validator(mode="after")
     def _library_when_enabled(self) -> "HsmSection":
@@ -126,9 +139,9 @@ class HsmSection(Section):
 
 class ProviderSpec(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    module: str | None = None
+    module: OneLine | None = None
     activate: bool = True
-    settings: dict[str, str] = {}
+    settings: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], OneLine] = {}
 
 
 class OpensslSection(Section):
@@ -161,6 +174,10 @@ class MetricsSection(Section):
     def _absolute(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("must start with '/'")
+        # aiohttp reads {name} as a route variable and refuses other odd characters only when
+        # the metrics process starts (which would then die and be restarted over and over).
+        if not all(c.isalnum() or c in "/._~-" for c in value) or not value.isascii():
+            raise ValueError("only letters, digits and / . _ ~ - (e.g. '/metrics')")
         return value
 
 

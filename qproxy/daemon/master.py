@@ -15,15 +15,19 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
-from ..config.load import load_config
 from ..config.model import ServerConfig
-from ..errors import QProxyError
+from ..errors import ConfigErrors, QProxyError
 from ..observability.logging import get_logger, reopen_log_files, rotate_by_size
 from ..observability.metrics import Metrics, mark_process_dead
+from ..observability.throttle import Throttle
 from ..tls.context import ServerTls
 from . import systemd
-from .worker import build_tls, worker_main
+from .lifeline import die_with_parent
+from .prepare import Prepared, Purpose, prepare, restart_only_changes
+from .respawn import METRICS_SLOT, RespawnQueue
+from .worker import worker_main
 
 log = get_logger("qproxy.master")
 
@@ -75,26 +79,22 @@ class ServingGeneration:
         return self.config.server.workers or (os.cpu_count() or 1)
 
 
-@dataclass
-class Respawn:
-    slot: int
-    due: float
-
-
 class Master:
-    def __init__(self, config: ServerConfig, source: str, server_tls: ServerTls,
-                 metrics: Metrics) -> None:
+    def __init__(self, prepared: Prepared, source: str, metrics: Metrics) -> None:
         self.source = source
         self.metrics = metrics
-        self.current = ServingGeneration(1, config, server_tls)
+        self.pid = os.getpid()
+        self.current = ServingGeneration(1, prepared.config, prepared.server_tls)
+        self._log_file = prepared.config.logging.file
         self.old: list[ServingGeneration] = []
         self.listeners: list[socket.socket] = []
         self.metrics_socket: socket.socket | None = None
         self.metrics_pid: int | None = None
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
-        self._respawns: list[Respawn] = []
-        self._quick_deaths: dict[int, int] = {}  # slot -> consecutive early exits
+        self._respawns = RespawnQueue()
+        self._rotation_failures = Throttle(60.0)
+        self._step_failures = Throttle(10.0)
         self._started: dict[int, float] = {}  # pid -> start time
         self._stopping = False
 
@@ -124,6 +124,11 @@ class Master:
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        # Until the child's loop installs its own handlers, a SIGUSR1 (logrotate) or a stray
+        # SIGHUP must not kill it, as their default action would.
+        for signum in (signal.SIGUSR1, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        die_with_parent(self.pid)
         os.close(self._wake_r)
         os.close(self._wake_w)
         for generation in (self.current, *self.old):
@@ -153,9 +158,14 @@ class Master:
             if self.metrics_socket is not None:
                 self.metrics_socket.close()
             return worker_main(generation.number, generation.config, generation.server_tls,
-                               self.metrics, self.listeners, generation.size, ready_w)
+                               self.metrics, self.listeners, generation.size, ready_w, slot)
 
-        pid = self._fork(run)
+        try:
+            pid = self._fork(run)
+        except OSError:
+            os.close(ready_r)
+            os.close(ready_w)
+            raise
         os.close(ready_w)
         generation.workers[slot] = pid
         generation.status[pid] = ready_r
@@ -242,9 +252,12 @@ class Master:
                 return
             if pid == 0:
                 return
-            mark_process_dead(pid)
             lived = time.monotonic() - self._started.pop(pid, time.monotonic())
             self._child_exited(pid, status, lived)
+            try:
+                mark_process_dead(pid)  # its live gauges leave the sum
+            except OSError as exc:
+                log.error("cannot drop a dead process's metrics", pid=pid, error=str(exc))
 
     def _child_exited(self, pid: int, status: int, lived: float) -> None:
         how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
@@ -252,8 +265,9 @@ class Master:
         if pid == self.metrics_pid:
             self.metrics_pid = None
             if not self._stopping:
-                log.error("metrics process exited; restarting it", metrics_pid=pid, status=how)
-                self._spawn_metrics()
+                delay = self._respawns.schedule(METRICS_SLOT, lived)
+                log.error("metrics process exited; restarting it", metrics_pid=pid, status=how,
+                          respawn_in_s=delay)
             return
         for generation in (self.current, *self.old):
             generation.forget(pid)
@@ -270,62 +284,75 @@ class Master:
             del self.current.workers[slot]
             if self._stopping:
                 return
-            quick = self._quick_deaths.get(slot, 0) + 1 if lived < 10 else 0
-            self._quick_deaths[slot] = quick
-            delay = 0.0 if quick == 0 else min(30.0, 0.25 * 2 ** (quick - 1))
+            delay = self._respawns.schedule(slot, lived)
             self.metrics.worker_restarts.inc()
             log.error("worker died; respawning", worker_pid=pid, status=how, slot=slot,
                       generation=self.current.number, respawn_in_s=delay)
-            self._respawns.append(Respawn(slot, time.monotonic() + delay))
 
     def _respawn_due(self) -> None:
-        now = time.monotonic()
-        due = [r for r in self._respawns if r.due <= now]
-        self._respawns = [r for r in self._respawns if r.due > now]
-        for item in due:
-            if item.slot not in self.current.workers and not self._stopping:
-                pid, _ = self._spawn_worker(self.current, item.slot)
-                log.info("worker respawned", worker_pid=pid, slot=item.slot,
-                         generation=self.current.number)
+        for slot in self._respawns.due():
+            if self._stopping:
+                return
+            try:
+                if slot == METRICS_SLOT:
+                    if self.metrics_pid is None:
+                        self._spawn_metrics()
+                elif slot not in self.current.workers:
+                    pid, _ = self._spawn_worker(self.current, slot)
+                    log.info("worker respawned", worker_pid=pid, slot=slot,
+                             generation=self.current.number)
+            except OSError as exc:  # fork or pipe failed: out of processes, memory or fds
+                delay = self._respawns.schedule(slot, lived=0.0)
+                log.error("cannot start a child process; trying again", slot=slot,
+                          error=str(exc), retry_in_s=delay)
 
     def _reload(self) -> None:
+        """SIGHUP: the new configuration through the same `prepare()` a start uses; on any
+        failure the old generation keeps serving."""
         systemd.reloading()
         old = self.current
         try:
-            config = load_config(self.source)
-            server_tls = build_tls(config, self.source)
+            prepared = prepare(self.source, Purpose.RELOAD)
         except QProxyError as exc:
-            self._reload_failed(old, str(exc))
+            self._reload_failed(old, exc)
             return
-        section, before = config.server, old.config.server
-        fixed = [k for k in ("listen_address", "listen_port", "backlog")
-                 if getattr(section, k) != getattr(before, k)]
-        if fixed or config.metrics != old.config.metrics:
-            log.warning("listener and metrics settings change only on restart",
-                        changed=fixed + (["metrics"] if config.metrics != old.config.metrics else []))
+        config, server_tls = prepared.config, prepared.server_tls
+        unapplied = restart_only_changes(old.config, config)
+        if unapplied:
+            log.warning("changed settings that apply only on restart; still using the old "
+                        "values", settings=unapplied)
         new = ServingGeneration(old.number + 1, config, server_tls)
-        if not self._start_generation(new):
-            self._reload_failed(old, "the new workers did not start")
+        try:
+            started = self._start_generation(new)
+        except OSError as exc:  # fork or pipe: out of processes, memory or descriptors
+            self._terminate(new, signal.SIGKILL)
+            self.old.append(new)  # reaped like any finishing generation
+            self._reload_failed(old, QProxyError(f"cannot start the new workers: {exc}"))
+            return
+        if not started:  # its workers were killed: reaped (and their pipes closed) as an old one
+            self.old.append(new)
+            self._reload_failed(old, QProxyError("the new workers did not start"))
             return
         self.current = new
-        self._respawns.clear()
-        self._quick_deaths.clear()
+        self._respawns.new_generation()
         self._stop_accepting(old)
         self.old.append(old)
         self.metrics.reloads.labels("ok").inc()
         self.metrics.generation.set(new.number)
         self.metrics.workers.set(new.size)
-        for warning in server_tls.warnings:
+        for warning in prepared.warnings:
             log.warning("configuration warning", detail=warning)
         log.info("reloaded", generation=new.number, workers=list(new.workers.values()),
                  groups=server_tls.policy.groups,
                  certificates=[p.key_kind for p in server_tls.pairs])
         systemd.notify("READY=1")
 
-    def _reload_failed(self, old: ServingGeneration, error: str) -> None:
+    def _reload_failed(self, old: ServingGeneration, error: QProxyError) -> None:
         self.metrics.reloads.labels("failed").inc()
+        problems = ([str(e) for e in error.errors] if isinstance(error, ConfigErrors)
+                    else [str(error)])
         log.error("reload failed; still serving the previous configuration",
-                  generation=old.number, error=error)
+                  generation=old.number, error=str(error), errors=problems)
         systemd.notify("READY=1")
 
     def _dispatch(self, signum: int) -> None:
@@ -335,9 +362,15 @@ class Master:
             self._reload()
         elif signum == signal.SIGUSR1:
             reopen_log_files()
-            for generation in (self.current, *self.old):
-                for pid in generation.workers.values():
+            children = [pid for generation in (self.current, *self.old)
+                        for pid in generation.workers.values()]
+            if self.metrics_pid is not None:
+                children.append(self.metrics_pid)
+            for pid in children:
+                try:
                     os.kill(pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
             log.info("log files reopened")
 
     def _drain_wakeups(self) -> None:
@@ -349,6 +382,17 @@ class Master:
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
+        """Serve until SIGTERM/SIGINT. Returns (or raises) only once every child is gone, so
+        that what the process tree shares (the metrics directory) can go with it."""
+        try:
+            return self._run()
+        except BaseException:
+            if os.getpid() == self.pid and (self._workers_alive() or self.metrics_pid):
+                log.exception("the master failed; stopping its workers")
+                self._shutdown()
+            raise
+
+    def _run(self) -> int:
         self._bind()
         self._install_signals()
         self._spawn_metrics()
@@ -370,8 +414,9 @@ class Master:
         next_ping = time.monotonic()
         while not self._stopping:
             timeout = 1.0
-            if self._respawns:
-                timeout = min(timeout, max(0.0, min(r.due for r in self._respawns) - time.monotonic()))
+            next_respawn = self._respawns.seconds_to_next()
+            if next_respawn is not None:
+                timeout = min(timeout, next_respawn)
             if watchdog:
                 timeout = min(timeout, max(0.0, next_ping - time.monotonic()))
             try:
@@ -381,19 +426,44 @@ class Master:
             self._drain_wakeups()
             signals, self._signals = self._signals, []
             for signum in signals:
-                self._dispatch(signum)
-            self._reap()
-            self._respawn_due()
+                try:
+                    self._dispatch(signum)
+                except Exception as exc:  # noqa: BLE001 - the master outlives any signal's work
+                    log.exception("handling a signal failed; still serving",
+                                  signal=signal.Signals(signum).name)
+                    if signum == signal.SIGHUP:  # counted, and READY=1 for systemd
+                        self._reload_failed(self.current, QProxyError(
+                            f"unexpected {type(exc).__name__}: {exc}"))
+            for step in (self._reap, self._respawn_due, self._rotate_log):
+                self._safely(step)
             if watchdog and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog
-            logging_section = self.current.config.logging
-            if logging_section.file and rotate_by_size(
-                    logging_section.file, logging_section.max_size_mb * 1024 * 1024,
-                    logging_section.max_files):
-                reopen_log_files()
         self._shutdown()
         return 0
+
+    def _safely(self, step: Callable[[], None]) -> None:
+        """One step of the loop; a failure in it is logged (throttled), never the master's end."""
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - a supervisor that dies takes every worker's clients
+            if self._step_failures.hit() is not None:
+                log.exception("master loop step failed; still serving", step=step.__name__)
+
+    def _rotate_log(self) -> None:
+        """The file written is the one configured at start (logging.file needs a restart); the
+        rotation size and count follow reloads. A rotation that fails is logged (once a
+        minute at most) and tried again: it is no reason to stop serving."""
+        section = self.current.config.logging
+        if not self._log_file:
+            return
+        try:
+            if rotate_by_size(self._log_file, section.max_size_mb * 1024 * 1024,
+                              section.max_files):
+                reopen_log_files()
+        except OSError as exc:
+            if self._rotation_failures.hit() is not None:
+                log.error("log rotation failed", file=self._log_file, error=exc.strerror)
 
     def _shutdown(self) -> None:
         self._stopping = True

@@ -8,6 +8,7 @@ import socket
 
 from aiohttp import web
 
+from ..observability.logging import reopen_log_files
 from ..observability.metrics import CONTENT_TYPE_LATEST, render_multiprocess
 
 
@@ -29,6 +30,8 @@ async def _serve(sock: socket.socket, path: str) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # It holds the log file it inherited: SIGUSR1 lets logrotate's old file go here too.
+    loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
     await stop.wait()
     await runner.cleanup()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 
 from ..proxy.handler import Exchange
@@ -55,6 +55,8 @@ class ConnectionCount:
     """Open client connections across configuration generations (for max_connections)."""
 
     open: int = 0
+    on_closed: Callable[[], None] | None = None
+    """Told when a connection closes (a worker at its limit accepts again)."""
 
 
 class Observer:
@@ -86,6 +88,8 @@ class Observer:
     def connection_closed(self) -> None:
         self.connections.open -= 1
         self.metrics.connections_open.dec()
+        if self.connections.on_closed is not None:
+            self.connections.on_closed()
 
     def sigalg(self, info: HandshakeInfo) -> str | None:
         if info.resumed:
@@ -137,6 +141,9 @@ class Observer:
 
     def refused(self, limit: str) -> None:
         self._child(self.metrics.connections_refused, limit).inc()
+
+    def accept_paused(self, reason: str) -> None:
+        self._child(self.metrics.accept_paused, reason).inc()
 
     # -- requests ------------------------------------------------------------------------
     def bad_request(self, client: str, status: int, reason: str) -> None:

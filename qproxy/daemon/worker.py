@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import signal
 import socket
@@ -16,24 +15,14 @@ from ..observability.metrics import Metrics
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
 from ..proxy.upstream import Router, Upstream
-from ..tls.context import ServerTls, build_server_tls
+from ..tls.context import ServerTls
 from ..tls import deadlines
-from ..tls.machine import info_callback
 from ..tls.protocol import Limits, TlsServerProtocol
+from ..observability.throttle import Throttle
+from .acceptor import AcceptState, Acceptor
 from .observer import ConnectionCount, Observer, client_identity
 
 log = get_logger("qproxy.worker")
-
-
-def build_tls(config: ServerConfig, source: str) -> ServerTls:
-    return build_server_tls(config, source, info_callback)
-
-
-class _Refuse(asyncio.Protocol):
-    """Accepted past the connection limit: closed at once, the worker unharmed."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()
 
 
 class Generation:
@@ -75,11 +64,25 @@ class Generation:
 
     async def retire(self, timeout: float) -> None:
         """Finish in-flight requests (closing idle keep-alive connections), then let go."""
+        await first_requests(FIRST_REQUEST_GRACE)
         for connection in idle_tls_connections():
             connection.close_if_idle()
         await self.http_server.shutdown(timeout)
         for upstream in self.upstreams.values():
             await upstream.close()
+
+
+FIRST_REQUEST_GRACE = 1.0
+"""How long a drain lets connections that finished their handshake send their first request.
+A client's request is usually on its way when the handshake completes: closing at once loses
+it (seen under load with a reload every 0.2 s); one that sends nothing is closed after this."""
+
+
+async def first_requests(grace: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while idle_tls_connections() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def idle_tls_connections() -> list[TlsServerProtocol]:
@@ -89,28 +92,46 @@ def idle_tls_connections() -> list[TlsServerProtocol]:
             if isinstance(target, TlsServerProtocol) and target.awaiting_first_request]
 
 
-def connection_share(max_connections: int, workers: int) -> int:
-    """Each worker's part of `server.max_connections`."""
-    return max(1, math.ceil(max_connections / max(1, workers)))
+def connection_share(max_connections: int, workers: int, slot: int = 0) -> int:
+    """Worker `slot`'s part of `server.max_connections`: the parts add up to the total
+    exactly (10 over 3 workers: 4, 3, 3)."""
+    workers = max(1, workers)
+    return max_connections // workers + (1 if slot % workers < max_connections % workers else 0)
 
 
 class Worker:
     def __init__(self, generation: Generation, listeners: list[socket.socket], workers: int,
-                 ready_fd: int | None) -> None:
+                 ready_fd: int | None, slot: int = 0) -> None:
         self.generation = generation
         self.listeners = listeners
-        self.limit = connection_share(generation.config.server.max_connections, workers)
+        self.limit = connection_share(generation.config.server.max_connections, workers, slot)
         self.ready_fd = ready_fd
         self.connections = generation.observer.connections
         self._stop = asyncio.Event()
+        self._pause_log = {state: Throttle(1.0) for state in AcceptState}
 
     def _factory(self) -> asyncio.Protocol:
-        generation = self.generation
-        if self.connections.open >= self.limit:
-            generation.observer.refused("max_connections")
-            return _Refuse()
-        generation.observer.connection_opened()
-        return generation.protocol()
+        self.generation.observer.connection_opened()
+        return self.generation.protocol()
+
+    def _has_room(self, pending: int) -> bool:
+        return self.connections.open + pending < self.limit
+
+    def _attach_failed(self, exc: BaseException) -> None:
+        log.warning("accepted connection could not be set up", error=repr(exc))
+
+    def _accept_paused(self, state: AcceptState, reason: str) -> None:
+        self.generation.observer.accept_paused(reason)
+        count = self._pause_log[state].hit()
+        if count is None:
+            return
+        if state is AcceptState.FULL:
+            log.warning("connection limit reached; new connections wait for a worker with room",
+                        max_connections=self.limit, open_connections=self.connections.open,
+                        times=count)
+        else:
+            log.error("accept failed; backing off", error=reason, times=count,
+                      open_connections=self.connections.open)
 
     def _tell_master(self, state: bytes) -> None:
         """b"R": listening; b"C": listeners closed (the master waits for it on reload)."""
@@ -132,9 +153,10 @@ class Worker:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        servers = [await loop.create_server(self._factory, sock=sock,
-                                            backlog=self.generation.config.server.backlog)
-                   for sock in self.listeners]
+        acceptor = Acceptor(loop, self.listeners, self._factory, self._has_room,
+                            self._attach_failed, self._accept_paused)
+        self.connections.on_closed = acceptor.room_made
+        acceptor.start()
         self.generation.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
@@ -144,8 +166,9 @@ class Worker:
         await self._stop.wait()
 
         timeout = self.generation.config.server.shutdown_timeout
-        for server in servers:
-            server.close()
+        acceptor.stop()
+        for sock in self.listeners:
+            sock.close()  # this process's copy; the master and the other workers keep theirs
         self._tell_master(b"C")
         log.info("worker draining", generation=self.generation.number,
                  open_connections=self.connections.open, timeout_s=timeout)
@@ -156,7 +179,8 @@ class Worker:
 
 
 def worker_main(number: int, config: ServerConfig, server_tls: ServerTls, metrics: Metrics,
-                listeners: list[socket.socket], workers: int, ready_fd: int | None) -> int:
+                listeners: list[socket.socket], workers: int, ready_fd: int | None,
+                slot: int = 0) -> int:
     """Entry point in a freshly forked child."""
     import uvloop
 
@@ -166,6 +190,6 @@ def worker_main(number: int, config: ServerConfig, server_tls: ServerTls, metric
     async def main() -> int:
         # aiohttp's server objects bind to the running loop: build them inside it.
         generation = Generation(number, config, server_tls, metrics, ConnectionCount())
-        return await Worker(generation, listeners, workers, ready_fd).run()
+        return await Worker(generation, listeners, workers, ready_fd, slot).run()
 
     return uvloop.run(main())

@@ -8,8 +8,11 @@ found. Signatures during handshakes are made by pkcs11-provider inside each work
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import pickle
+import select
+import signal
+import time
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -156,24 +159,48 @@ def check_keys(library: str, token_label: str | None, pin: str | None,
 
 
 def check_keys_in_child(library: str, token_label: str | None, pin: str | None,
-                        checks: list[KeyCheck]) -> list[str]:
-    """`check_keys` in a forked child, so this process never initialises the PKCS#11 module."""
+                        checks: list[KeyCheck], timeout: float = 30.0) -> list[str]:
+    """`check_keys` in a forked child, so this process never initialises the PKCS#11 module.
+
+    Bounded: a token that does not answer within `timeout` is a problem, and the child is
+    killed (the master runs this on SIGHUP and must come back to its loop)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: check, report, and leave without running the parent's cleanup
         os.close(read_fd)
         try:
+            signal.set_wakeup_fd(-1)  # the master's wake-up pipe is not ours to write
             result = check_keys(library, token_label, pin, checks)
         except BaseException as exc:  # noqa: BLE001 - every failure is reported, none escapes
             result = [f"HSM check failed: {exc}"]
         with os.fdopen(write_fd, "wb") as out:
-            pickle.dump(result, out)
+            out.write(json.dumps(result).encode())
         os._exit(0)
     os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as reader:
-        data = reader.read()
+    data = b""
+    answered = False
+    deadline = time.monotonic() + timeout
+    try:
+        while not answered and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                readable, _, _ = select.select([read_fd], [], [], remaining)
+            except InterruptedError:
+                continue
+            if readable:
+                chunk = os.read(read_fd, 65536)
+                data += chunk
+                answered = not chunk  # EOF: the child has written all and is exiting
+    finally:
+        os.close(read_fd)
+    if not answered:
+        os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    return pickle.loads(data) if data else ["HSM check process died before answering"]
+    if not answered:
+        return [f"the HSM check did not finish within {timeout:g} s (is the token reachable?)"]
+    try:
+        return list(map(str, json.loads(data)))
+    except ValueError:
+        return ["HSM check process died before answering"]
 
 
 # -- qproxy hsm tools ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ import base64
 import os
 from pathlib import Path
 
+from ..config.files import SECRET_LIMIT, read_regular
 from ..config.model import HsmSection, OpensslSection, ServerConfig
 from ..errors import ConfigError
 
@@ -57,11 +58,12 @@ def resolve_pin(hsm: HsmSection, environ: dict[str, str] | None = None) -> str |
         return hsm.pin
     pin_file = hsm.pin_file or env.get(PIN_FILE_ENV)
     if pin_file:
+        data = read_regular(pin_file, "hsm.pin_file", "the PIN file", SECRET_LIMIT)
         try:
-            return Path(pin_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError("hsm.pin_file", f"cannot read the PIN file {pin_file!r}: "
-                              f"{exc.strerror}") from None
+            return data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError("hsm.pin_file", f"the PIN file {pin_file!r} is not UTF-8 "
+                              "text") from None
     return env.get(PIN_ENV)
 
 

@@ -7,13 +7,13 @@ reopening are its well-tested code; structlog owns the shape of each line.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 
 import structlog
 
 from ..config.model import LoggingSection
+from .logfile import LineFileHandler
 
 _LEVELS = {"warn": "warning"}
 
@@ -50,11 +50,14 @@ def configure_logging(section: LoggingSection, *, stream=None) -> None:
         console = logging.StreamHandler(stream or sys.stderr)
         console.setFormatter(formatter)
         root.addHandler(console)
+    # A handler that cannot write says nothing per record (no "--- Logging error ---"
+    # traceback on stderr); the file handler counts and reports its own failures.
+    logging.raiseExceptions = False
     if section.file:
-        # Every process appends whole lines (O_APPEND, one write per record: no torn lines)
-        # and reopens the file when it is moved away; the master rotates by size, or
+        # Every process appends whole lines (O_APPEND, one write per record, a short write cut
+        # back) and reopens the file when it is moved away; the master rotates by size, or
         # logrotate does and sends SIGUSR1.
-        file_handler = logging.handlers.WatchedFileHandler(section.file, encoding="utf-8")
+        file_handler = LineFileHandler(section.file)
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
     level = _LEVELS.get(section.level, section.level).upper()
@@ -84,16 +87,17 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
 
 
 def reopen_log_files() -> None:
-    """SIGUSR1: start writing to a file of the configured name again (after logrotate)."""
+    """SIGUSR1: open the configured file again (after logrotate), letting go of the old one
+    even if it was only deleted or truncated."""
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.handlers.WatchedFileHandler):
-            handler.reopenIfNeeded()
+        if isinstance(handler, LineFileHandler):
+            handler.reopen()
 
 
 def rotate_by_size(path: str, max_bytes: int, keep: int) -> bool:
     """Rotate `path` to `path.1` … `path.<keep>` when it has grown past `max_bytes`.
 
-    Run by the master only; the workers' WatchedFileHandlers notice the move and reopen."""
+    Run by the master only; every process's file handler notices the move and reopens."""
     try:
         if max_bytes <= 0 or os.stat(path).st_size < max_bytes:
             return False

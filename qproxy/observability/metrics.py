@@ -41,6 +41,10 @@ class Metrics:
         self.connections = Counter("qtls_connections", "Client connections accepted", registry=r)
         self.connections_refused = Counter(
             "qtls_connections_refused", "Connections refused by limits", ["limit"], registry=r)
+        self.accept_paused = Counter(
+            "qtls_accept_paused", "Times a worker stopped accepting: at its share of "
+            "max_connections (reason max_connections) or out of descriptors (the OS error)",
+            ["reason"], registry=r)
         self.requests = Counter("qtls_http_requests", "HTTP requests by status and upstream",
                                 ["status", "upstream"], registry=r)
         self.upstream_seconds = Histogram(

@@ -12,13 +12,14 @@ import datetime as dt
 import os
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
+from ..config.files import read_regular
 from ..config.model import KeyPair, ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError
 from ..keys import uri as pkcs11_uri
@@ -122,10 +123,8 @@ def check_platform() -> str:
 
 
 def _read(path: str, json_path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(json_path, f"cannot read {what} {path!r}: {exc.strerror}") from None
+    # Regular files only, and bounded: OpenSSL opens the same paths by name afterwards.
+    return read_regular(path, json_path, what)
 
 
 def _load_leaf(pair: KeyPair, json_path: str) -> x509.Certificate:
@@ -163,7 +162,7 @@ def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
     except TypeError:
         raise ConfigError(json_path + ".key", f"{pair.key!r} is encrypted; give an "
                           "unencrypted key (mode 0600) or keep it in an HSM") from None
-    except (ValueError, serialization.UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigError(json_path + ".key", f"{pair.key!r} is not a usable PEM private key "
                           f"({exc})") from None
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

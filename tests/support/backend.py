@@ -38,6 +38,11 @@ async def stream_bytes(request: web.Request) -> web.StreamResponse:
         response.content_length = size
     response.content_type = "application/octet-stream"
     await response.prepare(request)
+    if request.method == "HEAD":
+        # aiohttp would send what the handler writes even for HEAD (RFC 9110 9.3.2: no body),
+        # and the stray bytes poison the proxy's next request on that backend connection.
+        await response.write_eof()
+        return response
     remaining = size
     while remaining:
         piece = PATTERN[: min(CHUNK, remaining)]
@@ -82,6 +87,39 @@ async def hang(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def trickle(request: web.Request) -> web.StreamResponse:
+    """A chunked body a piece at a time until the test creates `release-ID` in the marker
+    directory (bounded: 30 s), then its end: a response that spans whatever the test does
+    meanwhile (a reload, a SIGTERM)."""
+    release = Path(request.app["markers"]) / f"release-{request.query.get('id', 'x')}"
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for _ in range(1500):
+        await response.write(b"t" * 100)
+        if release.exists():
+            break
+        await asyncio.sleep(0.02)
+    await response.write(b"end\n")
+    await response.write_eof()
+    return response
+
+
+async def die_after_head(request: web.Request) -> web.StreamResponse:
+    """Send the head and part of the body, then drop the connection: a backend crash."""
+    response = web.StreamResponse()
+    if request.query.get("framing") == "chunked":
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = 100_000
+    await response.prepare(request)
+    await response.write(b"d" * 1000)
+    await asyncio.sleep(0.2)  # the proxy has passed the head and the first bytes on
+    assert request.transport is not None
+    request.transport.abort()
+    return response
+
+
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(protocols=("ota.v1",))
     await ws.prepare(request)
@@ -94,6 +132,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """503 while the test has created `unhealthy` in the marker directory."""
+    if (Path(request.app["markers"]) / "unhealthy").exists():
+        return web.json_response({"status": "failing"}, status=503)
     return web.json_response({"status": "ok"})
 
 
@@ -105,6 +146,8 @@ def make_app(markers: str) -> web.Application:
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/slow", slow)
     app.router.add_get("/hang", hang)
+    app.router.add_get("/trickle", trickle)
+    app.router.add_get("/die-after-head", die_after_head)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     return app
@@ -113,4 +156,5 @@ def make_app(markers: str) -> web.Application:
 if __name__ == "__main__":
     port, markers = int(sys.argv[1]), sys.argv[2]
     print(f"backend listening on {port}", flush=True)
-    web.run_app(make_app(markers), host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(make_app(markers), host="127.0.0.1", port=port, access_log=None, print=None,
+                shutdown_timeout=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+import errno
 import json
 import os
 import signal
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -151,6 +154,22 @@ def tls_connect(port: int, ctx: SSL.Context | None = None, servername: str = "lo
     return conn
 
 
+class CloseKind(enum.Enum):
+    """How a peer ended a TLS connection, as the client sees it."""
+
+    CLOSE_NOTIFY = "close_notify"  # a TLS close_notify alert: the server closed on purpose
+    EOF = "eof"  # TCP FIN with no close_notify: a truncation attack looks the same
+    RESET = "reset"  # TCP RST: whatever was still in flight may be lost
+
+
+_close_kinds: "weakref.WeakKeyDictionary[SSL.Connection, CloseKind]" = weakref.WeakKeyDictionary()
+
+
+def close_kind(conn: SSL.Connection) -> CloseKind | None:
+    """How the connection ended, once a read has seen it end (None while it is open)."""
+    return _close_kinds.get(conn)
+
+
 def _recv_until(conn: SSL.Connection, buf: bytearray, marker: bytes) -> int:
     while (index := buf.find(marker)) < 0:
         chunk = _recv(conn)
@@ -161,14 +180,35 @@ def _recv_until(conn: SSL.Connection, buf: bytearray, marker: bytes) -> int:
 
 
 def _recv(conn: SSL.Connection) -> bytes:
+    """Plaintext, or b"" once the connection has ended (`close_kind` then says how)."""
     try:
         return conn.recv(65536)
     except SSL.ZeroReturnError:
+        _close_kinds[conn] = CloseKind.CLOSE_NOTIFY
         return b""
     except SSL.SysCallError as exc:
-        if exc.args and exc.args[0] in (-1, 104):
+        if exc.args and exc.args[0] == -1:
+            _close_kinds[conn] = CloseKind.EOF
+            return b""
+        if exc.args and exc.args[0] == errno.ECONNRESET:
+            _close_kinds[conn] = CloseKind.RESET
             return b""
         raise
+
+
+def read_until_closed(conn: SSL.Connection, timeout: float = 20.0) -> tuple[bytes, CloseKind]:
+    """Everything the server still sends, and how it then ended the connection. Bounded by
+    `timeout` (and by the socket's receive timeout per read)."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = _recv(conn)
+        if not chunk:
+            kind = close_kind(conn)
+            assert kind is not None
+            return bytes(data), kind
+        data += chunk
+    raise TimeoutError(f"connection still open after {timeout}s")
 
 
 class HttpResult:
@@ -176,12 +216,31 @@ class HttpResult:
         self.status = status
         self.headers = headers
         self.body = body
+        # False when the connection ended before the framing said the body was whole (a
+        # chunked body without its last chunk, fewer bytes than Content-Length).
+        self.complete = True
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+def wait_first_bytes(conn: SSL.Connection, path: str, timeout: float = 20.0) -> bytes:
+    """Send a GET and return the response's first bytes: proof that the request reached the
+    backend and its answer is under way (pass them on to `read_response(already=...)`)."""
+    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    while b"\r\n\r\n" not in buf or buf.endswith(b"\r\n\r\n"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no response body to {path} after {timeout}s")
+        chunk = _recv(conn)
+        if not chunk:
+            raise ConnectionError(f"connection closed before the response to {path}")
+        buf += chunk
+    return bytes(buf)
 
 
 def http_request(conn: SSL.Connection, method: str = "GET", path: str = "/",
@@ -197,8 +256,9 @@ def http_request(conn: SSL.Connection, method: str = "GET", path: str = "/",
     return read_response(conn, method)
 
 
-def read_response(conn: SSL.Connection, method: str = "GET") -> HttpResult:
-    buf = bytearray()
+def read_response(conn: SSL.Connection, method: str = "GET", already: bytes = b"") -> HttpResult:
+    """One response from the connection; `already`: its first bytes, read by the caller."""
+    buf = bytearray(already)
     end = _recv_until(conn, buf, b"\r\n\r\n")
     head = bytes(buf[:end]).decode("latin-1").split("\r\n")
     rest = bytearray(buf[end + 4:])
@@ -212,24 +272,37 @@ def read_response(conn: SSL.Connection, method: str = "GET") -> HttpResult:
         while len(rest) < int(length):
             chunk = _recv(conn)
             if not chunk:
+                result.complete = False
                 break
             rest += chunk
         result.body = bytes(rest[: int(length)])
     elif (result.header("Transfer-Encoding") or "").lower() == "chunked":
-        body = bytearray()
-        while True:
-            line_end = _recv_until(conn, rest, b"\r\n")
-            size = int(bytes(rest[:line_end]).split(b";")[0], 16)
-            del rest[: line_end + 2]
-            if size == 0:
-                break
-            while len(rest) < size + 2:
-                rest += _recv(conn)
-            body += rest[:size]
-            del rest[: size + 2]
-        result.body = bytes(body)
+        result.body, result.complete = _read_chunked(conn, rest)
     else:
         while chunk := _recv(conn):
             rest += chunk
         result.body = bytes(rest)
     return result
+
+
+def _read_chunked(conn: SSL.Connection, rest: bytearray) -> tuple[bytes, bool]:
+    """The chunked body, and whether its last chunk (and trailer end) arrived."""
+    body = bytearray()
+    try:
+        while True:
+            line_end = _recv_until(conn, rest, b"\r\n")
+            size = int(bytes(rest[:line_end]).split(b";")[0], 16)
+            del rest[: line_end + 2]
+            if size == 0:
+                _recv_until(conn, rest, b"\r\n")  # the (empty) trailer section's end
+                return bytes(body), True
+            while len(rest) < size + 2:
+                chunk = _recv(conn)
+                if not chunk:
+                    body += rest[:size]
+                    return bytes(body), False
+                rest += chunk
+            body += rest[:size]
+            del rest[: size + 2]
+    except ConnectionError:
+        return bytes(body), False
