@@ -23,11 +23,11 @@ from typing import Awaitable, Callable
 from ..config.model import ServerSection
 from .connection import HttpConnection
 from .request import PHRASES, BadRequest, HttpRequest, error_body
-from .request_body import BodyLimits, RequestBody
+from .request_body import BODY_HIGH_WATER, BodyLimits, RequestBody
 from .request_cycle import RequestCycle
 from .tunnel import TunnelPeer
 
-__all__ = ["PHRASES", "SERVER_SHUTDOWN", "BadRequest", "HttpConnection", "HttpProtocol",
+__all__ = ["BODY_HIGH_WATER", "PHRASES", "SERVER_SHUTDOWN", "BadRequest", "HttpConnection", "HttpProtocol",
            "HttpRequest", "HttpServer", "RequestBody", "TunnelPeer", "error_body"]
 
 # The responder a handler answers through.
