@@ -82,7 +82,7 @@ class Answering:
             self.answer_error(item, log=True)
             return
         self.set_write(WriteState.WAITING)
-        self._conn.transport.request_started()
+        self._conn.lifecycle.request_started()
         cycle = self.cycle = RequestCycle(self, item)
         cycle.task = self._conn.loop.create_task(cycle.run())
 
@@ -115,7 +115,7 @@ class Answering:
     def _finish(self) -> None:
         conn = self._conn
         self.cycle = None
-        conn.transport.request_finished()
+        conn.lifecycle.request_finished()
         if self.write_state is WriteState.CLOSED:
             return
         if not self._keep_alive or self.server.closing:

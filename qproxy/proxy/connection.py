@@ -9,7 +9,7 @@ After an upgrade the `TunnelProtocol` takes the transport over (`transport.set_p
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .answering import Answering
 from .flow import FlowControl
@@ -26,30 +26,38 @@ FEED_SLICE = 16 * 1024
 _UPGRADING = "upgrading"  # why input is paused between an upgrade request and its answer
 
 
-class HttpTransport(Protocol):
-    """The transport the connection needs: asyncio's, plus the seam to TLS
-    (`tls.protocol.RequestLifecycle`, implemented by `TlsAppTransport`)."""
+@runtime_checkable
+class RequestLifecycle(Protocol):
+    """What the connection tells a transport that wants to know when a request is in hand
+    (the seam HTTP -> TLS: `TlsAppTransport` stops its request-head deadline meanwhile). A
+    transport without it (a plain one, in tests) is told nothing."""
 
-    def write(self, data: bytes) -> None: ...
-    def is_closing(self) -> bool: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def get_extra_info(self, name: str, default: object = None) -> object: ...
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None: ...
     def request_started(self) -> None: ...
     def request_finished(self) -> None: ...
 
 
+class _Untold:
+    __slots__ = ()
+
+    def request_started(self) -> None:
+        pass
+
+    def request_finished(self) -> None:
+        pass
+
+
+_UNTOLD = _Untold()
+
+
 class HttpConnection(asyncio.Protocol):
-    __slots__ = ("server", "loop", "transport", "remote", "_reader", "read_state", "flow",
-                 "_stash", "_upgrade_bytes", "answers")
+    __slots__ = ("server", "loop", "transport", "lifecycle", "remote", "_reader", "read_state",
+                 "flow", "_stash", "_upgrade_bytes", "answers")
 
     def __init__(self, server: "HttpServer") -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
-        self.transport: HttpTransport = None  # type: ignore[assignment]  # connection_made
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
+        self.lifecycle: RequestLifecycle = _UNTOLD
         self.remote = "-"
         self._reader = RequestReader(self, server.section, server.body_limits)
         self.read_state = ReadState.IDLE  # changed only through set_read
@@ -70,6 +78,8 @@ class HttpConnection(asyncio.Protocol):
     # -- asyncio side ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if isinstance(transport, RequestLifecycle):
+            self.lifecycle = transport
         self.flow = FlowControl(transport)  # type: ignore[arg-type]
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else "-"
