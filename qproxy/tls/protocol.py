@@ -72,14 +72,6 @@ class AppProtocol(Protocol):
         close. Only called between requests that have begun to arrive."""
 
 
-class RequestLifecycle(Protocol):
-    """What the application tells its transport (the seam HTTP -> TLS): while a request is
-    in hand the request-head deadline does not run."""
-
-    def request_started(self) -> None: ...
-    def request_finished(self) -> None: ...
-
-
 def looks_like_plain_http(first_bytes: bytes) -> bool:
     return bool(first_bytes) and first_bytes[0] != TLS_HANDSHAKE_RECORD and bool(
         _PLAIN_HTTP.match(first_bytes))
@@ -521,7 +513,8 @@ class TlsAppTransport(asyncio.Transport):
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol.app  # type: ignore[return-value]
 
-    # RequestLifecycle: the request-head deadline stops while a request is in hand.
+    # The HTTP side's RequestLifecycle (proxy.connection): the request-head deadline stops
+    # while a request is in hand.
     def request_started(self) -> None:
         self._protocol.request_started()
 

@@ -57,7 +57,7 @@ class MockTransport(asyncio.Transport):
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self.protocol
 
-    # tls.protocol.RequestLifecycle
+    # proxy.connection.RequestLifecycle
     def request_started(self) -> None:
         self.started += 1
 
