@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: run test dev-install system-deps system-deps-test clean
+.PHONY: run test dev-install system-deps system-deps-test clean fuzz
 .PHONY: install uninstall check-packaging packaging-tools bench mutate
 
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,10 @@ run: dev-install
 
 test: system-deps-test packaging-tools $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The HTTP property fuzzing at length (make test runs a bounded profile of the same tests).
+fuzz: $(VENV)/.installed
+	QPROXY_FUZZ=deep $(VENV)/bin/python -m pytest tests/test_http_fuzz.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) run .pytest_cache *.egg-info

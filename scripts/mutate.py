@@ -40,14 +40,22 @@ DEFAULT_PATHS = ("qproxy/proxy", "qproxy/tls/protocol.py", "qproxy/daemon")
 # Tests that claim a module's behaviour without importing it by name. "e2e" entries run only
 # with --e2e. Files that do not exist (yet) are ignored.
 TESTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "qproxy/proxy/http.py": {"fast": (), "e2e": ("tests/test_e2e_http.py",)},
+    "qproxy/proxy/http.py": {"fast": ("tests/test_http_protocol.py",),
+                             "e2e": ("tests/test_e2e_http.py",)},
+    **{f"qproxy/proxy/{name}.py": {"fast": ("tests/test_http_protocol.py",
+                                            "tests/test_http_fuzz.py"),
+                                   "e2e": ("tests/test_e2e_http.py",
+                                           "tests/test_e2e_http_limits.py")}
+       for name in ("connection", "answering", "request_cycle", "request_reader",
+                    "request_body", "request", "flow", "tunnel", "http_state")},
     "qproxy/proxy/handler.py": {"fast": (), "e2e": ("tests/test_e2e_proxy.py",
                                                      "tests/test_e2e_http.py")},
     "qproxy/proxy/backend.py": {"fast": ("tests/test_backend.py",),
                                 "e2e": ("tests/test_e2e_streaming.py",)},
     "qproxy/proxy/upstream.py": {"fast": ("tests/test_upstream.py",), "e2e": ()},
     "qproxy/proxy/headers.py": {"fast": ("tests/test_headers.py",), "e2e": ()},
-    "qproxy/tls/protocol.py": {"fast": (), "e2e": ("tests/test_e2e_tls.py",)},
+    "qproxy/tls/protocol.py": {"fast": ("tests/test_tls_protocol.py",),
+                               "e2e": ("tests/test_e2e_tls.py", "tests/test_e2e_http_limits.py")},
     "qproxy/daemon/worker.py": {"fast": ("tests/test_daemon_units.py",),
                                 "e2e": ("tests/test_e2e_workers.py",)},
     "qproxy/daemon/master.py": {"fast": ("tests/test_daemon_units.py",),

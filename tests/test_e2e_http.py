@@ -361,9 +361,6 @@ def test_websocket_frames_sent_with_the_upgrade_request_reach_the_backend(server
     assert reply[4:] == payload[::-1]
 
 
-@pytest.mark.xfail(strict=True, reason="after the client's close_notify the server shuts its side "
-                   "with a bare FIN: TlsServerMachine.close() does nothing once the peer has "
-                   "closed (see test_tls_machine.test_close_notify_is_answered_with_close_notify)")
 def test_client_close_notify_is_answered_with_close_notify(server):
     conn = tls_connect(server.port)
     assert http_request(conn, "GET", "/echo").status == 200

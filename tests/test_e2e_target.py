@@ -14,11 +14,6 @@ import pytest
 from tests.conftest import make_config
 from tests.support.harness import http_request, read_response, tls_connect
 
-ROUTED = pytest.mark.xfail(
-    strict=True, reason="until proxy/http.py routes on normalise_target and refuses with "
-                        "check_request_framing (issue 11, defects 6 and 8): remove this mark then")
-
-
 class _Reporter(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -88,7 +83,6 @@ def test_header_names_with_underscores_never_reach_the_backend(proxy):
     assert ["X-Kept", "yes"] in seen["headers"]
 
 
-@ROUTED
 @pytest.mark.parametrize("sent,server,target", [
     ("/internal/../public/x", "public", "/public/x"),
     ("/public/%2e%2e/internal/secret", "internal", "/internal/secret"),
@@ -106,7 +100,6 @@ def test_a_normal_target_is_forwarded_as_sent(proxy):
     assert (seen["server"], seen["target"]) == ("public", "/public/a;b=c/d?x=%20&y=/../")
 
 
-@ROUTED
 @pytest.mark.parametrize("sent", ["/../x", "/public/../../internal/secret", "/%2e%2e/x",
                                   "/public/%00", "/public/%zz", "/public/..;/internal/secret"])
 def test_targets_refused_with_400_and_the_connection_serves_no_more(proxy, sent):
@@ -114,7 +107,6 @@ def test_targets_refused_with_400_and_the_connection_serves_no_more(proxy, sent)
     assert http_request(tls_connect(proxy.port), "GET", "/public/ok").status == 200
 
 
-@ROUTED
 @pytest.mark.parametrize("fields,status", [
     (b"Transfer-Encoding: gzip, chunked\r\n", 501),
     (b"Transfer-Encoding: identity, chunked\r\n", 501),

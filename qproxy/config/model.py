@@ -43,6 +43,15 @@ class ServerSection(Section):
     max_request_line: Annotated[int, Field(ge=256)] = 8190
     max_header_size: Annotated[int, Field(ge=256)] = 8190
     max_header_count: Annotated[int, Field(ge=1)] = 100
+    # Request bodies are read whole before a backend is chosen (nginx's proxy_request_buffering
+    # on): a client trickling its body holds no backend connection. Larger than
+    # client_max_body_size: 413 (0: no limit). nginx's default of 1 MiB refuses ordinary
+    # uploads; 1 GiB still bounds the disk one request can take. Up to client_body_buffer_size
+    # is kept in memory, the rest in a nameless 0600 temp file in client_body_temp_path
+    # (default: the system's temp directory).
+    client_max_body_size: Annotated[int, Field(ge=0)] = 1 << 30
+    client_body_buffer_size: Annotated[int, Field(ge=0)] = 16 * 1024
+    client_body_temp_path: str | None = None
 
 
 class TlsSection(Section):

@@ -92,17 +92,26 @@ class ProxyHandler:
             request.headers, client_ip=request.remote, host=request.host,
             client_identity=self._identity(info), keep_upgrade=websocket)
         body = request.body
-        if body is not None and request.headers.get("Expect", "").lower() == "100-continue":
-            # Like nginx: answer the client's Expect ourselves rather than forwarding it.
-            if request.version != "1.0":
-                responder.send_interim(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if body is not None:
+            # Read whole before a backend is involved (nginx's proxy_request_buffering); the
+            # body answers an Expect: 100-continue itself, so it is not forwarded.
+            try:
+                await body.buffer()
+            except BadRequest as exc:
+                exchange.error = str(exc)
+                return _short(responder, request, exchange, exc.status,
+                              f"{PHRASES.get(exc.status, 'Error')}: {exc}")
+            except ConnectionError as exc:
+                exchange.status = CLIENT_CLOSED_REQUEST
+                exchange.error = str(exc) or "client closed the connection"
+                return
         headers.popall("Expect", None)
         # A body without Content-Length (the client sent it chunked) goes on chunked.
         chunked = body is not None and "Content-Length" not in headers
         if chunked:
             headers["Transfer-Encoding"] = "chunked"
         try:
-            head = encode_request_head(request.method, request.raw_path, headers,
+            head = encode_request_head(request.method, request.target, headers,
                                        upstream.name)
         except ValueError as exc:
             return _short(responder, request, exchange, 400, f"Bad Request: {exc}")
@@ -169,8 +178,8 @@ class ProxyHandler:
                      and backend.status not in (204, 304) else None)
             if whole is not None:
                 # Already complete: head and body leave in one write, one TLS record.
-                exchange.bytes_out = len(whole)
-                responder.send_response(request, backend.status, backend.reason, fields, whole)
+                exchange.bytes_out = responder.send_response(
+                    request, backend.status, backend.reason, fields, whole)
                 return
             length = backend.headers.get("Content-Length")
             responder.start_response(request, backend.status, backend.reason, fields,

@@ -36,8 +36,7 @@ Choices where the RFCs leave room; "nginx" means nginx 1.22's `$uri`, checked on
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 __all__ = ["Target", "TargetError", "normalise_target", "check_request_framing"]
 
@@ -51,14 +50,16 @@ class TargetError(Exception):
         super().__init__(reason)
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     """A request target, normalised.
 
     path: for routing: percent-decoded (UTF-8, undecodable bytes as surrogate escapes), no
         query, no `.`/`..`/empty segments; `*` for the asterisk form.
     forward: for the backend's request line: origin-form path with the query as sent.
     authority: the `host[:port]` of an absolute-form target, else None.
+
+    A NamedTuple (immutable, compared and hashed by value) rather than a frozen dataclass,
+    whose __init__ costs ~2.5 us: this is made for every request.
     """
 
     path: str

@@ -34,16 +34,25 @@ ALERT_NAMES = {
 class TlsState(enum.Enum):
     HANDSHAKING = "handshaking"
     OPEN = "open"
-    CLOSED = "closed"  # close_notify sent or received
+    # The peer sent close_notify and will send nothing more, but it still reads: what we
+    # owe it (the response to the request in hand) can go, then our close_notify (a TLS 1.3
+    # half-close, RFC 8446 section 6.1).
+    PEER_CLOSED = "peer closed"
+    CLOSED = "closed"  # our close_notify queued: nothing more is sent or read
     FAILED = "failed"
 
 
 _TRANSITIONS = {
     TlsState.HANDSHAKING: {TlsState.OPEN, TlsState.FAILED, TlsState.CLOSED},
-    TlsState.OPEN: {TlsState.CLOSED, TlsState.FAILED},
+    TlsState.OPEN: {TlsState.PEER_CLOSED, TlsState.CLOSED, TlsState.FAILED},
+    TlsState.PEER_CLOSED: {TlsState.CLOSED, TlsState.FAILED},
     TlsState.CLOSED: {TlsState.CLOSED, TlsState.FAILED},
     TlsState.FAILED: set(),
 }
+# States in which nothing more is read.
+_DEAF = frozenset({TlsState.PEER_CLOSED, TlsState.CLOSED, TlsState.FAILED})
+# States in which application data may still be sent.
+CAN_SEND = frozenset({TlsState.OPEN, TlsState.PEER_CLOSED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +147,9 @@ class TlsServerMachine:
         Raises TlsFailure on a fatal error; the alert (if OpenSSL made one) is then waiting in
         `data_to_send()`.
         """
-        if self._state in (TlsState.FAILED,):
+        if self._state in _DEAF:
+            # Nothing can follow a close_notify: bytes the peer sends after its own (or after
+            # ours) are dropped, not kept in the input BIO while the answer is still going out.
             return []
         if data:
             openssl_ext.feed_ciphertext(self._conn, data)
@@ -165,12 +176,12 @@ class TlsServerMachine:
         if data:
             events.append(DataReceived(data))
         if closed:
-            self._set_state(TlsState.CLOSED)
+            self._set_state(TlsState.PEER_CLOSED)
             events.append(PeerClosed())
 
     def send(self, plaintext: bytes) -> None:
         """Encrypt application data; the records wait in `data_to_send()`."""
-        if self._state is not TlsState.OPEN:
+        if self._state not in CAN_SEND:
             raise RuntimeError(f"cannot send application data in TLS state {self._state.value}")
         try:
             openssl_ext.write_plaintext(self._conn, plaintext)
@@ -178,8 +189,8 @@ class TlsServerMachine:
             raise self._fail(exc) from None
 
     def close(self) -> None:
-        """Queue close_notify."""
-        if self._state in (TlsState.OPEN, TlsState.HANDSHAKING):
+        """Queue close_notify (also after the peer's: that is what answers it)."""
+        if self._state in (TlsState.OPEN, TlsState.HANDSHAKING, TlsState.PEER_CLOSED):
             try:
                 self._conn.shutdown()
             except SSL.Error:

@@ -143,6 +143,12 @@ def take_output(connection: SSL.Connection) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def pending_input(connection: SSL.Connection) -> int:
+    """Bytes received and not yet consumed by OpenSSL (in the input memory BIO)."""
+    pointer = _ffi.new("char **")
+    return int(_lib.BIO_get_mem_data(connection._into_ssl, pointer))
+
+
 def feed_ciphertext(connection: SSL.Connection, data: bytes) -> None:
     """Bytes from the network into the connection's input BIO (a memory BIO cannot refuse
     them short of running out of memory); pyOpenSSL's `bio_write` without its checks."""

@@ -10,6 +10,7 @@ Modelled on CPython's `asyncio.sslproto`, with pyOpenSSL instead of `ssl`.
 from __future__ import annotations
 
 import asyncio
+import enum
 import re
 import time
 from dataclasses import dataclass
@@ -29,13 +30,19 @@ from .machine import (
 
 TLS_HANDSHAKE_RECORD = 0x16
 _PLAIN_HTTP = re.compile(rb"^[A-Z]{3,7} ")
+_PLAIN_HTTP_BODY = b"400 Bad Request: plain HTTP was sent to an HTTPS port.\r\n\r\n"
 PLAIN_HTTP_RESPONSE = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-    b"Content-Length: 59\r\n\r\n"
-    b"400 Bad Request: plain HTTP was sent to an HTTPS port.\r\n\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
 )
-REQUEST_TIMEOUT_BODY = b"408 Request Timeout: the request headers did not arrive in time.\n"
 LINGER_SECONDS = 2.0
+# The socket transport pauses the application past this much unsent ciphertext, so a client
+# that does not read holds at most this much (plus one write) of ours.
+WRITE_HIGH_WATER = 64 * 1024
+WRITE_LOW_WATER = 16 * 1024
+# Plaintext is encrypted this much at a time and its records handed on at once: OpenSSL's
+# output memory BIO keeps the capacity of the largest write it ever held.
+ENCRYPT_SLICE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,16 @@ class ConnectionObserver(Protocol):
     def connection_closed(self) -> None: ...
 
 
+class AppProtocol(Protocol):
+    """What the TLS side asks of the application protocol above it (`proxy.http`), besides
+    asyncio.Protocol's callbacks (each called once, in order: connection_made, data_received
+    and eof_received, connection_lost)."""
+
+    def request_head_timed_out(self) -> None:
+        """The request head did not arrive within client_header_timeout: answer (408) and
+        close. Only called between requests that have begun to arrive."""
+
+
 def looks_like_plain_http(first_bytes: bytes) -> bool:
     return bool(first_bytes) and first_bytes[0] != TLS_HANDSHAKE_RECORD and bool(
         _PLAIN_HTTP.match(first_bytes))
@@ -67,12 +84,57 @@ def format_peer(peername: Any) -> str:
     return str(peername)
 
 
+class Phase(enum.Enum):
+    """The socket's side of the connection."""
+
+    NEW = "new"  # nothing received yet (the first bytes are checked for plain HTTP)
+    READING = "reading"
+    INPUT_ENDED = "input ended"  # the peer's TCP FIN: we may still write
+    LINGERING = "lingering"  # our side shut; what comes is read and dropped until the close
+    CLOSED = "closed"
+
+
+_PHASES = {
+    Phase.NEW: {Phase.READING, Phase.INPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
+    Phase.READING: {Phase.INPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
+    Phase.INPUT_ENDED: {Phase.LINGERING, Phase.CLOSED},
+    Phase.LINGERING: {Phase.CLOSED},
+    Phase.CLOSED: set(),
+}
+
+
+class AppPhase(enum.Enum):
+    """Where the application protocol is in its lifecycle: each callback at most once, in
+    this order (asyncio's contract, which a TLS layer could otherwise break: close_notify
+    and then the TCP FIN are two ends of input)."""
+
+    NONE = "none"  # not made yet: no request byte has arrived
+    OPEN = "open"
+    INPUT_ENDED = "input ended"  # eof_received delivered
+    LOST = "lost"  # connection_lost delivered
+
+
+_APP_PHASES = {
+    AppPhase.NONE: {AppPhase.OPEN},
+    AppPhase.OPEN: {AppPhase.INPUT_ENDED, AppPhase.LOST},
+    AppPhase.INPUT_ENDED: {AppPhase.LOST},
+    AppPhase.LOST: set(),
+}
+
+
 class TlsServerProtocol(asyncio.Protocol):
+    """The socket side of one TLS connection, and the application protocol's lifecycle.
+
+    Longer than our ~250-line rule, for a reason: one of these lives as long as each
+    connection, idle ones included, and the idle-connection memory target counts its bytes;
+    the request-head deadline, the lingering close and the app's lifecycle kept here cost a
+    few slots, where helper objects would cost an object each per idle connection. Each job
+    has its own section below and its own state (`Phase`, `AppPhase`, the machine's)."""
+
     # Slots: one of these lives as long as each connection (an idle one too).
     __slots__ = ("_context_factory", "_app_factory", "_observer", "_limits", "_transport",
-                 "_machine", "_app", "_app_transport", "_peer", "_started", "_first_data",
-                 "_lingering", "_write_paused", "_timer", "_header_deadline", "_in_request",
-                 "_closed")
+                 "_machine", "_app", "_app_phase", "_peer", "_started", "_phase",
+                 "_write_paused", "_timer", "_header_deadline", "_in_request")
 
     def __init__(
         self,
@@ -88,20 +150,40 @@ class TlsServerProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._machine: TlsServerMachine | None = None
         self._app: asyncio.Protocol | None = None
-        self._app_transport: TlsAppTransport | None = None
+        self._app_phase = AppPhase.NONE
         self._peer = "-"
         self._started = 0.0
-        self._first_data = True
-        self._lingering = False
+        self._phase = Phase.NEW
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._header_deadline: float | None = None  # its key in the loop's `Deadlines`
         self._in_request = False
-        self._closed = False
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def app_phase(self) -> AppPhase:
+        return self._app_phase
+
+    def _set_phase(self, new: Phase) -> None:
+        if new not in _PHASES[self._phase]:
+            raise RuntimeError(f"connection phase {self._phase.value} -> {new.value} is not "
+                               "allowed")
+        self._phase = new
+
+    def _set_app_phase(self, new: AppPhase) -> bool:
+        """Move the application on; False (and nothing happens) if it was already there."""
+        if new not in _APP_PHASES[self._app_phase]:
+            return False
+        self._app_phase = new
+        return True
 
     # -- socket side ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)  # type: ignore[attr-defined]
         self._peer = format_peer(transport.get_extra_info("peername"))
         self._started = time.monotonic()
         self._machine = TlsServerMachine(self._context_factory())
@@ -109,10 +191,11 @@ class TlsServerProtocol(asyncio.Protocol):
         self._timer = loop.call_later(self._limits.handshake_timeout, self._handshake_timed_out)
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering or self._machine is None:
-            return
-        if self._first_data:
-            self._first_data = False
+        phase = self._phase
+        if phase is not Phase.READING:
+            if phase is not Phase.NEW or self._machine is None:
+                return  # lingering (or closed): read and dropped
+            self._set_phase(Phase.READING)
             if looks_like_plain_http(data[:8]):
                 self._observer.plain_http(self._peer)
                 self._cancel_timer()
@@ -120,6 +203,7 @@ class TlsServerProtocol(asyncio.Protocol):
                 self._transport.write(PLAIN_HTTP_RESPONSE)
                 self._linger_close()
                 return
+        assert self._machine is not None
         try:
             events = self._machine.receive(data)
         except TlsFailure as failure:
@@ -135,36 +219,65 @@ class TlsServerProtocol(asyncio.Protocol):
                 self._peer_closed()
 
     def eof_received(self) -> bool:
+        """The peer's TCP FIN. Returns True (keep our writing half open) while the application
+        still has something to say, as after a TLS half-close."""
+        if self._phase in (Phase.LINGERING, Phase.CLOSED):
+            return False
+        self._set_phase(Phase.INPUT_ENDED)
         handshaking = self._machine is not None and self._machine.info is None
-        if handshaking and not self._lingering:
+        if handshaking:
             self._cancel_timer()
             self._observer.handshake_failed(self._peer, "client closed the connection during "
                                             "the handshake", None, self._elapsed())
-        elif self._app is not None:
-            self._app.eof_received()
-        return False
+            return False
+        if self._app is None:
+            return False  # nothing was asked: nothing to answer
+        if not self._app_eof():
+            self._close_tls()
+        return self._phase is Phase.INPUT_ENDED
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._closed:
+        if self._phase is Phase.CLOSED:
             return
-        self._closed = True
+        self._set_phase(Phase.CLOSED)
         self._cancel_timer()
         self._cancel_header_timer()
-        if self._app is not None:
-            app, self._app = self._app, None
+        app = self._app
+        if app is not None and self._set_app_phase(AppPhase.LOST):
             app.connection_lost(exc)
         self._transport = None
         self._observer.connection_closed()
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        if self._app is not None:
+        if self._app is not None and self._app_phase is not AppPhase.LOST:
             self._app.pause_writing()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._app is not None:
+        if self._app is not None and self._app_phase is not AppPhase.LOST:
             self._app.resume_writing()
+
+    # -- the application protocol ------------------------------------------------------
+    def _app_eof(self) -> bool:
+        """Tell the application its input ended (once). True: it keeps the connection open
+        to finish; False: it has nothing more to say, so we close."""
+        app = self._app
+        if app is None or not self._set_app_phase(AppPhase.INPUT_ENDED):
+            return True  # already told: its answer then still stands
+        return bool(app.eof_received())
+
+    def set_app(self, protocol: asyncio.Protocol) -> None:
+        """Another protocol takes over the application side (an upgrade's byte tunnel)."""
+        if self._app_phase is AppPhase.LOST:
+            raise RuntimeError("the connection is lost: no protocol can take it over")
+        self._app = protocol
+        if self._write_paused:
+            protocol.pause_writing()
+
+    @property
+    def app(self) -> asyncio.Protocol | None:
+        return self._app
 
     # -- TLS events ----------------------------------------------------------------------
     def _elapsed(self) -> float:
@@ -181,25 +294,27 @@ class TlsServerProtocol(asyncio.Protocol):
         # request bytes arrive, not at the handshake: an idle TLS connection then costs only
         # the TLS state.
         assert self._machine is not None and self._machine.info is not None
-        self._app_transport = TlsAppTransport(self, self._machine.info)
-        self._app = self._app_factory()
-        self._app.connection_made(self._app_transport)
+        app = self._app = self._app_factory()
+        self._set_app_phase(AppPhase.OPEN)
+        app.connection_made(TlsAppTransport(self, self._machine.info))
         if self._write_paused:
-            self._app.pause_writing()
-        return self._app
+            app.pause_writing()
+        return app
 
     def _deliver(self, plaintext: bytes) -> None:
         if self._machine is None or self._machine.info is None:
             return
         app = self._app or self._start_app()
+        if self._app_phase is not AppPhase.OPEN:
+            return  # lost (or ended) meanwhile
         if not self._in_request and self._header_deadline is None:
             self._arm_header_timer()
         app.data_received(plaintext)
 
     def _peer_closed(self) -> None:
-        if self._app is not None:
-            self._app.eof_received()
-        self._close_tls()
+        """The peer's close_notify: the request in hand is still answered (RFC 8446 6.1)."""
+        if self._app is None or not self._app_eof():
+            self._close_tls()
 
     def _tls_failed(self, failure: TlsFailure) -> None:
         self._cancel_timer()
@@ -236,7 +351,7 @@ class TlsServerProtocol(asyncio.Protocol):
     def awaiting_first_request(self) -> bool:
         """Handshake done, no request byte yet (no HTTP side made)."""
         return (self._machine is not None and self._machine.info is not None
-                and self._app is None and not self._lingering and not self._closed)
+                and self._app is None and self._phase is Phase.READING)
 
     def close_if_idle(self) -> None:
         """At shutdown: close_notify to a connection that has not sent a request, which the
@@ -252,25 +367,36 @@ class TlsServerProtocol(asyncio.Protocol):
         self._in_request = False
 
     def _header_timed_out(self) -> None:
-        if self._in_request or self._closed or self._machine is None:
+        if self._in_request or self._phase in (Phase.LINGERING, Phase.CLOSED) or (
+                self._machine is None):
             return
-        info = self._machine.info
-        self._observer.request_timeout(self._peer, info)
-        head = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
-                b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(REQUEST_TIMEOUT_BODY))
-        self.write_plaintext(head + REQUEST_TIMEOUT_BODY)
-        self._close_tls()
+        app = self._app
+        if app is None or self._app_phase is not AppPhase.OPEN:
+            # Not one request byte since the handshake: close (with close_notify) and answer
+            # nothing, as nginx does. Nobody is waiting for an answer, and an unasked 408
+            # could be read by a client as the answer to a request it sends meanwhile.
+            self._close_tls()
+            return
+        self._observer.request_timeout(self._peer, self._machine.info)
+        app.request_head_timed_out()  # type: ignore[attr-defined]
 
     # -- writing and closing -------------------------------------------------------------
     def write_plaintext(self, data: bytes) -> None:
-        if self._machine is None or self._transport is None or self._lingering:
+        machine = self._machine
+        if machine is None or self._transport is None or self._phase in (
+                Phase.LINGERING, Phase.CLOSED):
             return
         try:
-            self._machine.send(data)
+            if len(data) <= ENCRYPT_SLICE:
+                machine.send(data)
+                self._flush()
+                return
+            view = memoryview(data)
+            for start in range(0, len(data), ENCRYPT_SLICE):
+                machine.send(bytes(view[start:start + ENCRYPT_SLICE]))
+                self._flush()
         except (TlsFailure, RuntimeError):
             self.abort()
-            return
-        self._flush()
 
     def _flush(self) -> None:
         if self._machine is None or self._transport is None:
@@ -281,6 +407,8 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def _close_tls(self) -> None:
         """close_notify, then a half-close so the peer reads it before any TCP reset."""
+        if self._phase in (Phase.LINGERING, Phase.CLOSED):
+            return
         if self._machine is not None:
             self._machine.close()
             self._flush()
@@ -288,14 +416,16 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def _linger_close(self) -> None:
         # Closing a socket with unread input sends a RST, which can overtake our last bytes
-        # (an alert, a 400): shut our side, read and drop what comes, then close.
-        if self._lingering or self._transport is None:
+        # (an alert, a 400): shut our side, read and drop what comes, then close. When the
+        # peer has already shut its side there is nothing to drain: close once all is sent.
+        if self._phase in (Phase.LINGERING, Phase.CLOSED) or self._transport is None:
             return
-        self._lingering = True
+        input_ended = self._phase is Phase.INPUT_ENDED
+        self._set_phase(Phase.LINGERING)
         self._cancel_timer()
         self._cancel_header_timer()
         transport = self._transport
-        if transport.can_write_eof():
+        if not input_ended and transport.can_write_eof():
             transport.write_eof()
             self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
         else:
@@ -306,7 +436,7 @@ class TlsServerProtocol(asyncio.Protocol):
             self._transport.abort()
 
     def is_closing(self) -> bool:
-        return self._closed or self._lingering or (
+        return self._phase in (Phase.LINGERING, Phase.CLOSED) or (
             self._transport is not None and self._transport.is_closing())
 
     def _cancel_timer(self) -> None:
@@ -377,6 +507,14 @@ class TlsAppTransport(asyncio.Transport):
         transport = self._protocol.socket_transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol.set_app(protocol)  # type: ignore[arg-type]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol.app  # type: ignore[return-value]
+
+    # The HTTP side's RequestLifecycle (proxy.connection): the request-head deadline stops
+    # while a request is in hand.
     def request_started(self) -> None:
         self._protocol.request_started()
 
