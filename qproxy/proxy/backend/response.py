@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     from .connection import BackendConnection
 
 Fields = list[tuple[bytes, bytes]]
+
+# RFC 9112 7: transfer-coding = token *( OWS ";" OWS token "=" ( token / quoted-string ) ).
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_CODING = re.compile(rb"%s(?:[ \t]*;[ \t]*%s=(?:%s|\"[^\"\\]*\"))*" % (_TOKEN, _TOKEN, _TOKEN))
 
 
 class Framing(enum.Enum):
@@ -64,6 +69,9 @@ def response_head(status: int, reason: bytes, fields: Fields, head_only: bool) -
         return ResponseHead(status, text, fields, Framing.NONE,
                             announces_body=bool(codings) or bool(length))
     if codings:
+        if not all(_CODING.fullmatch(coding) for coding in codings):
+            raise BackendError(FailureKind.MALFORMED, "the backend sent a transfer coding that "
+                               "is not a token")
         if b"chunked" in codings[:-1]:
             raise BackendError(FailureKind.MALFORMED, "the backend applied a transfer coding "
                                "after chunked")
