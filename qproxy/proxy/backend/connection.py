@@ -124,6 +124,7 @@ class BackendConnection(asyncio.BufferedProtocol):
         if self._state not in ENDED:
             self._set_state(S.CLOSED)
         self._shut()
+        self.transport = None
         if client is not None:
             client.tunnel_closed()
 
@@ -192,7 +193,8 @@ class BackendConnection(asyncio.BufferedProtocol):
         assert self.transport is not None
         self._set_state(S.SENDING if request.body is not None else S.AWAITING_HEAD)
         self._reader.start(request.head_only, request.upgrade)
-        self._head_waiter = waiter = self.loop.create_future()
+        waiter = self.loop.create_future()
+        self._head_waiter = waiter
         if request.body is None:
             self.transport.write(request.head)
             self._since = self.loop.time()
@@ -207,6 +209,7 @@ class BackendConnection(asyncio.BufferedProtocol):
             raise
         finally:
             self._head_waiter = None
+            del waiter  # the raised error's traceback keeps this frame: not the future too
 
     # What the request sender reports.
     def request_sent(self) -> None:
@@ -239,7 +242,7 @@ class BackendConnection(asyncio.BufferedProtocol):
     def _wake_with(self, error: BackendError) -> None:
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+            waiter.set_exception(error.copy())
         if self._response is not None:
             self._response.fail(error)
 
@@ -334,5 +337,9 @@ class BackendConnection(asyncio.BufferedProtocol):
             sender.cancel()
         self.flow.lost()
         self._pool.forget(self)
+        # No cycles left to wait for a full GC: the reader lets go of its parser and of us,
+        # we of the response (its reader keeps what it needs).
+        self._reader.close()
+        self._response = None
         if self.transport is not None:
             self.transport.close()

@@ -40,6 +40,14 @@ class BackendError(Exception):
         self.cause = cause
         self.server: str | None = None
 
+    def copy(self) -> "BackendError":
+        """A new one to raise: an error that is kept (in a response, in a future) and raised
+        gets the raising frames in its traceback, and they hold what keeps it: a reference
+        cycle that only a full garbage collection frees, with the whole connection in it."""
+        error = BackendError(self.kind, str(self), self.retryable, self.cause)
+        error.server = self.server
+        return error
+
     @property
     def status(self) -> int:
         """What the client is answered (if it can still be answered)."""

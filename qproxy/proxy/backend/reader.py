@@ -33,6 +33,13 @@ class Phase(enum.Enum):
     DONE = "done"
 
 
+class _Gone:
+    """The sink of a closed reader: whatever still reports goes nowhere."""
+
+    def __getattr__(self, name: str):
+        return lambda *args: None
+
+
 class _PastResponse(Exception):
     """Bytes after the response: stop parsing them (they are never a response of their own)."""
 
@@ -43,7 +50,7 @@ class ResponseReader:
                  "keep_alive", "received")
 
     def __init__(self, sink: ResponseSink, head_limit: int) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._sink = sink
         self._limit = head_limit
         self.start(head_only=False, expect_upgrade=False)
@@ -60,6 +67,12 @@ class ResponseReader:
         self._framing = Framing.NONE
         self.keep_alive = False
         self.received = False  # any byte of this response: a failure then is not retryable
+
+    def close(self) -> None:
+        """The connection is gone: let go of the parser (it holds this reader's methods) and
+        the sink, so that refcounting frees them at once rather than a full GC, later."""
+        self._parser = None
+        self._sink = _Gone()
 
     @property
     def framing(self) -> Framing:
@@ -89,8 +102,11 @@ class ResponseReader:
 
     def _feed(self, data: bytes | memoryview) -> bool:
         """False once parsing has stopped (an error, a tunnel, or bytes past the response)."""
+        parser = self._parser
+        if parser is None:
+            return False
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
             return True
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
@@ -127,7 +143,7 @@ class ResponseReader:
         return False
 
     def _end(self, trailers: Fields | None) -> None:
-        if self._framing is Framing.CHUNKED:
+        if self._framing is Framing.CHUNKED and self._parser is not None:
             self._parser.set_dangerous_leniencies(lenient_chunked_length=False)
         self._phase = Phase.DONE
         self._sink.message_parsed(trailers)
@@ -149,6 +165,7 @@ class ResponseReader:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        assert parser is not None
         status = parser.get_status_code()
         if status < 200 and not (status == 101 and self._expect_upgrade):
             if status == 101:

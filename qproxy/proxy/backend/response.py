@@ -25,6 +25,8 @@ Fields = list[tuple[bytes, bytes]]
 
 # RFC 9112 7: transfer-coding = token *( OWS ";" OWS token "=" ( token / quoted-string ) ).
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# RFC 9112 4: reason-phrase = 1*( HTAB / SP / VCHAR / obs-text ); llhttp lets other bytes by.
+_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _CODING = re.compile(rb"%s(?:[ \t]*;[ \t]*%s=(?:%s|\"[^\"\\]*\"))*" % (_TOKEN, _TOKEN, _TOKEN))
 
 
@@ -64,7 +66,8 @@ def response_head(status: int, reason: bytes, fields: Fields, head_only: bool) -
             length = int(value.strip())  # llhttp has checked the digits and duplicates
         elif lower == b"transfer-encoding":
             codings += (c.strip().lower() for c in value.split(b",") if c.strip())
-    text = reason.decode("latin-1")
+    # A reason with bytes a client may choke on is dropped (it carries no meaning).
+    text = reason.decode("latin-1") if _REASON.fullmatch(reason) else ""
     if head_only or status in (204, 304) or status < 200:
         return ResponseHead(status, text, fields, Framing.NONE,
                             announces_body=bool(codings) or bool(length))
@@ -190,7 +193,7 @@ class BackendResponse:
         while not self._chunks and self._outcome is None:
             await self._wait()
         if isinstance(self._outcome, BackendError) and not self._chunks:
-            raise self._outcome
+            raise self._outcome.copy()
 
     async def read(self, most: int) -> bytes:
         """At most `most` bytes of the body; b"" at its end. Raises the BackendError that cut
@@ -213,7 +216,7 @@ class BackendResponse:
             if outcome is True:
                 return b""
             if outcome is not None:
-                raise outcome
+                raise outcome.copy()
             await self._wait()
 
     async def _wait(self) -> None:
