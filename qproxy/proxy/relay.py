@@ -55,7 +55,8 @@ async def _relay(request: HttpRequest, responder: HttpProtocol, response: Backen
     else:
         # nginx's postpone_output: a head that came alone waits for the first body bytes (or
         # the end), so that a small response leaves in one write, one TLS record.
-        await response.wait_for_body()
+        if not response.complete:
+            await response.wait_for_body()
         if not (response.trailers and request.trailers):
             whole = response.whole_body()
             if whole is not None:

@@ -13,7 +13,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import aiohttp
 
@@ -100,8 +100,7 @@ class ServerPool:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
+class Sent(NamedTuple):
     """A request the backend answered: its response (head arrived), which server, how long."""
 
     response: BackendResponse

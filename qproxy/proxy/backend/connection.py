@@ -17,7 +17,7 @@ from .errors import BackendError, FailureKind
 from .reader import ResponseReader
 from .response import BackendResponse, Fields, ResponseHead, TunnelClient
 from .sender import BackendRequest, WriteFlow, retrieve, send_request
-from .state import ENDED, IN_EXCHANGE, BackendState, check_transition
+from .state import BackendState, check_transition
 
 if TYPE_CHECKING:
     from .pool import ServerConnections
@@ -68,14 +68,16 @@ class BackendConnection(asyncio.BufferedProtocol):
 
     @property
     def closed(self) -> bool:
-        return self._state in ENDED
+        return self._state.ended
 
     @property
     def send_timeout(self) -> float:
         return self._settings.read_timeout
 
     def _set_state(self, new: BackendState) -> None:
-        check_transition(self._state, new)
+        old = self._state
+        if not new.bit & old.allowed:  # check_transition, inlined: the per-request path
+            check_transition(old, new)
         self._state = new
 
     # -- asyncio side ---------------------------------------------------------------------
@@ -111,17 +113,17 @@ class BackendConnection(asyncio.BufferedProtocol):
         if state is S.TUNNELLING:
             if self._tunnel_client is not None:
                 self._tunnel_client.tunnel_closed()
-        elif state in IN_EXCHANGE:
+        elif state.in_exchange:
             self._backend_closed()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.flow.lost()
         state = self._state
-        if state in IN_EXCHANGE:
+        if state.in_exchange:
             self._backend_closed()
         client, self._tunnel_client = self._tunnel_client, None
-        if self._state not in ENDED:
+        if not self._state.ended:
             self._set_state(S.CLOSED)
         self._shut()
         self.transport = None
@@ -233,7 +235,7 @@ class BackendConnection(asyncio.BufferedProtocol):
                                     "while the request body was being sent"))
 
     def _fail(self, error: BackendError) -> None:
-        if self._state in ENDED or self._state is S.COMPLETE:
+        if self._state.ended or self._state is S.COMPLETE:
             return
         self._set_state(S.FAILED)
         self._wake_with(error)
@@ -320,10 +322,10 @@ class BackendConnection(asyncio.BufferedProtocol):
     # -- closing ------------------------------------------------------------------------------
     def close(self) -> None:
         state = self._state
-        if state in ENDED:
+        if state.ended:
             return
         self._set_state(S.CLOSED)
-        if state in IN_EXCHANGE:
+        if state.in_exchange:
             self._wake_with(BackendError(FailureKind.CLOSED, "the backend connection was "
                                          "closed before the response was whole"))
         self._shut()
