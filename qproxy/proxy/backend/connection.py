@@ -39,6 +39,14 @@ class BackendSettings:
 
 
 class BackendConnection(asyncio.BufferedProtocol):
+    """The asyncio protocol of one backend connection and the state it moves through.
+
+    Past ~250 lines because it is the one object every callback of the connection lands on
+    (reads, the reader's reports, the sender's, the response buffer's, the tunnel's, the
+    timer): the jobs themselves live in `reader`, `response`, `sender` and `pool`, and what is
+    left here is dispatch on the state. Splitting the dispatch would add an object and a call
+    per event on every pooled connection and every request."""
+
     __slots__ = ("_pool", "_settings", "loop", "transport", "_state", "reused", "_reader",
                  "_response", "_head_waiter", "_sender", "flow", "_timer", "_since",
                  "_tunnel_client", "_leftover")
