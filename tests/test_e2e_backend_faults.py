@@ -390,3 +390,26 @@ def test_a_trickled_upload_holds_no_backend_connection_until_it_is_whole(proxy):
             elif isinstance(event, h11.EndOfMessage):
                 break
         assert response.status_code == 200 and body == b"11 11"  # sent with its length
+
+
+def test_a_chunked_upload_goes_with_its_length_unless_the_route_streams(proxy):
+    def framing(conn: Conn, request: Request) -> None:
+        body = b"%d %s %s" % (len(request.body), (request.header("Content-Length") or "-").encode(),
+                              (request.header("Transfer-Encoding") or "-").encode())
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    upload = (b"POST /up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+    expected = {True: b"7 7 -", False: b"7 - chunked"}
+    for buffering in (True, False):
+        with ScriptedBackend({"/up": framing}) as backend:
+            server = proxy(backend, routes=[{"upstream": "app",
+                                             "request_buffering": buffering}])
+            tls = tls_connect(server.port)
+            tls.sendall(upload)
+            data = b""
+            while not data.endswith(expected[buffering]):
+                chunk = _recv(tls)
+                assert chunk, data
+                data += chunk
+            server.stop()
