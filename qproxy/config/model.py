@@ -202,6 +202,12 @@ class UpstreamSection(Section):
     max_fails: Annotated[int, Field(ge=1)] = 1
     fail_timeout: PositiveFloat = 10.0
     health_check: HealthCheck | None = None
+    # nginx's proxy_buffer_size: a response head (status line and fields) past this is a 502
+    # "upstream sent too big header", and nothing of it reaches the client.
+    max_response_head_size: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
+    # nginx's proxy_buffers: response body held per connection for a client slower than the
+    # backend; past it, reading from the backend pauses.
+    response_buffer_size: Annotated[int, Field(ge=4096, le=64 * 1024 * 1024)] = 64 * 1024
 
     @field_validator("servers")
     @classmethod
@@ -215,6 +221,10 @@ class Route(Section):
     host: str | None = None
     path_prefix: str = "/"
     upstream: str
+    # nginx's proxy_request_buffering: the request body is read whole (memory, then a temp
+    # file) before a backend is involved, so a slow upload holds no backend connection.
+    # false streams it as it arrives, for uploads that need that.
+    request_buffering: bool = True
 
 
 class ServerConfig(Section):

@@ -160,8 +160,8 @@ class Observer:
             self._child(m.request_bytes, exchange.upstream).inc(exchange.bytes_in)
         if exchange.bytes_out:
             self._child(m.response_bytes, exchange.upstream).inc(exchange.bytes_out)
-        if exchange.error and exchange.status >= 500:
-            self._child(m.upstream_errors, exchange.upstream, status).inc()
+        if exchange.error_kind:
+            self._child(m.upstream_errors, exchange.upstream, exchange.error_kind).inc()
         if not self.access_log:
             if exchange.error:
                 # Like nginx's error_log: failures are logged even with the access log off.

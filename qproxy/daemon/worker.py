@@ -36,11 +36,16 @@ class Generation:
         self.observer = Observer(metrics, log, get_logger("qproxy.access"), server_tls,
                                  connections, access_log=config.logging.access_log)
 
-        def upstream_state(upstream: str, server: str, up: bool) -> None:
+        def upstream_state(upstream: str, server: str, up: bool, cause: str | None) -> None:
+            # Called once per change of a server's state (cause None: the state at start).
             metrics.upstream_up.labels(upstream, server).set(1 if up else 0)
             if not up:
                 log.warning("backend server taken out of rotation", upstream=upstream,
-                            server=server, retry_in_s=config.upstreams[upstream].fail_timeout)
+                            server=server, cause=cause,
+                            retry_in_s=config.upstreams[upstream].fail_timeout)
+            elif cause is not None:
+                log.info("backend server back in rotation", upstream=upstream, server=server,
+                         cause=cause)
 
         self.upstreams = {name: Upstream(name, section, upstream_state)
                           for name, section in config.upstreams.items()}

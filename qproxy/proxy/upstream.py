@@ -1,20 +1,30 @@
-"""Upstreams: backend servers in round robin, taken out when they fail and retried later.
+"""Upstreams: backend servers in round robin, taken out of rotation when they fail and tried
+again later; the upstream sends each request, retries where nothing can have been acted on,
+and keeps each server's health.
 
 `ServerPool` is plain state with an injectable clock (tested without sockets);
-`Upstream` adds the kept-alive backend connections and the optional active health check.
+`Upstream` adds the kept-alive backend connections, the sending and retrying, and the optional
+active health check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import aiohttp
 
 from ..config.model import Route, UpstreamSection, parse_host_port
-from .backend import ServerConnections
+from .backend import (BackendError, BackendRequest, BackendResponse, BackendSettings,
+                      FailureKind, ServerConnections)
+
+
+class Rotation(enum.Enum):
+    IN = "in rotation"
+    OUT = "out of rotation"  # failed max_fails times; tried again after fail_timeout
 
 
 @dataclass
@@ -24,6 +34,7 @@ class ServerState:
     port: int
     fails: int = 0
     down_until: float = 0.0
+    rotation: Rotation = Rotation.IN
 
     @property
     def base_url(self) -> str:
@@ -66,32 +77,61 @@ class ServerPool:
         return min(candidates, key=lambda s: s.down_until)
 
     def failed(self, server: ServerState) -> bool:
-        """Record a failure; True when it takes the server out of rotation."""
+        """Record a failure; True only when it takes the server out of rotation (a server
+        already out, tried again, stays out for another fail_timeout: no change)."""
+        if server.rotation is Rotation.OUT:
+            server.down_until = self.clock() + self.fail_timeout
+            return False
         server.fails += 1
         if server.fails >= self.max_fails:
             server.fails = 0
             server.down_until = self.clock() + self.fail_timeout
+            server.rotation = Rotation.OUT
             return True
         return False
 
-    def succeeded(self, server: ServerState) -> None:
+    def succeeded(self, server: ServerState) -> bool:
+        """Record a success; True when it brings the server back into rotation."""
         server.fails = 0
         server.down_until = 0.0
+        if server.rotation is Rotation.OUT:
+            server.rotation = Rotation.IN
+            return True
+        return False
+
+
+class Sent(NamedTuple):
+    """A request the backend answered: its response (head arrived), which server, how long."""
+
+    response: BackendResponse
+    server: str
+    seconds: float
+
+
+# Failures where nothing of the request reached the server: any request may go to the next.
+_NOTHING_SENT = frozenset({FailureKind.CONNECT, FailureKind.CONNECT_TIMEOUT})
+
+# (upstream, server, in rotation, cause): cause None for the initial state at start.
+StateCallback = Callable[[str, str, bool, "str | None"], None]
 
 
 class Upstream:
     def __init__(self, name: str, section: UpstreamSection,
-                 on_state: Callable[[str, str, bool], None] | None = None) -> None:
+                 on_state: StateCallback | None = None) -> None:
         self.name = name
         self.section = section
         self.pool = ServerPool.from_addresses(section.servers, section.max_fails,
                                               section.fail_timeout)
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=section.connect_timeout,
                                              sock_read=section.read_timeout)
-        self._on_state = on_state or (lambda upstream, server, up: None)
+        self._on_state = on_state or (lambda upstream, server, up, cause: None)
+        settings = BackendSettings(read_timeout=section.read_timeout,
+                                   max_head=section.max_response_head_size,
+                                   body_buffer=section.response_buffer_size)
         self._connections = {
             server.address: ServerConnections(server.host, server.port, section.keepalive,
-                                              section.idle_timeout, section.connect_timeout)
+                                              section.idle_timeout, section.connect_timeout,
+                                              settings)
             for server in self.pool.servers}
         self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -114,19 +154,61 @@ class Upstream:
 
     def start(self) -> None:
         for server in self.pool.servers:
-            self._on_state(self.name, server.address, True)
+            self._on_state(self.name, server.address, True, None)
         if self.section.health_check is not None and self._health_task is None:
             self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
 
-    def mark_failed(self, server: ServerState) -> None:
-        if self.pool.failed(server):
-            self._on_state(self.name, server.address, False)
+    async def send(self, request: BackendRequest) -> Sent:
+        """Send `request` to a server in rotation and return once its response head has come.
 
-    def mark_ok(self, server: ServerState) -> None:
-        was_down = not self.pool.is_up(server)
-        self.pool.succeeded(server)
-        if was_down:
-            self._on_state(self.name, server.address, True)
+        Retries, as nginx's proxy_next_upstream "error timeout" does where nothing can have
+        been acted on: a kept-alive connection the backend had closed unanswered is replaced
+        by a new one (if the body can be sent again); a server that cannot be connected to is
+        skipped for the next. Raises BackendError (with `server` set) otherwise; failures
+        that are the backend's count against its server."""
+        tried: set[str] = set()
+        while True:
+            server = self.pool.pick(frozenset(tried))
+            if server is None:
+                raise BackendError(FailureKind.CONNECT, "no backend server left to try")
+            tried.add(server.address)
+            connections = self._connections[server.address]
+            started = time.monotonic()
+            fresh = request.upgrade  # an upgraded connection never returns to the pool
+            while True:
+                try:
+                    connection = (None if fresh else connections.take_idle()) or (
+                        await connections.connect())
+                    response = await connection.exchange(request)
+                except BackendError as error:
+                    error.server = server.address
+                    if not error.kind.blames_backend:
+                        raise
+                    if error.retryable and not fresh and (
+                            request.body is None or request.replayable):
+                        fresh = True
+                        continue
+                    self.mark_failed(server, error)
+                    if error.kind in _NOTHING_SENT and len(tried) < len(self.pool.servers):
+                        break  # nothing reached this server: try the next one
+                    raise
+                self.mark_ok(server)
+                return Sent(response, server.address, time.monotonic() - started)
+
+    def report(self, server: str, error: BackendError) -> None:
+        """A failure after the response head (the body broke off)."""
+        if error.kind.blames_backend:
+            for state in self.pool.servers:
+                if state.address == server:
+                    self.mark_failed(state, error)
+
+    def mark_failed(self, server: ServerState, error: BackendError | str) -> None:
+        if self.pool.failed(server):
+            self._on_state(self.name, server.address, False, str(error))
+
+    def mark_ok(self, server: ServerState, cause: str = "it answered again") -> None:
+        if self.pool.succeeded(server):
+            self._on_state(self.name, server.address, True, cause)
 
     async def _health_loop(self) -> None:
         check = self.section.health_check
@@ -141,10 +223,10 @@ class Upstream:
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     healthy = False
                 if healthy:
-                    self.mark_ok(server)
-                elif self.pool.is_up(server):
+                    self.mark_ok(server, "its health check passed")
+                elif server.rotation is Rotation.IN:
                     server.fails = self.pool.max_fails - 1
-                    self.mark_failed(server)
+                    self.mark_failed(server, f"its health check {check.path} failed")
             await asyncio.sleep(check.interval)
 
     async def close(self) -> None:
@@ -165,14 +247,19 @@ class Router:
         ordered = sorted(routes, key=lambda r: (r.host is None, -len(r.path_prefix)))
         self._routes = [(None if r.host is None else host_name(r.host), r) for r in ordered]
 
-    def match(self, host: str | None, path: str) -> str | None:
+    def route(self, host: str | None, path: str) -> Route | None:
         name = host_name(host)
         for route_host, route in self._routes:
             if route_host is not None and route_host != name:
                 continue
             if path.startswith(route.path_prefix):
-                return route.upstream
+                return route
         return None
+
+    def match(self, host: str | None, path: str) -> str | None:
+        """The name of the upstream the route for `host` and `path` names."""
+        route = self.route(host, path)
+        return route.upstream if route is not None else None
 
 
 def host_name(host: str | None) -> str:
