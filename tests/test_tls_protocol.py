@@ -316,3 +316,41 @@ def test_large_write_leaves_in_bounded_pieces_with_a_write_high_water(server_con
             got += data
         assert got == b"a" * 1_000_000
     asyncio.run(main())
+
+
+def test_a_closed_connection_frees_its_openssl_state_without_waiting_for_the_gc(server_context):
+    """Issue 11 defect 3: memory held after slow clients leave. The app protocol and its
+    transport point back at the TLS protocol, and the SSL object at the machine; unless
+    connection_lost cuts those, each closed connection's OpenSSL state waits for a full
+    collection."""
+    import gc
+
+    from qproxy.tls.machine import TlsServerMachine
+
+    def machines() -> int:
+        return sum(isinstance(o, (TlsServerMachine, SSL.Connection)) for o in gc.get_objects())
+
+    async def main():
+        client = Client(server_context, http_app())
+        client.handshake()
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _until(lambda: b"hello" in client.receive()[0] or client.socket.closed)
+        client.send(b"", close_notify=True)
+        await _until(lambda: client.socket.eof_written)
+        client.socket.closed = True
+        client.protocol.connection_lost(None)
+        server_side = client.protocol
+        del client
+        return server_side
+
+    gc.collect()
+    gc.disable()
+    try:
+        baseline = machines()
+        server_side = asyncio.run(main())
+        assert server_side._machine is None
+        # Only the test's own pyOpenSSL client may still be around (it was deleted with the
+        # Client, so nothing at all is expected).
+        assert machines() <= baseline
+    finally:
+        gc.enable()

@@ -197,6 +197,11 @@ class TlsServerMachine:
                 pass
             self._set_state(TlsState.CLOSED)
 
+    def release(self) -> None:
+        """The connection is gone: drop the SSL object's reference back to us (set for the
+        info callback), so both are freed by reference counting."""
+        self._conn.set_app_data(None)
+
     def data_to_send(self) -> bytes:
         out = openssl_ext.take_output(self._conn)
         if self._renew_bios and self._state is not TlsState.HANDSHAKING:

@@ -245,6 +245,14 @@ class TlsServerProtocol(asyncio.Protocol):
         app = self._app
         if app is not None and self._set_app_phase(AppPhase.LOST):
             app.connection_lost(exc)
+        # The application and its transport point back at us, and the machine's SSL object at
+        # the machine: without these cuts a closed connection's OpenSSL state (tens of KB) waits
+        # for a full garbage collection, which a worker past a burst of slow clients may not run
+        # for a long time.
+        self._app = None
+        machine, self._machine = self._machine, None
+        if machine is not None:
+            machine.release()
         self._transport = None
         self._observer.connection_closed()
 
