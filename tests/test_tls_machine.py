@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import datetime
 import ssl
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from qproxy.tls import openssl_ext
@@ -22,21 +18,12 @@ from qproxy.tls.machine import (
     TlsState,
     info_callback,
 )
+from tests.support import memory_tls
 
 
 @pytest.fixture(scope="module")
 def server_context() -> SSL.Context:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "machine.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_min_proto_version(SSL.TLS1_3_VERSION)
-    context.use_certificate(cert)
-    context.use_privatekey(key)
+    context = memory_tls.server_context("machine.test")
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     openssl_ext.set_groups(context, "X25519MLKEM768:X25519")
     return context
@@ -105,16 +92,7 @@ def test_renewing_the_bios_carries_queued_bytes_over(server_context):
 @pytest.fixture(scope="module")
 def stdlib_pair(tmp_path_factory):
     """(server SSL.Context, client ssl.SSLContext trusting its certificate)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "machine.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(2)
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("machine.test")]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    cert, key = memory_tls.self_signed("machine.test")
     server = SSL.Context(SSL.TLS_METHOD)
     server.set_min_proto_version(SSL.TLS1_3_VERSION)
     server.use_certificate(cert)
@@ -235,3 +213,29 @@ def test_corrupted_record_fails_with_bad_record_mac_and_the_client_hears_it(stdl
         client.tls.read(1024)
     assert "BAD_RECORD_MAC" in str(heard.value).upper()
     assert machine.receive(b"more") == []  # a failed machine takes nothing further
+
+
+def test_request_then_close_notify_is_answered_then_closed(stdlib_pair):
+    """Issue 11 defect 5 at the machine: after the peer's close_notify (a TLS 1.3 half-close)
+    it can still send (PEER_CLOSED), then queues its own close_notify."""
+    machine, client, _ = _handshaken(stdlib_pair)
+    client.read_all()
+    client.tls.write(b"GET / HTTP/1.0\r\n\r\n")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.tls.unwrap()  # close_notify; waits for ours
+    events = machine.receive(client.outgoing.read())
+    assert _received(events) == b"GET / HTTP/1.0\r\n\r\n" and isinstance(events[-1], PeerClosed)
+    assert machine.state is TlsState.PEER_CLOSED
+    # What follows the close_notify is not kept: a peer cannot fill our input buffer while
+    # the answer is being made.
+    assert machine.receive(b"\x17\x03\x03" + b"\x00" * 60_000) == []
+    assert openssl_ext.pending_input(machine._conn) == 0
+    machine.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    machine.close()
+    assert machine.state is TlsState.CLOSED
+    client.incoming.write(machine.data_to_send())
+    assert client.tls.read(1000) == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with pytest.raises(ssl.SSLZeroReturnError):
+        client.tls.read(1000)  # then our close_notify
+    with pytest.raises(RuntimeError):
+        machine.send(b"more")  # nothing after our close_notify

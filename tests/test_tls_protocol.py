@@ -4,20 +4,16 @@ real HTTP layer (or a recording one) above; no sockets."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
 from qproxy.config.model import ServerSection
 from qproxy.proxy.http import HttpServer
 from qproxy.tls import openssl_ext
 from qproxy.tls.machine import TlsState
+from tests.support import memory_tls
 from qproxy.tls.protocol import (
     PLAIN_HTTP_RESPONSE,
     AppPhase,
@@ -29,18 +25,7 @@ from qproxy.tls.protocol import (
 
 @pytest.fixture(scope="module")
 def server_context() -> SSL.Context:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "protocol.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_min_proto_version(SSL.TLS1_3_VERSION)
-    context.use_certificate(cert)
-    context.use_privatekey(key)
-    return context
+    return memory_tls.server_context("protocol.test")
 
 
 class SocketTransport(asyncio.Transport):
