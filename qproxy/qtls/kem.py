@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from .constants import QTLS_KEM_KYBER768, QTLS_KEM_KYBER1024, canonical_algorithm
 from .errors import QTLSCryptoError, QTLSUsageError
+from .keypair import RawKeyPair, describe
 
 PrivateKey = Union[mlkem.MLKEM768PrivateKey, mlkem.MLKEM1024PrivateKey]
 PublicKey = Union[mlkem.MLKEM768PublicKey, mlkem.MLKEM1024PublicKey]
@@ -45,58 +46,17 @@ def _parameters(algorithm: str) -> KemParameters:
     return found
 
 
-class QTLSKyber:
+class QTLSKyber(RawKeyPair[PrivateKey, PublicKey]):
     """One party of an ML-KEM exchange.
 
     Receiver: keygen() -> get_public_key() -> ... set_ciphertext(ct) -> decapsulate().
     Sender: set_public_key(pk) -> encapsulate() (the shared secret) -> get_ciphertext()."""
 
+    parameters: KemParameters
+
     def __init__(self, algorithm: str = QTLS_KEM_KYBER1024) -> None:
-        self.parameters = _parameters(algorithm)
-        self._private: PrivateKey | None = None
-        self._public: PublicKey | None = None
+        super().__init__(_parameters(algorithm))
         self._ciphertext: bytes | None = None
-
-    @property
-    def algorithm(self) -> str:
-        return self.parameters.name
-
-    def keygen(self) -> bytes:
-        """A new key pair; returns the public key (encapsulation key) bytes."""
-        self._private = self.parameters.private_class.generate()
-        self._public = self._private.public_key()
-        return self.get_public_key()
-
-    def get_public_key(self) -> bytes:
-        if self._public is None:
-            raise QTLSUsageError("no public key: call keygen() or set_public_key() first")
-        return self._public.public_bytes_raw()
-
-    def set_public_key(self, key: bytes) -> None:
-        """The peer's public key (encapsulation key), raw FIPS 203 bytes."""
-        size = self.parameters.public_key_size
-        if not isinstance(key, (bytes, bytearray, memoryview)) or len(key) != size:
-            raise QTLSCryptoError(f"an {self.algorithm} public key is {size} bytes, got "
-                                  f"{_describe(key)}")
-        try:
-            self._public = self.parameters.public_class.from_public_bytes(bytes(key))
-        except ValueError as exc:
-            # FIPS 203's modulus check: coefficients must be below q.
-            raise QTLSCryptoError(f"not a valid {self.algorithm} public key: {exc}") from None
-        self._private = None
-
-    def get_private_key(self) -> bytes:
-        """The 64-byte seed (d || z) the key pair is derived from; keep it secret."""
-        if self._private is None:
-            raise QTLSUsageError("no private key: call keygen() or set_private_key() first")
-        return self._private.private_bytes_raw()
-
-    def set_private_key(self, seed: bytes) -> None:
-        if not isinstance(seed, (bytes, bytearray)) or len(seed) != self.parameters.seed_size:
-            raise QTLSCryptoError(f"an {self.algorithm} private key seed is "
-                                  f"{self.parameters.seed_size} bytes, got {_describe(seed)}")
-        self._private = self.parameters.private_class.from_seed_bytes(bytes(seed))
-        self._public = self._private.public_key()
 
     def encapsulate(self) -> bytes:
         """A fresh shared secret for the holder of the public key; the ciphertext to send
@@ -116,7 +76,7 @@ class QTLSKyber:
         size = self.parameters.ciphertext_size
         if not isinstance(ciphertext, (bytes, bytearray, memoryview)) or len(ciphertext) != size:
             raise QTLSCryptoError(f"an {self.algorithm} ciphertext is {size} bytes, got "
-                                  f"{_describe(ciphertext)}")
+                                  f"{describe(ciphertext)}")
         self._ciphertext = bytes(ciphertext)
 
     def decapsulate(self, ciphertext: bytes | None = None) -> bytes:
@@ -133,9 +93,3 @@ class QTLSKyber:
         if self._ciphertext is None:
             raise QTLSUsageError("no ciphertext: call set_ciphertext() first")
         return self._private.decapsulate(self._ciphertext)
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return f"{len(value)} bytes"
-    return type(value).__name__

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 from .constants import QTLS_SIG_DILITHIUM2, QTLS_SIG_DILITHIUM3, QTLS_SIG_DILITHIUM5
 from .constants import canonical_algorithm
 from .errors import QTLSConfigError, QTLSCryptoError, QTLSUsageError
+from .keypair import RawKeyPair
 
 PrivateKey = Union[mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey, mldsa.MLDSA87PrivateKey]
 PublicKey = Union[mldsa.MLDSA44PublicKey, mldsa.MLDSA65PublicKey, mldsa.MLDSA87PublicKey]
@@ -60,53 +61,13 @@ def key_id(public_key_der: bytes) -> str:
     return hashlib.sha256(public_key_der).hexdigest()
 
 
-class QTLSDilithium:
+class QTLSDilithium(RawKeyPair[PrivateKey, PublicKey]):
     """An ML-DSA key pair (to sign) or public key (to verify)."""
 
+    parameters: SignatureParameters
+
     def __init__(self, algorithm: str = QTLS_SIG_DILITHIUM3) -> None:
-        self.parameters = _parameters(algorithm)
-        self._private: PrivateKey | None = None
-        self._public: PublicKey | None = None
-
-    @property
-    def algorithm(self) -> str:
-        return self.parameters.name
-
-    def keygen(self) -> bytes:
-        """A new key pair; returns the public key bytes."""
-        self._private = self.parameters.private_class.generate()
-        self._public = self._private.public_key()
-        return self.get_public_key()
-
-    def get_public_key(self) -> bytes:
-        """The raw FIPS 204 public key."""
-        if self._public is None:
-            raise QTLSUsageError("no public key: call keygen() or set_public_key() first")
-        return self._public.public_bytes_raw()
-
-    def set_public_key(self, key: bytes) -> None:
-        size = self.parameters.public_key_size
-        if not isinstance(key, (bytes, bytearray, memoryview)) or len(key) != size:
-            raise QTLSCryptoError(f"an {self.algorithm} public key is {size} bytes, got "
-                                  f"{len(key) if isinstance(key, (bytes, bytearray, memoryview)) else type(key).__name__}")
-        try:
-            self._public = self.parameters.public_class.from_public_bytes(bytes(key))
-        except ValueError as exc:
-            raise QTLSCryptoError(f"not a valid {self.algorithm} public key: {exc}") from None
-        self._private = None
-
-    def get_private_key(self) -> bytes:
-        """The 32-byte seed the key pair is derived from; keep it secret."""
-        if self._private is None:
-            raise QTLSUsageError("no private key: call keygen() or set_private_key() first")
-        return self._private.private_bytes_raw()
-
-    def set_private_key(self, seed: bytes) -> None:
-        if not isinstance(seed, (bytes, bytearray)) or len(seed) != self.parameters.seed_size:
-            raise QTLSCryptoError(f"an {self.algorithm} private key seed is "
-                                  f"{self.parameters.seed_size} bytes")
-        self._private = self.parameters.private_class.from_seed_bytes(bytes(seed))
-        self._public = self._private.public_key()
+        super().__init__(_parameters(algorithm))
 
     def sign(self, message: bytes, context: bytes = b"") -> bytes:
         """The signature of `message` (FIPS 204 ML-DSA.Sign, hedged, optional context)."""
