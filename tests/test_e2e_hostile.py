@@ -1,0 +1,49 @@
+"""The merged HTTP/1.1 layer attacked end to end: a real daemon, real TLS over 127.0.0.1, a
+hostile client or a careless backend (tests/support/scripted_backend.py). Each case: the right
+status or close for that one connection, one log line, no traceback, and the daemon keeps
+serving a normal request afterwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import make_config
+from tests.support.harness import CloseKind, http_request, read_until_closed, tls_connect
+from tests.support.scripted_backend import Conn, Request, ScriptedBackend
+
+
+def _echo(conn: Conn, request: Request) -> None:
+    conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(request.body),
+                                                                    request.body))
+
+
+def _still_serves(server) -> None:
+    conn = tls_connect(server.port)
+    assert http_request(conn, "POST", "/echo", body=b"fine").body == b"fine"
+    conn.close()
+    assert not [line for line in server.raw if "Traceback" in line]
+
+
+@pytest.mark.parametrize("buffering", [True, False])
+def test_close_notify_mid_body_gets_no_500(start_server, dev_pki, buffering):
+    """A client that sends part of its body and then its TLS close_notify has left: the
+    request is logged 499 (client closed), and nothing is written back. The merged code
+    answered the half-open connection "500 Internal Server Error" (the handler had returned
+    without answering, which the connection took for a handler bug), contradicting its own
+    log line."""
+    with ScriptedBackend({"/echo": _echo}) as backend:
+        server = start_server(make_config(
+            dev_pki, backend.address,
+            routes=[{"upstream": "app", "request_buffering": buffering}]))
+        conn = tls_connect(server.port)
+        conn.sendall(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
+        conn.shutdown()  # close_notify: our half is closed, the server may still write
+        data, kind = read_until_closed(conn)
+        assert data == b""
+        assert kind in (CloseKind.CLOSE_NOTIFY, CloseKind.EOF)
+        logged = server.wait_log(lambda e: e.get("event") == "request"
+                                 and e.get("path") == "/echo")
+        assert logged is not None and logged["status"] == 499
+        _still_serves(server)
+        assert len([e for e in server.events("request") if e.get("status") == 499]) == 1
+        assert not [e for e in server.lines if e.get("status") == 500]
