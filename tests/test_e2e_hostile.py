@@ -47,3 +47,26 @@ def test_close_notify_mid_body_gets_no_500(start_server, dev_pki, buffering):
         _still_serves(server)
         assert len([e for e in server.events("request") if e.get("status") == 499]) == 1
         assert not [e for e in server.lines if e.get("status") == 500]
+
+
+def test_a_backends_204_loses_its_content_length(start_server, dev_pki):
+    """RFC 9110 8.6: a 204 never carries Content-Length. A backend that sends one (and four
+    bytes after it) had it passed on to the client, whose next pipelined response a lenient
+    client could then misframe. The 204 now goes without it, and the bytes after it never
+    reach the client."""
+    def no_content(conn: Conn, request: Request) -> None:
+        conn.send(b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\nevil")
+
+    with ScriptedBackend({"/echo": _echo, "/204": no_content}) as backend:
+        server = start_server(make_config(dev_pki, backend.address))
+        conn = tls_connect(server.port)
+        conn.sendall(b"GET /204 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                     b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n"
+                     b"Connection: close\r\n\r\nok")
+        data, _ = read_until_closed(conn)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 204 ")
+        assert b"content-length" not in head.lower()
+        assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"\r\n\r\nok")
+        assert b"evil" not in data
+        _still_serves(server)
