@@ -70,3 +70,30 @@ def test_a_backends_204_loses_its_content_length(start_server, dev_pki):
         assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"\r\n\r\nok")
         assert b"evil" not in data
         _still_serves(server)
+
+
+@pytest.mark.parametrize("host", [b"evil.example/reset?x=", b"a b", b"caf\xc3\xa9",
+                                  b"[::1", b"localhost:80x", b"user@localhost"])
+def test_a_host_that_is_not_host_port_is_refused(start_server, dev_pki, host):
+    """RFC 9112 3.2: a Host field with an invalid value gets a 400. These went through to the
+    router and to the backend as Host and X-Forwarded-Host (a backend building a password
+    reset link from it would put the client's path or host in it)."""
+    with ScriptedBackend({"/echo": _echo}) as backend:
+        server = start_server(make_config(dev_pki, backend.address))
+        conn = tls_connect(server.port)
+        conn.sendall(b"GET /echo HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        data, _ = read_until_closed(conn)
+        assert data.startswith(b"HTTP/1.1 400 ")
+        assert not backend.requests
+        assert server.wait_log(lambda e: e.get("event") == "bad request") is not None
+        _still_serves(server)
+        assert len(server.events("bad request")) == 1
+
+
+def test_a_host_with_a_port_or_an_ip_literal_is_taken(start_server, dev_pki):
+    with ScriptedBackend({"/echo": _echo}) as backend:
+        server = start_server(make_config(dev_pki, backend.address))
+        for host in ("localhost:8443", "[::1]:443", "LOCALHOST", "127.0.0.1", "xn--caf-dma.test"):
+            conn = tls_connect(server.port)
+            assert http_request(conn, "POST", "/echo", body=b"x", host=host).status == 200
+            conn.close()
