@@ -97,3 +97,37 @@ def test_a_host_with_a_port_or_an_ip_literal_is_taken(start_server, dev_pki):
             conn = tls_connect(server.port)
             assert http_request(conn, "POST", "/echo", body=b"x", host=host).status == 200
             conn.close()
+
+
+def test_a_response_cut_short_ends_without_close_notify(start_server, dev_pki):
+    """A backend that closes mid-body (fewer bytes than its Content-Length, or mid-chunk):
+    the client's connection ended with a TLS close_notify, the sign of a deliberate, whole
+    end (RFC 8446 6.1), so a client reading to the close could take the cut body for all of
+    it. Now it ends with no close_notify (as nginx after an upstream error); a whole
+    close-delimited response still ends with one."""
+    def short(conn: Conn, request: Request) -> None:
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        conn.close()
+
+    def mid_chunk(conn: Conn, request: Request) -> None:
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+        conn.close()
+
+    def whole(conn: Conn, request: Request) -> None:
+        conn.send(b"HTTP/1.0 200 OK\r\n\r\nall of it")
+        conn.close()
+
+    with ScriptedBackend({"/echo": _echo, "/short": short, "/chunk": mid_chunk,
+                          "/whole": whole}) as backend:
+        server = start_server(make_config(dev_pki, backend.address))
+        for path in (b"/short", b"/chunk"):
+            conn = tls_connect(server.port)
+            conn.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            data, kind = read_until_closed(conn)
+            assert data.startswith(b"HTTP/1.1 200 ") and b"ab" in data
+            assert kind is CloseKind.EOF, path
+        conn = tls_connect(server.port)
+        conn.sendall(b"GET /whole HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        data, kind = read_until_closed(conn)
+        assert data.endswith(b"\r\n\r\nall of it") and kind is CloseKind.CLOSE_NOTIFY
+        _still_serves(server)

@@ -113,8 +113,11 @@ class Answering:
             self._keep_alive = False
             if not _client_left_mid_body(cycle.request):
                 cycle.answer_unhandled()
-        elif write is WriteState.SENDING or write is WriteState.TUNNELLING:
-            self._keep_alive = False  # a streamed response left unfinished: cut it off
+        elif write is WriteState.SENDING:
+            self._keep_alive = False  # a streamed response left unfinished: cut it off,
+            self._conn.lifecycle.response_cut()  # without the close_notify of a whole one
+        elif write is WriteState.TUNNELLING:
+            self._keep_alive = False
         request = cycle.request
         if request is not None and request.body is not None:
             request.body.close()
