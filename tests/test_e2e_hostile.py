@@ -131,3 +131,54 @@ def test_a_response_cut_short_ends_without_close_notify(start_server, dev_pki):
         data, kind = read_until_closed(conn)
         assert data.endswith(b"\r\n\r\nall of it") and kind is CloseKind.CLOSE_NOTIFY
         _still_serves(server)
+
+
+_HOST = b"Host: localhost\r\n"
+# Held on the merged code (regression guards): each gets its status and a close, one log
+# line, and the daemon goes on serving.
+_REFUSED = {
+    "CL.TE": (b"POST /echo HTTP/1.1\r\n" + _HOST + b"Content-Length: 4\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "TE.CL": (b"POST /echo HTTP/1.1\r\n" + _HOST + b"Transfer-Encoding: chunked\r\n"
+              b"Content-Length: 4\r\n\r\n0\r\n\r\n", 400),
+    "TE twice": (b"POST /echo HTTP/1.1\r\n" + _HOST + b"Transfer-Encoding: chunked\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "TE gzip": (b"POST /echo HTTP/1.1\r\n" + _HOST + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+                b"0\r\n\r\n", 501),
+    "obs-fold": (b"GET /echo HTTP/1.1\r\n" + _HOST + b"X-A: a\r\n b\r\n\r\n", 400),
+    "bare LF": (b"GET /echo HTTP/1.1\nHost: localhost\n\n", 400),
+    "NUL in value": (b"GET /echo HTTP/1.1\r\n" + _HOST + b"X-A: a\x00b\r\n\r\n", 400),
+    "CR in value": (b"GET /echo HTTP/1.1\r\n" + _HOST + b"X-A: a\rb\r\n\r\n", 400),
+    "space before colon": (b"POST /echo HTTP/1.1\r\n" + _HOST + b"Content-Length : 2\r\n\r\nab",
+                           400),
+    "chunk size overflow": (b"POST /echo HTTP/1.1\r\n" + _HOST + b"Transfer-Encoding: chunked"
+                            b"\r\n\r\nfffffffffffffffffffff\r\n", 400),
+    "trailer with Content-Length": (b"POST /echo HTTP/1.1\r\n" + _HOST + b"Transfer-Encoding: "
+                                    b"chunked\r\n\r\n2\r\nab\r\n0\r\nContent-Length: 5\r\n\r\n",
+                                    400),
+    "%00": (b"GET /a%00b HTTP/1.1\r\n" + _HOST + b"\r\n", 400),
+    "%2e%2e": (b"GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\n" + _HOST + b"\r\n", 400),
+    "long target": (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n" + _HOST + b"\r\n", 414),
+    "10000 headers": (b"GET /echo HTTP/1.1\r\n" + _HOST
+                      + b"".join(b"X-%d: a\r\n" % i for i in range(10_000)) + b"\r\n", 431),
+}
+
+
+def test_smuggling_and_malformed_heads_are_refused_one_connection_each(start_server, dev_pki):
+    with ScriptedBackend({"/echo": _echo}) as backend:
+        server = start_server(make_config(dev_pki, backend.address))
+        for name, (data, status) in _REFUSED.items():
+            conn = tls_connect(server.port)
+            conn.sendall(data)
+            answer, kind = read_until_closed(conn)
+            assert answer.startswith(b"HTTP/1.1 %d " % status), name
+            assert b"Connection: close\r\n" in answer and kind is CloseKind.CLOSE_NOTIFY, name
+            _still_serves(server)
+        assert all(r.body == b"fine" for r in backend.requests)  # none of the refused
+
+        def refused() -> int:  # a bad head's line, or a bad body's request line
+            return len(server.events("bad request")) + len(
+                [e for e in server.events("request") if e.get("status", 0) >= 400])
+
+        server.wait_log(lambda _: refused() >= len(_REFUSED), timeout=5)
+        assert refused() == len(_REFUSED)  # one line each
