@@ -243,3 +243,16 @@ def test_verified_identity_headers_are_ours_even_beside_underscore_forgeries():
                   identity={"X-Client-Cert-Subject": "CN=device-42"})
     assert out.getall("X-Client-Cert-Subject") == ["CN=device-42"]
     assert "X_Client_Cert_Subject" not in out
+
+
+def test_a_204_or_1xx_head_never_carries_content_length():
+    # RFC 9110 8.6: kept for a HEAD or 304 answer, dropped (a backend's or ours) for a 204.
+    for status in (204, 103):
+        head = encode_response_head(status, "X", [(b"Content-Length", b"4")], content_length=4,
+                                    chunked=False, connection=None, date=b"now",
+                                    keep_length=True)
+        assert b"content-length" not in head.lower()
+    head = encode_response_head(304, "Not Modified", [(b"Content-Length", b"4")],
+                                content_length=None, chunked=False, connection=None,
+                                date=b"now", keep_length=True)
+    assert b"Content-Length: 4\r\n" in head

@@ -629,3 +629,21 @@ def test_tunnel_without_a_101_is_a_state_error_and_closes_the_peer():
         assert errors and peer.closed
         assert responses(h.transport.take())[0].status == 502
     run(main())
+
+
+def test_a_streamed_response_left_unfinished_is_reported_cut_and_a_whole_one_is_not():
+    # The TLS transport closes a cut response without close_notify (tests/test_e2e_hostile.py).
+    async def cut(request, responder):
+        responder.start_response(request, 200, "OK", TEXT, 100)
+        await responder.write_body(b"a" * 10)  # then returns: the backend failed mid-body
+
+    async def main():
+        h = Harness(cut)
+        h.feed(GET)
+        await h.until(lambda: h.transport.finished == 1)
+        assert h.transport.cut == 1 and h.transport.closed
+        whole = Harness(_trailer_handler(None))
+        whole.feed(GET)
+        await whole.until(lambda: whole.transport.finished == 1)
+        assert whole.transport.cut == 0
+    run(main())

@@ -23,6 +23,14 @@ MAX_QUEUED_REQUESTS = 16
 QUEUE_FULL = "queue full"  # why input is paused
 
 
+def _client_left_mid_body(request: HttpRequest | None) -> bool:
+    """The client closed its side (a TLS close_notify, a FIN) before its body was whole: the
+    handler had nobody to answer and logged 499. A 500 on the half-open connection would tell
+    the client the server failed, and contradict that log line; the connection just closes."""
+    body = request.body if request is not None else None
+    return body is not None and isinstance(body.error, ConnectionError)
+
+
 class Answering:
     """What a `RequestCycle` (the responder) answers through."""
 
@@ -103,9 +111,13 @@ class Answering:
             self._keep_alive = False
         elif write is WriteState.WAITING:
             self._keep_alive = False
-            cycle.answer_unhandled()
-        elif write is WriteState.SENDING or write is WriteState.TUNNELLING:
-            self._keep_alive = False  # a streamed response left unfinished: cut it off
+            if not _client_left_mid_body(cycle.request):
+                cycle.answer_unhandled()
+        elif write is WriteState.SENDING:
+            self._keep_alive = False  # a streamed response left unfinished: cut it off,
+            self._conn.lifecycle.response_cut()  # without the close_notify of a whole one
+        elif write is WriteState.TUNNELLING:
+            self._keep_alive = False
         request = cycle.request
         if request is not None and request.body is not None:
             request.body.close()

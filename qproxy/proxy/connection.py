@@ -34,6 +34,7 @@ class RequestLifecycle(Protocol):
 
     def request_started(self) -> None: ...
     def request_finished(self) -> None: ...
+    def response_cut(self) -> None: ...  # close now, saying the response is not whole
 
 
 class _Untold:
@@ -43,6 +44,9 @@ class _Untold:
         pass
 
     def request_finished(self) -> None:
+        pass
+
+    def response_cut(self) -> None:
         pass
 
 

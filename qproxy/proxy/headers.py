@@ -106,6 +106,10 @@ def encode_response_head(status: int, reason: str, fields: Fields, *,
     """The status line and header fields for the client, framed by us: any Content-Length in
     `fields` is replaced by `content_length` unless `keep_length` (a HEAD, 204 or 304 answer,
     whose Content-Length describes a body not sent)."""
+    if status == 204 or status < 200:
+        # RFC 9110 8.6: a 204 or 1xx never carries Content-Length (a backend's is not a HEAD
+        # or 304's description of a body, just wrong); nginx drops it as well.
+        keep_length, content_length = False, None
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace"))]
     has_date = False
     for name, value in fields:

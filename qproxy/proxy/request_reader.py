@@ -13,7 +13,8 @@ from multidict import CIMultiDict
 from ..config.model import ServerSection
 from .request import BadRequest, HttpRequest
 from .request_body import BodyLimits, BodySource, RequestBody
-from .target import Target, TargetError, check_request_framing, normalise_target
+from .target import (Target, TargetError, check_request_framing, normalise_target,
+                     valid_host_field)
 
 
 class RequestSink(Protocol):
@@ -130,11 +131,13 @@ class RequestReader:
         has_body = expect_continue = takes_trailers = framed = False
         length = 0
         hosts = 0
+        host = b""
         for name, value in fields:
             kind = _SPECIAL.get(name.lower())
             if kind is not None:
                 if kind == "host":
                     hosts += 1
+                    host = value.strip()
                 elif kind == "transfer-encoding":
                     has_body = framed = True
                 elif kind == "content-length":
@@ -164,6 +167,8 @@ class RequestReader:
             raise BadRequest(400, "more than one Host header")
         if hosts == 0 and version != "1.0":
             raise BadRequest(400, "HTTP/1.1 request without a Host header")
+        if host and not valid_host_field(host):  # (empty is allowed: RFC 9112 3.2)
+            raise BadRequest(400, "the Host header is not a host[:port]")
         if method == "CONNECT":
             raise BadRequest(405, "CONNECT is not supported")
         try:

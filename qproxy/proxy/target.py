@@ -84,6 +84,10 @@ _AS_SENT = _bytes("!$&'()*+,;=:@")
 _HEX = _bytes(_DIGITS, "abcdefABCDEF")
 _AUTHORITY = _UNRESERVED | _AS_SENT - {ord("@")} | _bytes("[]%")
 _SCHEMES = ("http://", "https://")
+# RFC 3986's authority without user information, as a Host field value must be (RFC 9112 3.2):
+# a reg-name or a bracketed IP literal, then an optional port.
+_HOST_FIELD = re.compile(
+    rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[A-Za-z0-9\-._~!$&'()*+,;=%:]+\])(?::[0-9]*)?")
 _PORT = re.compile(rb"(?::[0-9]*)?")
 # Most targets are already in normal form: segments of plain characters, none empty or
 # starting with a dot, a printable ASCII query. Those skip the segment walk below (one regular
@@ -180,6 +184,13 @@ def _resolve(path: bytes) -> tuple[bytes, bytes]:
         sent += separators[-1] if not last else b"/"
     # the first segment follows the root's plain slash, whatever it followed before
     return routed, b"/" + sent[1 if sent.startswith(b"/") else 3:]
+
+
+def valid_host_field(value: bytes) -> bool:
+    """Whether a non-empty Host value is `host[:port]`. Anything else (a space, a slash, a
+    stray bracket, bytes past ASCII) would be routed on and handed to the backend as
+    X-Forwarded-Host, where one that builds links from it gets a path or a second host."""
+    return _HOST_FIELD.fullmatch(value) is not None
 
 
 def _split_absolute(target: bytes) -> tuple[bytes, str]:

@@ -422,6 +422,12 @@ class TlsServerProtocol(asyncio.Protocol):
             self._flush()
         self._linger_close()
 
+    def close_without_notify(self) -> None:
+        """Close after what is written, with no close_notify: a response was cut off, and a
+        TLS end without close_notify is how the client tells truncation from a whole
+        close-delimited body (RFC 8446 6.1; nginx shuts down quietly after an error too)."""
+        self._linger_close()
+
     def _linger_close(self) -> None:
         # Closing a socket with unread input sends a RST, which can overtake our last bytes
         # (an alert, a 400): shut our side, read and drop what comes, then close. When the
@@ -528,3 +534,6 @@ class TlsAppTransport(asyncio.Transport):
 
     def request_finished(self) -> None:
         self._protocol.request_finished()
+
+    def response_cut(self) -> None:
+        self._protocol.close_without_notify()

@@ -23,6 +23,7 @@ class MockTransport(asyncio.Transport):
         self.protocol: asyncio.BaseProtocol | None = None
         self.started = 0
         self.finished = 0
+        self.cut = 0  # responses the connection said were cut off (RequestLifecycle)
 
     # asyncio.Transport
     def write(self, data: bytes) -> None:
@@ -63,6 +64,9 @@ class MockTransport(asyncio.Transport):
 
     def request_finished(self) -> None:
         self.finished += 1
+
+    def response_cut(self) -> None:
+        self.cut += 1
 
     def take(self) -> bytes:
         data = bytes(self.written)
