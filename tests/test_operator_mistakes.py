@@ -1,0 +1,107 @@
+"""A careless operator's `server.json`, as the red team wrote it: each mistake here once passed
+`qtls-server --test-config` (and so a SIGHUP) and failed later, at start with a traceback or
+on live traffic. Each must now be exit 1 with one line naming its JSON path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qproxy import pki
+from tests.support.harness import ROOT, child_env
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> pki.DevPki:
+    return pki.init(tmp_path_factory.mktemp("pki"))
+
+
+def config(dev: pki.DevPki, **sections: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "server": {"listen_address": "127.0.0.1", "listen_port": 8443, "workers": 1},
+        "certificates": {"server_cert": str(dev.ecdsa_cert), "server_key": str(dev.ecdsa_key)},
+        "metrics": {"enabled": False},
+        "upstreams": {"app": {"servers": ["127.0.0.1:5000"]}},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(document.get(name), dict):
+            document[name] = {**document[name], **values}
+        else:
+            document[name] = values
+    return document
+
+
+def test_config(tmp_path: Path, document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """The real command, in a child: a traceback at start would show on its stderr."""
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps(document))
+    return subprocess.run(
+        [sys.executable, "-c", "from qproxy.cli import qtls_server; qtls_server()",
+         "--test-config", "--config", str(path)],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], json_path: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    problems = [line for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert len(problems) == 1 and problems[0].strip().startswith(json_path + ":"), result.stderr
+
+
+def test_a_good_file_passes(dev: pki.DevPki, tmp_path: Path) -> None:
+    result = test_config(tmp_path, config(dev, server={"client_body_temp_path": str(tmp_path)}))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("where", ["missing", "file", "proc", "empty"])
+def test_client_body_temp_path_must_be_a_writable_directory(
+        dev: pki.DevPki, tmp_path: Path, where: str) -> None:
+    # Before: accepted, and then every body past client_body_buffer_size was a 500.
+    (tmp_path / "file").write_text("x")
+    path = {"missing": str(tmp_path / "nowhere"), "file": str(tmp_path / "file"),
+            "proc": "/proc", "empty": ""}[where]
+    result = test_config(tmp_path, config(dev, server={"client_body_temp_path": path}))
+    assert_refused(result, "server.client_body_temp_path")
+
+
+@pytest.mark.parametrize("section,key", [("server", "listen_address"),
+                                         ("metrics", "address")])
+@pytest.mark.parametrize("value", ["a" * 64, "a" * 3_000, ""])
+def test_a_listen_address_getaddrinfo_cannot_take_is_refused(
+        dev: pki.DevPki, tmp_path: Path, section: str, key: str, value: str) -> None:
+    # Before: a DNS label past 63 characters passed --test-config, and the start died with a
+    # UnicodeError traceback from the IDNA codec when the socket was bound.
+    result = test_config(tmp_path, config(dev, **{section: {key: value}}))
+    assert_refused(result, f"{section}.{key}")
+
+
+def test_an_upstream_host_getaddrinfo_cannot_take_is_refused(
+        dev: pki.DevPki, tmp_path: Path) -> None:
+    result = test_config(tmp_path, config(
+        dev, upstreams={"app": {"servers": ["a" * 70 + ".example:80"]}}))
+    assert_refused(result, "upstreams.app.servers")
+
+
+@pytest.mark.parametrize("path", ["healthz", "/a b", "/ok\r\nX-Injected: 1"])
+def test_a_health_check_path_is_one_wire_path(dev: pki.DevPki, tmp_path: Path,
+                                              path: str) -> None:
+    # Before: accepted; the health check then asked for 'http://host:port' + 'healthz', or
+    # wrote a header of its own into its request.
+    result = test_config(tmp_path, config(
+        dev, upstreams={"app": {"servers": ["127.0.0.1:5000"], "health_check": {"path": path}}}))
+    assert_refused(result, "upstreams.app.health_check.path")
+
+
+def test_a_route_prefix_without_a_slash_is_refused(dev: pki.DevPki, tmp_path: Path) -> None:
+    # Before: accepted, and the route matched no request target at all (every one is '/...').
+    result = test_config(tmp_path, config(dev, routes=[{"path_prefix": "api",
+                                                        "upstream": "app"}]))
+    assert_refused(result, "routes[0].path_prefix")
