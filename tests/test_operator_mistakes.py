@@ -105,3 +105,24 @@ def test_a_route_prefix_without_a_slash_is_refused(dev: pki.DevPki, tmp_path: Pa
     result = test_config(tmp_path, config(dev, routes=[{"path_prefix": "api",
                                                         "upstream": "app"}]))
     assert_refused(result, "routes[0].path_prefix")
+
+
+@pytest.mark.parametrize("member,json_path", [("server_key", "certificates.server_key"),
+                                              ("server_cert", "certificates.server_cert")])
+def test_the_seed_pair_is_named_as_the_file_names_it(dev: pki.DevPki, tmp_path: Path,
+                                                     member: str, json_path: str) -> None:
+    # Before: 'certificates.server_cert.key' / '.cert', paths that exist in no file.
+    result = test_config(tmp_path, config(dev, certificates={member: str(tmp_path)}))
+    assert_refused(result, json_path)
+
+
+def test_a_key_for_another_certificate_names_the_key(dev: pki.DevPki, tmp_path: Path) -> None:
+    result = test_config(tmp_path, config(dev, certificates={"server_key": str(dev.mldsa_key)}))
+    assert_refused(result, "certificates.server_key")
+    assert "does not match the certificate" in result.stderr
+
+
+def test_a_keypairs_element_keeps_its_member_path(dev: pki.DevPki, tmp_path: Path) -> None:
+    result = test_config(tmp_path, config(dev, certificates={
+        "keypairs": [{"cert": str(dev.ecdsa_cert), "key": str(dev.mldsa_key)}]}))
+    assert_refused(result, "certificates.keypairs[0].key")

@@ -110,9 +110,10 @@ def check_hsm_keys(config: ServerConfig, server_tls: "ServerTls", source: str) -
     """Every HSM key exists, is non-extractable and matches its certificate; checked with
     python-pkcs11 in a short-lived child so this process never initialises the module."""
     from ..keys.pkcs11 import KeyCheck, check_keys_in_child
+    from ..tls.context import member_path
 
     checks = [KeyCheck(p.json_path, p.key_uri,
-                       read_regular(p.cert_path, p.json_path + ".cert", "certificate"))
+                       read_regular(p.cert_path, member_path(p.json_path, "cert"), "certificate"))
               for p in server_tls.pairs if p.key_uri is not None]
     if not checks:
         return
