@@ -5,6 +5,7 @@ on live traffic. Each must now be exit 1 with one line naming its JSON path."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,68 @@ def test_a_keypairs_element_keeps_its_member_path(dev: pki.DevPki, tmp_path: Pat
     result = test_config(tmp_path, config(dev, certificates={
         "keypairs": [{"cert": str(dev.ecdsa_cert), "key": str(dev.mldsa_key)}]}))
     assert_refused(result, "certificates.keypairs[0].key")
+
+
+# -- qproxy firmware, and the qtls API's key and certificate files ---------------------------
+
+def qproxy(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from qproxy.cli import main; main()", *args],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("firmware")
+    (where / "image.bin").write_bytes(b"firmware" * 1000)
+    assert qproxy("firmware", "keygen", "--out", str(where / "key.pem")).returncode == 0
+    assert qproxy("firmware", "sign", str(where / "image.bin"), "--key",
+                  str(where / "key.pem")).returncode == 0
+    return where
+
+
+def test_a_signature_that_never_ends_is_refused_not_read(signed: Path) -> None:
+    # Before: --sig /dev/zero was read whole: memory until the OOM killer ended the process
+    # (exit 137). RLIMIT_AS keeps the old code's failure a MemoryError, not a killed machine.
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+         "from qproxy.cli import main; main()",
+         "firmware", "verify", str(signed / "image.bin"), "--pubkey",
+         str(signed / "key.pub.pem"), "--sig", "/dev/zero"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr[-500:]
+    assert "Traceback" not in result.stderr
+    assert "the signature '/dev/zero' is a character device" in result.stderr, result.stderr
+
+
+def bounded_child(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a child with 1 GiB of address space and 20 s: the old code's unbounded read
+    fails there (MemoryError, a timeout), not on the machine running the suite."""
+    return subprocess.run(
+        [sys.executable, "-c",
+         "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+         + code],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=20)
+
+
+QTLS_ERROR_EXITS = ("import sys\nfrom qproxy.qtls.errors import QTLSConfigError\n"
+                    "try:\n    {call}\nexcept QTLSConfigError as exc:\n    sys.exit(str(exc))\n")
+
+
+@pytest.mark.parametrize("loader", ["load_public_key_file", "load_private_key_file"])
+def test_the_qtls_api_refuses_a_key_file_that_never_ends(loader: str) -> None:
+    # Before: /dev/zero was read whole, until memory ran out.
+    result = bounded_child("from qproxy.qtls.sig import QTLSDilithium\n" + QTLS_ERROR_EXITS
+                           .format(call=f"QTLSDilithium.{loader}('/dev/zero')"))
+    assert "character device" in result.stderr, result.stderr[-500:]
+
+
+def test_the_qtls_api_refuses_a_fifo_at_once(tmp_path: Path) -> None:
+    # Before: open() waited for a writer forever; the child's timeout fails the old code.
+    fifo = tmp_path / "cert.pem"
+    os.mkfifo(fifo)
+    result = bounded_child("from qproxy.qtls.files import check_pem_certificates\n"
+                           + QTLS_ERROR_EXITS.format(
+                               call=f"check_pem_certificates({str(fifo)!r}, 'certificate')"))
+    assert "FIFO" in result.stderr, result.stderr
