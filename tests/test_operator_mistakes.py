@@ -192,3 +192,36 @@ def test_the_qtls_api_refuses_a_fifo_at_once(tmp_path: Path) -> None:
                            + QTLS_ERROR_EXITS.format(
                                call=f"check_pem_certificates({str(fifo)!r}, 'certificate')"))
     assert "FIFO" in result.stderr, result.stderr
+
+
+# -- starting where a port is taken ----------------------------------------------------------
+
+def start(tmp_path: Path, document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps(document))
+    return subprocess.run(
+        [sys.executable, "-c", "from qproxy.cli import qtls_server; qtls_server()",
+         "--config", str(path)],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("busy", ["server.listen_port", "metrics.port"])
+def test_a_busy_port_is_named(dev: pki.DevPki, tmp_path: Path, busy: str) -> None:
+    # Before: "cannot listen on 127.0.0.1:<listen_port> or the metrics port: Address already
+    # in use" whichever was taken, so a busy metrics port was reported as the TLS port.
+    import socket
+
+    from tests.support.harness import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        taken_port = taken.getsockname()[1]
+        ports = {"server.listen_port": free_port(), "metrics.port": free_port(), busy: taken_port}
+        result = start(tmp_path, config(
+            dev, server={"listen_port": ports["server.listen_port"]},
+            metrics={"enabled": True, "address": "127.0.0.1", "port": ports["metrics.port"]}))
+    assert result.returncode == 1, result.stderr[-500:]
+    assert "Traceback" not in result.stderr
+    assert f"{busy}: cannot listen on 127.0.0.1:{taken_port}: Address already in use" \
+        in result.stderr, result.stderr[-500:]
