@@ -225,3 +225,20 @@ def test_a_busy_port_is_named(dev: pki.DevPki, tmp_path: Path, busy: str) -> Non
     assert "Traceback" not in result.stderr
     assert f"{busy}: cannot listen on 127.0.0.1:{taken_port}: Address already in use" \
         in result.stderr, result.stderr[-500:]
+
+
+# -- qproxy pki init, run twice ---------------------------------------------------------------
+
+def test_pki_init_twice_keeps_the_first_pki(tmp_path: Path) -> None:
+    # Before: the second run replaced the CA and every key, exit 0, and every client trusting
+    # the first CA failed its next handshake.
+    directory = tmp_path / "pki"
+    assert qproxy("pki", "init", str(directory)).returncode == 0
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    again = qproxy("pki", "init", str(directory))
+    assert again.returncode == 1, again.stdout
+    assert "Traceback" not in again.stderr and "--force" in again.stderr, again.stderr
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    forced = qproxy("pki", "init", str(directory), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (directory / "ca-bundle.pem").read_bytes() != before["ca-bundle.pem"]
