@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -113,11 +114,20 @@ def pki() -> None:
 @click.option("--name", "names", multiple=True,
               help="Server name or IP for the certificates (repeatable; default localhost, "
                    "127.0.0.1, ::1).")
-def pki_init(directory: str, names: tuple[str, ...]) -> None:
+@click.option("--force", is_flag=True, help="Replace a PKI already in DIRECTORY.")
+def pki_init(directory: str, names: tuple[str, ...], force: bool) -> None:
     """Create a development CA, server certificates (ML-DSA-65, ECDSA P-384, RSA) and a client
     certificate in DIRECTORY. Keys are written mode 0600."""
     from . import pki as dev_pki
 
+    # A second run replaced the CA and every key without a word: each client trusting the old
+    # CA and a server still holding the old files broke at its next handshake.
+    existing = dev_pki.DevPki(Path(directory)).ca_bundle
+    if existing.exists() and not force:
+        click.echo(f"qproxy pki init: {str(existing)!r} exists; refusing to replace the PKI in "
+                   f"{directory!r} (--force replaces it, and every client must then trust the "
+                   "new CA)", err=True)
+        sys.exit(1)
     made = dev_pki.init(directory, names) if names else dev_pki.init(directory)
     for path in sorted(made.directory.iterdir()):
         click.echo(str(path))

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import click
 
-from .errors import QProxyError
+from .config.files import read_regular
+from .errors import ConfigError, QProxyError
 from .keys import uri as pkcs11_uri
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ def _dilithium() -> type[QTLSDilithium]:
 SIGNATURE_SUFFIX = ".sig"
 ALGORITHM = "ML-DSA-65"
 _CHUNK = 1 << 20
+SIGNATURE_LIMIT = 64 * 1024
+"""Bytes of a signature file read at most (ML-DSA-87's signature is 4,627 bytes)."""
 
 
 class FirmwareError(QProxyError):
@@ -253,8 +256,9 @@ def firmware_verify(image: str, pubkey: str, sig_path: str | None, expected: str
     """Exit 0 if IMAGE carries a valid signature by PUBKEY, 1 otherwise."""
     sig_file = Path(sig_path) if sig_path else signature_path(image)
     try:
-        signature = sig_file.read_bytes()
-    except OSError as exc:
-        raise FirmwareError(f"cannot read the signature {str(sig_file)!r}: {exc.strerror}") from None
+        # Bounded: an ML-DSA signature is a few KB; --sig /dev/zero read until the OOM killer.
+        signature = read_regular(str(sig_file), "", "the signature", limit=SIGNATURE_LIMIT)
+    except ConfigError as exc:
+        raise FirmwareError(exc.problem) from None
     info = verify_image(image, signature, load_verification_key(pubkey), expected)
     click.echo(f"OK {image}: sha256 {info.sha256}, signed by {info.key_id}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 
 from ..errors import ConfigError
 
@@ -116,3 +117,27 @@ def check_log_file(path: str, json_path: str = "logging.file") -> None:
     if not os.access(path, os.W_OK):
         raise ConfigError(json_path, f"log file {path!r} is not writable: "
                           f"{os.strerror(errno.EACCES)}")
+
+
+def check_temp_dir(path: str, json_path: str = "server.client_body_temp_path") -> None:
+    """A directory request bodies can be spooled into. Without this check a missing,
+    read-only or non-directory path passed --test-config and a reload, and then every request
+    body past client_body_buffer_size was answered 500."""
+    usable_name(path, json_path, "temp directory")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(json_path, f"the directory {path!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(json_path, f"directory {path!r}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        kind = "a regular file" if stat.S_ISREG(info.st_mode) else kind_of(info.st_mode)
+        raise ConfigError(json_path, f"{path!r} is {kind}; give a directory")
+    # access() says what the mode bits allow (everything, for root); a read-only mount or /proc
+    # allows it and still refuses a file. So make and drop one nameless temp file, exactly as
+    # the body spool does.
+    try:
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise ConfigError(json_path, f"cannot create a temp file in {path!r}: "
+                          f"{exc.strerror}") from None

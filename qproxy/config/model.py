@@ -6,9 +6,10 @@ frozen: a loaded configuration is a value that a reload replaces whole.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Seconds. Finite and at most ~11 days: an event loop's timer, a socket timeout and a TLS
 # session lifetime all overflow somewhere past that.
@@ -19,12 +20,50 @@ OneLine = Annotated[str, Field(pattern=r"^[^\r\n]*$")]
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
+def check_host(value: str) -> str:
+    """An IP address or a DNS name getaddrinfo() can be asked about. Without this a label past
+    63 characters passed --test-config and then ended `qtls-server` with a UnicodeError
+    traceback from the IDNA codec when it bound the socket (or a worker's connect)."""
+    if not value:
+        raise ValueError("the host is empty (give an address such as '127.0.0.1' or '::')")
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if len(value) > 253 or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value[:80]!r} is neither an IP address nor a host name")
+    try:
+        value.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{value[:80]!r} is neither an IP address nor a host name (each "
+                         "dot-separated part is 1 to 63 characters)") from None
+    return value
+
+
+Host = Annotated[str, AfterValidator(check_host)]
+
+
+def check_url_path(value: str) -> str:
+    """A path sent on the wire or matched against request targets: it starts with '/' (a
+    prefix without one matches no request target) and holds no whitespace or control
+    character (a CR LF in a health-check path would write a header of its own)."""
+    if not value.startswith("/"):
+        raise ValueError(f"{value[:80]!r} must start with '/'")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value[:80]!r} holds whitespace or a control character")
+    return value
+
+
+UrlPath = Annotated[str, AfterValidator(check_url_path)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
 class ServerSection(Section):
-    listen_address: str = "0.0.0.0"
+    listen_address: Host = "0.0.0.0"
     listen_port: Port = 8443
     # The seed calls it worker_threads; both names mean worker processes. 0: one per CPU.
     workers: Annotated[int, Field(ge=0, le=1024)] = Field(
@@ -165,7 +204,7 @@ class LoggingSection(Section):
 
 class MetricsSection(Section):
     enabled: bool = True
-    address: str = "127.0.0.1"
+    address: Host = "127.0.0.1"
     port: Port = 9091
     path: str = "/metrics"
 
@@ -187,7 +226,7 @@ class FipsSection(Section):
 
 
 class HealthCheck(Section):
-    path: str = "/healthz"
+    path: UrlPath = "/healthz"
     interval: PositiveFloat = 5.0
     timeout: PositiveFloat = 2.0
 
@@ -219,7 +258,7 @@ class UpstreamSection(Section):
 
 class Route(Section):
     host: str | None = None
-    path_prefix: str = "/"
+    path_prefix: UrlPath = "/"
     upstream: str
     # nginx's proxy_request_buffering: the request body is read whole (memory, then a temp
     # file) before a backend is involved, so a slow upload holds no backend connection.
@@ -268,4 +307,5 @@ def parse_host_port(value: str) -> tuple[str, int]:
         host, sep, rest = text.rpartition(":")
     if not sep or not host or not rest.isdigit() or not 0 < int(rest) < 65536:
         raise ValueError(f"{value!r} is not host:port (e.g. '127.0.0.1:5000' or '[::1]:5000')")
+    check_host(host)
     return host, int(rest)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..config.model import ServerConfig
-from ..errors import ConfigErrors, QProxyError
+from ..errors import ConfigError, ConfigErrors, QProxyError
 from ..observability.logging import get_logger, reopen_log_files, rotate_by_size
 from ..observability.metrics import Metrics, mark_process_dead
 from ..observability.throttle import Throttle
@@ -59,6 +59,16 @@ def bind_listeners(address: str, port: int, backlog: int) -> list[socket.socket]
             sock.close()
         raise
     return sockets
+
+
+def bind_or_explain(address: str, port: int, backlog: int, json_path: str) -> list[socket.socket]:
+    """bind_listeners, its failure naming the one setting and port that failed: the operator
+    who starts a second instance, or finds the metrics port taken, must see which port."""
+    try:
+        return bind_listeners(address, port, backlog)
+    except OSError as exc:
+        raise ConfigError(json_path, f"cannot listen on {address}:{port}: "
+                          f"{exc.strerror or exc}") from None
 
 
 @dataclass
@@ -102,11 +112,12 @@ class Master:
     def _bind(self) -> None:
         section = self.current.config.server
         inherited = systemd.inherited_listener()
-        self.listeners = [inherited] if inherited else bind_listeners(
-            section.listen_address, section.listen_port, section.backlog)
+        self.listeners = [inherited] if inherited else bind_or_explain(
+            section.listen_address, section.listen_port, section.backlog, "server.listen_port")
         metrics = self.current.config.metrics
         if metrics.enabled:
-            self.metrics_socket = bind_listeners(metrics.address, metrics.port, 128)[0]
+            self.metrics_socket = bind_or_explain(metrics.address, metrics.port, 128,
+                                                  "metrics.port")[0]
 
     def _install_signals(self) -> None:
         for fd in (self._wake_r, self._wake_w):

@@ -18,7 +18,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..config.files import check_log_file, check_regular, read_regular
+from ..config.files import check_log_file, check_regular, check_temp_dir, read_regular
 from ..config.load import load_config
 from ..config.model import ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError, QProxyError
@@ -78,11 +78,14 @@ def _prepare(source: str, purpose: Purpose) -> Prepared:
 
 
 def check_named_files(config: ServerConfig) -> list[ConfigError]:
-    """Files loaded later by name (log file, PKCS#11 library, provider modules): they must be
-    what they claim before anything opens or dlopen()s them."""
+    """Files loaded later by name (log file, PKCS#11 library, provider modules, the request
+    body spool directory): they must be what they claim before anything opens or dlopen()s
+    them."""
     checks = []
     if config.logging.file is not None:
         checks.append(lambda: check_log_file(config.logging.file))
+    if config.server.client_body_temp_path is not None:
+        checks.append(lambda: check_temp_dir(config.server.client_body_temp_path))
     hsm = config.hsm
     if hsm.enabled and hsm.pkcs11_library:
         checks.append(lambda: check_regular(hsm.pkcs11_library, "hsm.pkcs11_library",
@@ -107,9 +110,10 @@ def check_hsm_keys(config: ServerConfig, server_tls: "ServerTls", source: str) -
     """Every HSM key exists, is non-extractable and matches its certificate; checked with
     python-pkcs11 in a short-lived child so this process never initialises the module."""
     from ..keys.pkcs11 import KeyCheck, check_keys_in_child
+    from ..tls.context import member_path
 
     checks = [KeyCheck(p.json_path, p.key_uri,
-                       read_regular(p.cert_path, p.json_path + ".cert", "certificate"))
+                       read_regular(p.cert_path, member_path(p.json_path, "cert"), "certificate"))
               for p in server_tls.pairs if p.key_uri is not None]
     if not checks:
         return

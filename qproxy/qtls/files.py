@@ -4,13 +4,14 @@ OpenSSL's own errors ("PEM lib") do not tell a person what is wrong."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Union
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from ..config.files import read_regular
+from ..errors import ConfigError
 from .constants import QTLS_FILETYPE_PEM
 from .errors import QTLSConfigError
 
@@ -18,11 +19,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def read_file(path: PathLike, what: str) -> bytes:
+    """A regular file of at most 1 MiB: a key path naming /dev/zero or a FIFO must be an
+    error, not a process that reads until the OOM killer comes (or waits for a writer)."""
     name = os.fspath(path)
     try:
-        return Path(name).read_bytes()
-    except OSError as exc:
-        raise QTLSConfigError(f"cannot read {what} {name!r}: {exc.strerror}", name) from None
+        return read_regular(name, "", what)
+    except ConfigError as exc:
+        raise QTLSConfigError(exc.problem, name) from None
 
 
 def check_pem_certificates(path: PathLike, what: str) -> list[x509.Certificate]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -18,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from .constants import QTLS_SIG_DILITHIUM2, QTLS_SIG_DILITHIUM3, QTLS_SIG_DILITHIUM5
 from .constants import canonical_algorithm
-from .errors import QTLSConfigError, QTLSCryptoError, QTLSUsageError
+from .errors import QTLSCryptoError, QTLSUsageError
+from .files import read_file
 from .keypair import RawKeyPair
 
 PrivateKey = Union[mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey, mldsa.MLDSA87PrivateKey]
@@ -165,8 +165,4 @@ class QTLSDilithium(RawKeyPair[PrivateKey, PublicKey]):
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise QTLSConfigError(f"cannot read {os.fspath(path)!r}: {exc.strerror}",
-                              os.fspath(path)) from None
+    return read_file(path, "key file")  # bounded, regular files only

@@ -122,28 +122,41 @@ def check_platform() -> str:
     return version
 
 
+def member_path(pair_path: str, member: str) -> str:
+    """Where a pair's cert or key is written in the operator's file. An element of `keypairs` or
+    `sni` has members (`certificates.keypairs[1].key`); the seed's pair is two keys of the
+    section itself, named by its key's key (`certificates.server_key` or `server_key_uri`):
+    an error must name a path the operator can find, not `certificates.server_cert.key`."""
+    if pair_path in SEED_PAIR_PATHS:
+        return "certificates.server_cert" if member == "cert" else pair_path
+    return f"{pair_path}.{member}"
+
+
+SEED_PAIR_PATHS = ("certificates.server_key", "certificates.server_key_uri")
+
+
 def _read(path: str, json_path: str, what: str) -> bytes:
     # Regular files only, and bounded: OpenSSL opens the same paths by name afterwards.
     return read_regular(path, json_path, what)
 
 
 def _load_leaf(pair: KeyPair, json_path: str) -> x509.Certificate:
-    cert_data = _read(pair.cert, json_path + ".cert", "certificate")
+    cert_data = _read(pair.cert, member_path(json_path, "cert"), "certificate")
     try:
         return x509.load_pem_x509_certificates(cert_data)[0]
     except ValueError:
-        raise ConfigError(json_path + ".cert", f"{pair.cert!r} holds no PEM certificate") from None
+        raise ConfigError(member_path(json_path, "cert"), f"{pair.cert!r} holds no PEM certificate") from None
 
 
 def load_hsm_pair(pair: KeyPair, json_path: str, hsm_enabled: bool) -> LoadedPair:
     """A certificate whose key stays in the HSM; the key itself is checked with python-pkcs11."""
     if not hsm_enabled:
-        raise ConfigError(json_path + ".key", "a pkcs11: key needs the hsm section "
+        raise ConfigError(member_path(json_path, "key"), "a pkcs11: key needs the hsm section "
                           "(hsm.enabled: true, hsm.pkcs11_library, a PIN)")
     try:
         uri = pkcs11_uri.parse(pair.key)
     except pkcs11_uri.UriError as exc:
-        raise ConfigError(json_path + ".key", str(exc)) from None
+        raise ConfigError(member_path(json_path, "key"), str(exc)) from None
     leaf = _load_leaf(pair, json_path)
     key_path = memory_file("qtls-hsm-key", pem_uri(pair.key))
     return LoadedPair(pair.cert, key_path, describe_key(leaf.public_key()), leaf,
@@ -156,26 +169,26 @@ def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
     if pkcs11_uri.is_pkcs11_uri(pair.key):
         return load_hsm_pair(pair, json_path, hsm_enabled)
     leaf = _load_leaf(pair, json_path)
-    key_data = _read(pair.key, json_path + ".key", "private key")
+    key_data = _read(pair.key, member_path(json_path, "key"), "private key")
     try:
         key = serialization.load_pem_private_key(key_data, password=None)
     except TypeError:
-        raise ConfigError(json_path + ".key", f"{pair.key!r} is encrypted; give an "
+        raise ConfigError(member_path(json_path, "key"), f"{pair.key!r} is encrypted; give an "
                           "unencrypted key (mode 0600) or keep it in an HSM") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(json_path + ".key", f"{pair.key!r} is not a usable PEM private key "
+        raise ConfigError(member_path(json_path, "key"), f"{pair.key!r} is not a usable PEM private key "
                           f"({exc})") from None
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-        raise ConfigError(json_path + ".key", f"{pair.key!r} does not match the certificate in "
+        raise ConfigError(member_path(json_path, "key"), f"{pair.key!r} does not match the certificate in "
                           f"{pair.cert!r} (subject {leaf.subject.rfc4514_string()})")
     mode = stat.S_IMODE(os.stat(pair.key).st_mode)
     if mode & 0o077:
-        warnings.append(f"{json_path}.key: {pair.key!r} is readable by others (mode {mode:04o}); "
+        warnings.append(f"{member_path(json_path, 'key')}: {pair.key!r} is readable by others (mode {mode:04o}); "
                         "chmod 600 it")
     now = dt.datetime.now(dt.timezone.utc)
     if leaf.not_valid_after_utc < now:
-        warnings.append(f"{json_path}.cert: {pair.cert!r} expired on "
+        warnings.append(f"{member_path(json_path, 'cert')}: {pair.cert!r} expired on "
                         f"{leaf.not_valid_after_utc:%Y-%m-%d}; clients will refuse it")
     return LoadedPair(pair.cert, pair.key, describe_key(leaf.public_key()), leaf,
                       leaf.public_bytes(serialization.Encoding.DER), json_path)
@@ -304,7 +317,8 @@ def build_server_tls(config: ServerConfig, source: str = "<config>",
 
     default_pairs = certs.default_pairs()
     offset = 1 if certs.server_cert else 0
-    default_paths = (["certificates.server_cert"] if certs.server_cert else []) + [
+    seed_path = "certificates.server_key" if certs.server_key else "certificates.server_key_uri"
+    default_paths = ([seed_path] if certs.server_cert else []) + [
         f"certificates.keypairs[{i}]" for i in range(len(default_pairs) - offset)]
     hsm = config.hsm.enabled
     loaded_default = _load_set(default_pairs, default_paths, policy, errors, warnings, hsm)
