@@ -16,6 +16,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.routing import Rule
 from werkzeug.serving import WSGIRequestHandler
 
+from .chunked import ChunkedBody
 from .storage import (
     ChecksumMismatch,
     EmptyUpload,
@@ -58,6 +59,9 @@ class HeaderPreservingRequestHandler(WSGIRequestHandler):
     def make_environ(self) -> dict[str, Any]:
         environ = super().make_environ()
         environ[RAW_HEADERS_ENVIRON_KEY] = list(self.headers.items())
+        if environ.get("wsgi.input_terminated"):
+            # werkzeug's own decoder over-reads the heap on a truncated chunk (see chunked.py).
+            environ["wsgi.input"] = ChunkedBody(self.rfile)
         return environ
 
 

@@ -132,8 +132,9 @@ def copy_and_hash(stream: BinaryIO, sink: BinaryIO | None = None) -> tuple[int, 
         try:
             chunk = stream.read(CHUNK_SIZE)
         except OSError as exc:
-            # No byte count in the message: werkzeug's chunked decoder
-            # miscounts what it read when the client vanishes mid-chunk.
+            # No byte count in the message: werkzeug's own chunked decoder
+            # miscounts when the client vanishes mid-chunk (chunked.py replaces
+            # it in our dev-server handler, but other servers may have theirs).
             raise UploadInterrupted(f"request body ended early or was malformed: {exc}") from exc
         if not chunk:
             return size, digest.hexdigest()
