@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .config.model import LoggingSection
+from .command_errors import one_line_errors
 from .errors import QProxyError
 from .keys import provider
 
@@ -203,19 +204,6 @@ class HsmTarget:
         return open_session(self.library, self.token, self.pin(), rw=rw)
 
 
-def _hsm_errors(func):
-    """Turn HSM problems into one clear line and exit code 1."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except QProxyError as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
-
-
 @main.group()
 @click.option("--library", envvar="QTLS_PKCS11_LIBRARY", required=True,
               help="PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so); env QTLS_PKCS11_LIBRARY")
@@ -230,7 +218,7 @@ def hsm(ctx: click.Context, library: str, token: str | None, pin_file: str | Non
 
 @hsm.command("status")
 @click.pass_obj
-@_hsm_errors
+@one_line_errors
 def hsm_status(target: HsmTarget) -> None:
     """Library, slots, tokens and the TLS-relevant mechanisms each offers."""
     from .keys.pkcs11 import token_status
@@ -249,7 +237,7 @@ def hsm_status(target: HsmTarget) -> None:
               show_default=True)
 @click.option("--id", "key_id", default=None, help="CKA_ID in hex (default: random)")
 @click.pass_obj
-@_hsm_errors
+@one_line_errors
 def hsm_keygen(target: HsmTarget, label: str, key_type: str, key_id: str | None) -> None:
     """Generate a sensitive, non-extractable key pair inside the token and print its URI."""
     from .keys.pkcs11 import keygen
@@ -268,7 +256,7 @@ def hsm_keygen(target: HsmTarget, label: str, key_type: str, key_id: str | None)
 @click.option("--dns", "dns_names", multiple=True, help="subjectAltName DNS names (repeatable)")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the CSR here (default: stdout)")
 @click.pass_obj
-@_hsm_errors
+@one_line_errors
 def hsm_csr(target: HsmTarget, label: str, subject: str, dns_names: tuple[str, ...],
             out: str | None) -> None:
     """A certificate request signed inside the token with the key LABEL."""
@@ -297,7 +285,7 @@ def hsm_csr(target: HsmTarget, label: str, subject: str, dns_names: tuple[str, .
 @click.option("--id", "key_id", default=None, help="CKA_ID in hex (use the key's)")
 @click.argument("cert", type=click.Path(dir_okay=False, exists=True))
 @click.pass_obj
-@_hsm_errors
+@one_line_errors
 def hsm_import_cert(target: HsmTarget, label: str, key_id: str | None, cert: str) -> None:
     """Store the leaf certificate of CERT on the token next to its key."""
     from pathlib import Path
@@ -314,7 +302,7 @@ def hsm_import_cert(target: HsmTarget, label: str, key_id: str | None, cert: str
 
 @hsm.command("list")
 @click.pass_obj
-@_hsm_errors
+@one_line_errors
 def hsm_list(target: HsmTarget) -> None:
     """Keys and certificates on the token."""
     from .keys.pkcs11 import list_objects
@@ -329,7 +317,7 @@ def hsm_list(target: HsmTarget) -> None:
 @click.option("--pem-out", type=click.Path(dir_okay=False),
               help="Also write pkcs11-provider's PEM form of the URI (a key file OpenSSL accepts)")
 @click.pass_obj
-@_hsm_errors
+@one_line_errors
 def hsm_uri(target: HsmTarget, label: str, pem_out: str | None) -> None:
     """Print the pkcs11: URI of key LABEL (for certificates.server_key_uri)."""
     from .keys.pkcs11 import public_key_der

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import click
 
 from .config.files import read_regular
+from .command_errors import one_line_errors
 from .errors import ConfigError, QProxyError
 from .keys import uri as pkcs11_uri
 
@@ -179,18 +180,6 @@ def load_verification_key(path: str | Path) -> QTLSDilithium:
 # -- qproxy firmware ... -------------------------------------------------------------------
 
 
-def _errors(func):
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except QProxyError as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def firmware() -> None:
     """Sign firmware images with ML-DSA-65 and verify them (detached <image>.sig)."""
@@ -201,7 +190,7 @@ def firmware() -> None:
               help="Private key (PEM PKCS#8, written mode 0600)")
 @click.option("--pub", "pub_out", type=click.Path(dir_okay=False),
               help="Public key (PEM) for the devices; default: OUT with .pub.pem")
-@_errors
+@one_line_errors
 def firmware_keygen(out: str, pub_out: str | None) -> None:
     """A new ML-DSA-65 signing key; prints its key id."""
     key = _dilithium()(ALGORITHM)
@@ -226,7 +215,7 @@ def firmware_keygen(out: str, pub_out: str | None) -> None:
 @click.option("--token", envvar="QTLS_HSM_TOKEN", help="Token label; env QTLS_HSM_TOKEN")
 @click.option("--pin-file", envvar="QTLS_HSM_PIN_FILE", type=click.Path(dir_okay=False),
               help="File holding the user PIN; env QTLS_HSM_PIN_FILE (or QTLS_HSM_PIN)")
-@_errors
+@one_line_errors
 def firmware_sign(image: str, key: str, out: str | None, library: str | None,
                   token: str | None, pin_file: str | None) -> None:
     """Sign IMAGE; writes the detached signature and prints its metadata as JSON."""
@@ -251,7 +240,7 @@ def firmware_sign(image: str, key: str, out: str | None, library: str | None,
 @click.option("--sig", "sig_path", type=click.Path(dir_okay=False),
               help="Signature file (default IMAGE.sig)")
 @click.option("--sha256", "expected", help="Also require this SHA-256 (hex)")
-@_errors
+@one_line_errors
 def firmware_verify(image: str, pubkey: str, sig_path: str | None, expected: str | None) -> None:
     """Exit 0 if IMAGE carries a valid signature by PUBKEY, 1 otherwise."""
     sig_file = Path(sig_path) if sig_path else signature_path(image)
