@@ -273,7 +273,10 @@ def test_cancelled_while_sending_closes() -> None:
 @pytest.mark.parametrize("answer,kind", [
     (b"SMTP ready\r\n\r\n", FailureKind.MALFORMED),
     (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
-     FailureKind.MALFORMED),  # unasked
+     FailureKind.INVALID_ANSWER),  # unasked
+    (b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n", FailureKind.INVALID_ANSWER),
+    (b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n", FailureKind.INVALID_ANSWER),
+    (b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n", FailureKind.INVALID_ANSWER),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", FailureKind.MALFORMED),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
      FailureKind.MALFORMED),

@@ -15,6 +15,9 @@ class FailureKind(enum.Enum):
     CLOSED = ("closed", 502, True)  # it closed before its response was whole
     MALFORMED = ("malformed", 502, True)  # not HTTP/1.1 as RFC 9112 frames it
     HEAD_TOO_BIG = ("header_too_big", 502, True)  # nginx: "upstream sent too big header"
+    # Well framed but not an answer we can relay (a status outside 100-599, a 101 nobody asked
+    # for): the application is at fault, not the server, which stays in rotation.
+    INVALID_ANSWER = ("invalid_answer", 502, False)
     CLIENT_BODY = ("client_body", 400, False)  # the client's streamed body failed
     CLIENT_GONE = ("client_gone", 499, False)
 

@@ -167,9 +167,14 @@ class ResponseReader:
         parser = self._parser
         assert parser is not None
         status = parser.get_status_code()
+        if not 100 <= status <= 599:
+            # nginx: "upstream sent invalid status"; RFC 9110 15 defines 100-599 only.
+            raise BackendError(FailureKind.INVALID_ANSWER,
+                               f"the backend sent an invalid status {status}")
         if status < 200 and not (status == 101 and self._expect_upgrade):
             if status == 101:
-                raise BackendError(FailureKind.MALFORMED, "the backend switched protocols unasked")
+                raise BackendError(FailureKind.INVALID_ANSWER,
+                                   "the backend switched protocols unasked")
             # 103 Early Hints, a stray 100 Continue: informational, the real answer follows.
             self._fields, self._reason = [], b""
             return
