@@ -11,6 +11,7 @@ import shutil
 import tempfile
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+_PREFIX = "qtls-metrics-"
 
 
 def prepare() -> tuple[str, bool]:
@@ -24,9 +25,44 @@ def prepare() -> tuple[str, bool]:
             if name.endswith(".db"):
                 os.unlink(os.path.join(given, name))
         return given, False
-    directory = tempfile.mkdtemp(prefix="qtls-metrics-")
+    sweep_orphans(tempfile.gettempdir())
+    directory = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
     os.environ[ENV] = directory
     return directory, True
+
+
+def sweep_orphans(parent: str) -> list[str]:
+    """Remove the directories of masters that died without cleaning up (kill -9, OOM killer):
+    ours, named after a process id that no longer runs. A directory of a live process, of
+    another user, or named otherwise is left alone. Returns what was removed."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        pid_text = name[len(_PREFIX):].partition("-")[0]
+        if not name.startswith(_PREFIX) or not pid_text.isdigit():
+            continue
+        path = os.path.join(parent, name)
+        try:
+            if os.lstat(path).st_uid != os.geteuid() or _alive(int(pid_text)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or a number no process can have: keep it
+    return True
 
 
 def cleanup(directory: str, created: bool) -> None:
