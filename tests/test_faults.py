@@ -305,3 +305,31 @@ def test_log_rotation_that_fails_is_logged_and_serving_goes_on(start_server, dev
     assert server.proc.poll() is None
     assert get(server.port).status == 200
     assert len(server.events("log rotation failed")) == 1  # once a minute at most
+
+
+@pytest.mark.skipif(shutil.which("softhsm2-util") is None or not Path(SOFTHSM_LIBRARY).exists(),
+                    reason="softhsm2 and pkcs11-provider are installed by `make test`")
+def test_reloads_with_hsm_keys_do_not_leak_descriptors(start_server, dev_pki, backend, token,
+                                                       hsm_cert):
+    """Each reload made a new memory file for the HSM key's PEM form and never closed it."""
+    server = start_server(hsm_config(dev_pki, backend, token, hsm_cert))
+
+    def key_files() -> int:
+        fds = Path(f"/proc/{server.pid}/fd")
+        return sum(1 for fd in fds.iterdir() if "qtls-hsm-key" in _readlink(fd))
+
+    before = key_files()
+    assert before >= 1
+    for generation in range(2, 5):
+        server.proc.send_signal(signal.SIGHUP)
+        assert server.wait_log(lambda e: e.get("event") == "reloaded"
+                               and e.get("generation") == generation, 30), generation
+    assert key_files() == before
+    assert get(server.port).status == 200
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""

@@ -148,6 +148,19 @@ def _load_leaf(pair: KeyPair, json_path: str) -> x509.Certificate:
         raise ConfigError(member_path(json_path, "cert"), f"{pair.cert!r} holds no PEM certificate") from None
 
 
+_HSM_KEY_FILES: dict[str, str] = {}
+
+
+def _hsm_key_file(uri: str) -> str:
+    """The memory file holding pkcs11-provider's PEM form of `uri`, one per URI for the life of
+    the process: every generation's workers inherit it, and a file per reload would leak one
+    descriptor each time (the master cannot tell when the last worker that reads it is gone)."""
+    path = _HSM_KEY_FILES.get(uri)
+    if path is None:
+        path = _HSM_KEY_FILES[uri] = memory_file("qtls-hsm-key", pem_uri(uri))
+    return path
+
+
 def load_hsm_pair(pair: KeyPair, json_path: str, hsm_enabled: bool) -> LoadedPair:
     """A certificate whose key stays in the HSM; the key itself is checked with python-pkcs11."""
     if not hsm_enabled:
@@ -158,7 +171,7 @@ def load_hsm_pair(pair: KeyPair, json_path: str, hsm_enabled: bool) -> LoadedPai
     except pkcs11_uri.UriError as exc:
         raise ConfigError(member_path(json_path, "key"), str(exc)) from None
     leaf = _load_leaf(pair, json_path)
-    key_path = memory_file("qtls-hsm-key", pem_uri(pair.key))
+    key_path = _hsm_key_file(pair.key)
     return LoadedPair(pair.cert, key_path, describe_key(leaf.public_key()), leaf,
                       leaf.public_bytes(serialization.Encoding.DER), json_path, uri)
 
