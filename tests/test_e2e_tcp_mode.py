@@ -177,6 +177,23 @@ def test_upstream_down_closes_the_client_and_logs_once(start_server, dev_pki, ba
     assert connect(server.port, groups=PQ).get_protocol_version_name() == "TLSv1.3"
 
 
+def test_upstream_reset_cuts_the_client_and_logs_once(start_server, dev_pki, backend,
+                                                      tcp_backend):
+    server = start_server(tcp_config(dev_pki, backend["address"], tcp_backend.address,
+                                     echo_listener()))
+    conn = connect(ports(server)["echo4"])
+    conn.sendall(b"RESET\n")
+    data, kind = read_until_closed(conn)
+    assert data == b"" and kind is not CloseKind.CLOSE_NOTIFY
+    line = wait_session(server, end="upstream_reset")
+    assert line["bytes_received"] == 6
+    time.sleep(0.3)
+    assert len(session_logs(server)) == 1
+    other = connect(ports(server)["echo4"])  # the next session is served
+    other.sendall(b"hi")
+    assert recv_exactly(other, 2) == b"hi"
+
+
 def test_idle_session_is_closed_with_close_notify(start_server, dev_pki, backend, tcp_backend):
     server = start_server(tcp_config(dev_pki, backend["address"], tcp_backend.address,
                                      echo_listener(idle_timeout=0.5)))

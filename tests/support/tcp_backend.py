@@ -2,6 +2,7 @@
 
 - anything: echoed back;
 - the client's FIN: answered with b"EOF-SEEN:<bytes received>", then our FIN;
+- b"RESET\\n": a TCP reset;
 - b"CLOSE\\n": our FIN at once (shutdown SHUT_WR), then everything that still comes is
   recorded in `received_after_close` until the client's FIN;
 - b"BIG <n>\\n": n bytes of a repeating pattern, as fast as the socket takes them.
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 
 
@@ -48,6 +50,10 @@ class TcpBackend:
                     conn.shutdown(socket.SHUT_WR)
                     return
                 total += len(data)
+                if data.startswith(b"RESET\n"):  # SO_LINGER 0: close() sends an RST
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+                    return
                 if data.startswith(b"CLOSE\n"):
                     conn.shutdown(socket.SHUT_WR)
                     self._record_until_eof(conn)
