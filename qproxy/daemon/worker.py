@@ -14,6 +14,7 @@ from ..observability.logging import get_logger, reopen_log_files
 from ..observability.metrics import Metrics
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
+from ..proxy.proxy_accept import ProxyHeaderPolicy
 from ..proxy.upstream import Router, Upstream
 from ..tls.context import ServerTls
 from ..tls import deadlines
@@ -52,7 +53,9 @@ class Generation:
         handler = ProxyHandler(self.upstreams, Router(config.effective_routes()),
                                self.observer.exchange_done, client_identity)
         self.http_server = HttpServer(handler, config.server, self.observer.bad_request)
-        self.limits = Limits(config.server.handshake_timeout, config.server.client_header_timeout)
+        self.limits = Limits(config.server.handshake_timeout, config.server.client_header_timeout,
+                             ProxyHeaderPolicy.from_section(config.server.proxy_protocol,
+                                                            config.server.handshake_timeout))
         # One bound method shared by every connection (each protocol holds it for its life).
         self._context_factory = self._default_context
 
