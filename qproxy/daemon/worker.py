@@ -22,6 +22,7 @@ from ..tls.protocol import Limits, TlsServerProtocol
 from ..observability.throttle import Throttle
 from .acceptor import AcceptState, Acceptor
 from .observer import ConnectionCount, Observer, client_identity
+from .proxy_header import ProxyHeaderSender
 
 log = get_logger("qproxy.worker")
 
@@ -50,8 +51,10 @@ class Generation:
 
         self.upstreams = {name: Upstream(name, section, upstream_state)
                           for name, section in config.upstreams.items()}
+        send = config.server.send_proxy_protocol
         handler = ProxyHandler(self.upstreams, Router(config.effective_routes()),
-                               self.observer.exchange_done, client_identity)
+                               self.observer.exchange_done, client_identity,
+                               ProxyHeaderSender(send, server_tls) if send else None)
         self.http_server = HttpServer(handler, config.server, self.observer.bad_request)
         self.limits = Limits(config.server.handshake_timeout, config.server.client_header_timeout,
                              ProxyHeaderPolicy.from_section(config.server.proxy_protocol,

@@ -177,8 +177,8 @@ class Upstream:
             fresh = request.upgrade  # an upgraded connection never returns to the pool
             while True:
                 try:
-                    connection = (None if fresh else connections.take_idle()) or (
-                        await connections.connect())
+                    connection = (None if fresh else connections.take_idle(request.client)) or (
+                        await connections.connect(request.preface, request.client))
                     response = await connection.exchange(request)
                 except BackendError as error:
                     error.server = server.address
