@@ -92,14 +92,19 @@ def test_a_backend_connection_serves_one_client_connection_only(start_server, de
                                                      second.getsockname()[1]}
     assert {tuple(r.requests) for r in records} == {
         ("/first/0", "/first/1", "/first/2"), ("/second/0", "/second/1", "/second/2")}
-    # A client that leaves takes its backend connection with it: the next client gets a new
-    # one that names the new client.
+    # A client that leaves takes its (idle) backend connection with it: closed at the next
+    # release on that server; the next client gets a new one that names the new client.
+    first_backend = int(next(iter(seen["first"])))
     first.shutdown()
     first.close()
     third = tls_connect(server.port)
     result = http_request(third, "GET", "/third")
+    http_request(third, "GET", "/third/again")  # another release on that server
     record = recording.records[int(result.header("X-Proxy-Connection"))]
+    assert record.index not in (0, 1)
     assert record.parsed.source[1] == third.getsockname()[1]
+    recording.wait_closed(first_backend, timeout=5)
+    assert not recording.records[1 - first_backend].closed  # the second client's stays
 
 
 # ---------------------------------------------------------------- in: from a load balancer

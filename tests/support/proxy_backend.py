@@ -35,6 +35,7 @@ class ProxyRecord:
     parsed: Parsed | None = None
     error: str | None = None
     requests: list[str] = field(default_factory=list)  # request targets, in order
+    closed: bool = False  # the proxy's side of the connection has ended
 
     def summary(self) -> dict:
         parsed = self.parsed
@@ -108,7 +109,20 @@ class RecordingBackend:
                 return b""
         return b""
 
+    def wait_closed(self, index: int, timeout: float = WAIT_SECONDS) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.records[index].closed, timeout):
+                raise TimeoutError(f"backend connection {index} is still open")
+
     def _serve(self, conn: socket.socket, record: ProxyRecord) -> None:
+        try:
+            self._serve_one(conn, record)
+        finally:
+            with self._changed:
+                record.closed = True
+                self._changed.notify_all()
+
+    def _serve_one(self, conn: socket.socket, record: ProxyRecord) -> None:
         conn.settimeout(0.2)
         with conn:
             parser = ProxyHeaderParser()
