@@ -212,3 +212,23 @@ def test_header_from_an_untrusted_address_is_refused(start_server, dev_pki, back
                            and e.get("reason") == "untrusted")
     assert line is not None
     assert not server.events("request")
+
+
+def test_health_checks_send_a_local_header(start_server, dev_pki, recording):
+    """A backend that requires a header on every connection must not fail our health checks
+    (HAProxy's check-send-proxy): they start with a LOCAL header."""
+    server = start_server(make_config(dev_pki, recording.address, server={
+        "send_proxy_protocol": {"version": "v2", "crc32c": True}}, upstreams={
+        "app": {"servers": [recording.address], "health_check": {
+            "path": "/healthz", "interval": 0.2, "timeout": 2}}}))
+    checks = recording.wait_records(2)[:2]
+    for record in checks:
+        assert record.error is None
+        assert record.parsed.command is pp.Command.LOCAL and record.parsed.source is None
+        assert record.parsed.tlv(pp.PP2_TYPE_CRC32C) is not None
+    recording.wait_closed(checks[0].index, timeout=5)
+    with recording._changed:
+        recording._changed.wait_for(lambda: checks[0].requests, 5)
+    assert checks[0].requests == ["/healthz"]
+    assert not server.events("backend server taken out of rotation")
+    assert http_request(tls_connect(server.port), "GET", "/after-checks").status == 200

@@ -15,6 +15,7 @@ from ..observability.metrics import Metrics
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
 from ..proxy.proxy_accept import ProxyHeaderPolicy
+from ..proxy.proxy_protocol import build_v2
 from ..proxy.upstream import Router, Upstream
 from ..tls.context import ServerTls
 from ..tls import deadlines
@@ -49,9 +50,11 @@ class Generation:
                 log.info("backend server back in rotation", upstream=upstream, server=server,
                          cause=cause)
 
-        self.upstreams = {name: Upstream(name, section, upstream_state)
-                          for name, section in config.upstreams.items()}
         send = config.server.send_proxy_protocol
+        health_preface = build_v2(None, None, alpn=None, authority=None, ssl=None,
+                                  crc32c=send.crc32c) if send else b""
+        self.upstreams = {name: Upstream(name, section, upstream_state, health_preface)
+                          for name, section in config.upstreams.items()}
         handler = ProxyHandler(self.upstreams, Router(config.effective_routes()),
                                self.observer.exchange_done, client_identity,
                                ProxyHeaderSender(send, server_tls) if send else None)

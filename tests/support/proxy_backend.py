@@ -78,7 +78,10 @@ class RecordingBackend:
 
     def wait_records(self, count: int, timeout: float = WAIT_SECONDS) -> list[ProxyRecord]:
         with self._changed:
-            if not self._changed.wait_for(lambda: len(self.records) >= count, timeout):
+            def decoded() -> bool:  # n connections, each with its header read (or refused)
+                return len(self.records) >= count and all(
+                    r.parsed is not None or r.error is not None for r in self.records[:count])
+            if not self._changed.wait_for(decoded, timeout):
                 raise TimeoutError(f"{len(self.records)} connections seen, {count} expected")
             return list(self.records)
 
