@@ -232,3 +232,23 @@ def test_health_checks_send_a_local_header(start_server, dev_pki, recording):
     assert checks[0].requests == ["/healthz"]
     assert not server.events("backend server taken out of rotation")
     assert http_request(tls_connect(server.port), "GET", "/after-checks").status == 200
+
+
+def test_sighup_turns_the_header_requirement_on(start_server, dev_pki, backend):
+    """server.proxy_protocol applies on reload, to the new generation's connections."""
+    import json
+    import signal
+
+    config = make_config(dev_pki, backend["address"])
+    server = start_server(config)
+    assert http_request(tls_connect(server.port), "GET", "/echo?before").status == 200
+    config["server"]["proxy_protocol"] = {"accept": ["v2"], "trusted": ["127.0.0.0/8"]}
+    server.config_path.write_text(json.dumps(config))
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.wait_log(lambda e: e.get("event") == "reloaded", 20) is not None
+    with pytest.raises((SSL.Error, OSError)):
+        http_request(tls_connect(server.port), "GET", "/echo?bare")
+    preface = pp.build_v2(("203.0.113.44", 1), ("192.0.2.1", 443), alpn=None, authority=None,
+                          ssl=None, crc32c=False)
+    result = http_request(_connect_after(server.port, preface), "GET", "/echo?after")
+    assert _headers(result)["x-real-ip"] == "203.0.113.44"
