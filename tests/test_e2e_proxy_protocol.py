@@ -252,3 +252,20 @@ def test_sighup_turns_the_header_requirement_on(start_server, dev_pki, backend):
                           ssl=None, crc32c=False)
     result = http_request(_connect_after(server.port, preface), "GET", "/echo?after")
     assert _headers(result)["x-real-ip"] == "203.0.113.44"
+
+
+def test_chained_balancer_addresses_are_relayed_to_the_backend(start_server, dev_pki,
+                                                              recording):
+    """In and out together (HAProxy's PX1 -> PX2 -> SRV): the backend's header carries what
+    the balancer's header said, the destination included."""
+    server = start_server(make_config(dev_pki, recording.address, server={
+        "proxy_protocol": {"accept": ["v2"], "trusted": ["127.0.0.0/8"]},
+        "send_proxy_protocol": "v2"}))
+    preface = pp.build_v2(("203.0.113.9", 4242), ("192.0.2.1", 443), alpn=None,
+                          authority=None, ssl=None, crc32c=False)
+    conn = _connect_after(server.port, preface, client_context(groups="X25519MLKEM768"))
+    assert http_request(conn, "GET", "/chained").status == 200
+    parsed = recording.wait_records(1)[0].parsed
+    assert parsed.source == ("203.0.113.9", 4242)
+    assert parsed.destination == ("192.0.2.1", 443)
+    assert pp.parse_ssl_tlv(parsed.tlv(pp.PP2_TYPE_SSL)).group == "X25519MLKEM768"

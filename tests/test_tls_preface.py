@@ -94,6 +94,7 @@ def test_header_then_tls_in_one_read_sets_the_client_address(server_context, hea
         conn.request()
         assert conn.protocol.client_address == CLIENT
         assert conn.app.transport.get_extra_info("peername") == CLIENT
+        assert conn.app.transport.get_extra_info("sockname") == LISTENER
         assert conn.observer.named("handshake_done")[0][0] == "203.0.113.7:40000"
         assert not conn.observer.named("preface_refused")
     asyncio.run(main())
@@ -123,6 +124,7 @@ def test_local_command_keeps_the_socket_address(server_context):
         conn.finish_handshake()
         conn.request()
         assert conn.protocol.client_address == ("127.0.0.1", 50000)
+        assert conn.app.transport.get_extra_info("sockname") is None  # the mock socket's
     asyncio.run(main())
 
 

@@ -32,8 +32,9 @@ class ProxyHeaderReader:
             return PrefaceRefused(error.reason.value, error.detail)
         if isinstance(result, NeedMore):
             return None
-        client = result.source if result.command is Command.PROXY else None
-        return PrefaceDone(client, result.rest)
+        if result.command is Command.PROXY and result.source is not None:
+            return PrefaceDone(result.source, result.destination, result.rest)
+        return PrefaceDone(None, None, result.rest)
 
     def ended(self) -> PrefaceRefused:
         try:

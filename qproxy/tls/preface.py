@@ -14,9 +14,11 @@ from typing import Any, Protocol
 @dataclass(frozen=True, slots=True)
 class PrefaceDone:
     """The preface is complete. `client`: the real client's (host, port), or None to keep
-    the socket's own peer (a load balancer's health check); `rest`: the bytes after it."""
+    the socket's own peer (a load balancer's health check); `destination`: the address that
+    client connected to (None with `client`); `rest`: the bytes after it."""
 
     client: tuple[str, int] | None
+    destination: tuple[str, int] | None
     rest: bytes
 
 

@@ -141,7 +141,7 @@ class TlsServerProtocol(asyncio.Protocol):
     __slots__ = ("_context_factory", "_app_factory", "_observer", "_limits", "_transport",
                  "_machine", "_app", "_app_phase", "_peer", "_started", "_phase",
                  "_write_paused", "_timer", "_header_deadline", "_in_request", "_client",
-                 "_preface")
+                 "_destination", "_preface")
 
     def __init__(
         self,
@@ -166,6 +166,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._header_deadline: float | None = None  # its key in the loop's `Deadlines`
         self._in_request = False
         self._client: Any = None  # the real client: the socket's peer, or a PROXY header's
+        self._destination: Any = None  # what that client connected to, per a PROXY header
         self._preface: PrefaceReader | None = None
 
     @property
@@ -174,6 +175,14 @@ class TlsServerProtocol(asyncio.Protocol):
         accepted, else the socket's peer. Logs, X-Forwarded-For and address rules read this
         (the HTTP side as `get_extra_info("peername")` of its transport)."""
         return self._client
+
+    @property
+    def destination_address(self) -> Any:
+        """The (host, port) the client connected to: a PROXY header's destination (what
+        HAProxy relays onward too), else our socket's own address (`sockname` upstairs)."""
+        if self._destination is not None:
+            return self._destination
+        return self._transport.get_extra_info("sockname") if self._transport else None
 
     @property
     def phase(self) -> Phase:
@@ -318,7 +327,7 @@ class TlsServerProtocol(asyncio.Protocol):
             return b""
         self._preface = None
         if outcome.client is not None:
-            self._client = outcome.client
+            self._client, self._destination = outcome.client, outcome.destination
             self._peer = format_peer(outcome.client)
         self._set_phase(Phase.NEW)
         self._cancel_timer()
@@ -554,6 +563,8 @@ class TlsAppTransport(asyncio.Transport):
             return self.info
         if name == "peername":
             return self._protocol.client_address
+        if name == "sockname":
+            return self._protocol.destination_address
         transport = self._protocol.socket_transport
         return transport.get_extra_info(name, default) if transport else default
 
