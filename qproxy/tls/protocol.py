@@ -133,8 +133,9 @@ class TlsServerProtocol(asyncio.Protocol):
 
     Longer than our ~250-line rule, for a reason: one of these lives as long as each
     connection, idle ones included, and the idle-connection memory target counts its bytes;
-    the request-head deadline, the lingering close and the app's lifecycle kept here cost a
-    few slots, where helper objects would cost an object each per idle connection. Each job
+    the request-head deadline, the lingering close, the app's lifecycle and the PROXY
+    preface (its reader lives only until the header is read) kept here cost a few slots,
+    where helper objects would cost an object each per idle connection. Each job
     has its own section below and its own state (`Phase`, `AppPhase`, the machine's)."""
 
     # Slots: one of these lives as long as each connection (an idle one too).
