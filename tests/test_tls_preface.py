@@ -7,6 +7,8 @@ import asyncio
 import ipaddress
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from qproxy.proxy import proxy_protocol as pp
@@ -244,3 +246,25 @@ def test_readme_documents_the_sub_keys():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for key in ('"accept"', '"trusted"', '"timeout"', '"version"', '"crc32c"'):
         assert key in readme
+
+
+# ---------------------------------------------------------------- fuzzing the seam
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(header=st.sampled_from([V1, V2]), cuts=st.lists(st.integers(1, 400), max_size=6))
+def test_any_split_of_header_and_client_hello_gives_the_same_connection(server_context, header,
+                                                                        cuts):
+    async def main():
+        conn = Connection(server_context, policy())
+        stream = header + conn.client_hello()
+        positions = sorted({c for c in cuts if c < len(stream)})
+        for start, end in zip([0, *positions], [*positions, len(stream)]):
+            conn.protocol.data_received(stream[start:end])
+        conn.finish_handshake()
+        conn.request()
+        assert conn.protocol.client_address == CLIENT
+        assert conn.app.calls[:2] == ["made", "data"]
+        assert not conn.observer.named("preface_refused")
+    asyncio.run(main())
