@@ -111,8 +111,14 @@ class Sent(NamedTuple):
 # Failures where nothing of the request reached the server: any request may go to the next.
 _NOTHING_SENT = frozenset({FailureKind.CONNECT, FailureKind.CONNECT_TIMEOUT})
 
-# The "client" of a health-check connection: ties it to no real client, so it is never pooled.
-_HEALTH_CHECK = object()
+class _HealthCheck:
+    """The "client" of a health-check connection: always gone, so it is never pooled."""
+
+    def is_closing(self) -> bool:
+        return True
+
+
+_HEALTH_CHECK = _HealthCheck()
 
 # (upstream, server, in rotation, cause): cause None for the initial state at start.
 StateCallback = Callable[[str, str, bool, "str | None"], None]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .errors import BackendError, FailureKind
 from .reader import ResponseReader
 from .response import BackendResponse, Fields, ResponseHead, TunnelClient
-from .sender import BackendRequest, WriteFlow, retrieve, send_request
+from .sender import BackendRequest, ClientLink, WriteFlow, retrieve, send_request
 from .state import BackendState, check_transition
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class BackendConnection(asyncio.BufferedProtocol):
                  "_tunnel_client", "_leftover", "client", "_preface")
 
     def __init__(self, pool: "ServerConnections", settings: BackendSettings,
-                 preface: bytes = b"", client: object | None = None) -> None:
+                 preface: bytes = b"", client: ClientLink | None = None) -> None:
         self._pool = pool
         self._settings = settings
         self.loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import os
 
 from .connection import BackendConnection, BackendSettings
 from .errors import BackendError, FailureKind
+from .sender import ClientLink
 
 
 class ServerConnections:
@@ -24,7 +25,7 @@ class ServerConnections:
         self._connect_timeout = connect_timeout
         self._idle: list[BackendConnection] = []
         # Idle connections tied to a client connection (one each: HTTP/1.1 asks one at a time).
-        self._tied: dict[object, BackendConnection] = {}
+        self._tied: dict[ClientLink, BackendConnection] = {}
 
     @property
     def idle_count(self) -> int:
@@ -33,7 +34,7 @@ class ServerConnections:
     async def acquire(self, fresh: bool = False) -> BackendConnection:
         return (None if fresh else self.take_idle()) or await self.connect()
 
-    def take_idle(self, client: object | None = None) -> BackendConnection | None:
+    def take_idle(self, client: ClientLink | None = None) -> BackendConnection | None:
         """A kept-alive connection, if one is idle (no coroutine for the common case); with
         `client`, only the one tied to that client connection."""
         if client is not None:
@@ -49,7 +50,7 @@ class ServerConnections:
                 return connection
         return None
 
-    async def connect(self, preface: bytes = b"", client: object | None = None
+    async def connect(self, preface: bytes = b"", client: ClientLink | None = None
                       ) -> BackendConnection:
         """A new connection; `preface` (a PROXY header for `client`) is its first bytes."""
         loop = asyncio.get_running_loop()
@@ -68,10 +69,11 @@ class ServerConnections:
         return protocol
 
     def release(self, connection: BackendConnection) -> None:
-        self._let_gone_clients_go()
+        if self._tied:
+            self._let_gone_clients_go()
         client = connection.client
         if client is not None:
-            if self.idle_count >= self._keepalive or _client_gone(client):
+            if self.idle_count >= self._keepalive or client.is_closing():
                 connection.close()
                 return
             connection.went_idle(self.idle_timeout)
@@ -97,7 +99,7 @@ class ServerConnections:
         """Close the idle connections whose client connection has closed (at most
         `keepalive` of them to look at)."""
         for client, connection in list(self._tied.items()):
-            if _client_gone(client):
+            if client.is_closing():
                 connection.close()  # forget() drops it from _tied
 
     def close(self) -> None:
@@ -105,8 +107,3 @@ class ServerConnections:
             connection.close()
         self._idle.clear()
         self._tied.clear()
-
-
-def _client_gone(client: object) -> bool:
-    is_closing = getattr(client, "is_closing", None)
-    return bool(is_closing()) if is_closing is not None else False

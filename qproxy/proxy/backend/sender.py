@@ -11,6 +11,13 @@ _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
+class ClientLink(Protocol):
+    """The client connection a backend connection is tied to (its transport): the tie ends
+    when it is closing."""
+
+    def is_closing(self) -> bool: ...
+
+
 @dataclass(slots=True)
 class BackendRequest:
     head: bytes
@@ -24,7 +31,7 @@ class BackendRequest:
     # server.send_proxy_protocol: the PROXY header a new connection starts with, and the
     # client connection it describes; a connection carrying one serves that client only.
     preface: bytes = b""
-    client: object | None = None
+    client: ClientLink | None = None
 
 
 class WriteFlow:
