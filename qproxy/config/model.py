@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .access import ListenerAccess, RouteAccess
+
 # Seconds. Finite and at most ~11 days: an event loop's timer, a socket timeout and a TLS
 # session lifetime all overflow somewhere past that.
 PositiveFloat = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
@@ -91,6 +93,8 @@ class ServerSection(Section):
     client_max_body_size: Annotated[int, Field(ge=0)] = 1 << 30
     client_body_buffer_size: Annotated[int, Field(ge=0)] = 16 * 1024
     client_body_temp_path: str | None = None
+    # Who may connect (config/access.py): per listener; the README's "Access control".
+    access: ListenerAccess | None = None
 
 
 class TlsSection(Section):
@@ -264,6 +268,8 @@ class Route(Section):
     # file) before a backend is involved, so a slow upload holds no backend connection.
     # false streams it as it arrives, for uploads that need that.
     request_buffering: bool = True
+    # Who may use this route, checked after routing (config/access.py).
+    access: RouteAccess | None = None
 
 
 class ServerConfig(Section):
@@ -290,7 +296,21 @@ class ServerConfig(Section):
                 )
         if not self.routes and len(self.upstreams) > 1:
             raise ValueError("routes: several upstreams need routes saying which path goes where")
+        self._clients_are_verified()
         return self
+
+    def _clients_are_verified(self) -> None:
+        """A clients allow-list only sees verified certificates: without verify_client no
+        client would ever pass it."""
+        if self.certificates.verify_client:
+            return
+        scopes = [("server.access.clients", self.server.access)] + [
+            (f"routes[{i}].access.clients", route.access) for i, route in enumerate(self.routes)]
+        for path, access in scopes:
+            if access is not None and access.clients is not None:
+                raise ValueError(f"{path}: needs certificates.verify_client true or "
+                                 '"optional" (client certificates are not asked for, so every '
+                                 "client would be refused)")
 
     def effective_routes(self) -> tuple[Route, ...]:
         if self.routes:
