@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 
+from ..policy.access import Denial, Reason
 from ..proxy.handler import Exchange
+from ..proxy.request import HttpRequest
 from ..tls import certinfo
 from ..tls.context import ServerTls
 from ..tls.machine import HandshakeInfo
@@ -146,6 +148,17 @@ class Observer:
         self._child(self.metrics.accept_paused, reason).inc()
 
     # -- requests ------------------------------------------------------------------------
+    def access_denied(self, request: HttpRequest, denial: Denial, scope: str) -> None:
+        """One line per refusal (nginx's "access forbidden by rule", "limiting requests"),
+        with what decided it; the request's access-log line carries the reason too."""
+        m = self.metrics
+        self._child(m.access_denied, denial.reason.label).inc()
+        if denial.reason is Reason.RATE:
+            m.rate_limited.inc()
+        self.log.warning("access denied", client=request.remote, reason=denial.reason.label,
+                         scope=scope, detail=denial.detail, status=denial.reason.status,
+                         method=request.method, path=request.raw_path[:200])
+
     def bad_request(self, client: str, status: int, reason: str) -> None:
         self._child(self.metrics.requests, str(status), "-").inc()
         self.log.warning("bad request", client=client, status=status, reason=reason[:200])
@@ -199,4 +212,6 @@ class Observer:
             )
         if exchange.error:
             fields["error"] = exchange.error
+        if exchange.denied:
+            fields["access_denied"] = exchange.denied
         self.access.info("request", **fields)

@@ -12,6 +12,7 @@ from OpenSSL import SSL
 from ..config.model import ServerConfig
 from ..observability.logging import get_logger, reopen_log_files
 from ..observability.metrics import Metrics
+from ..proxy.access import access_for
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
 from ..proxy.upstream import Router, Upstream
@@ -29,7 +30,8 @@ class Generation:
     """Everything one configuration serves with inside a worker."""
 
     def __init__(self, number: int, config: ServerConfig, server_tls: ServerTls,
-                 metrics: Metrics, connections: ConnectionCount) -> None:
+                 metrics: Metrics, connections: ConnectionCount, workers: int = 1,
+                 slot: int = 0) -> None:
         self.number = number
         self.config = config
         self.server_tls = server_tls
@@ -49,8 +51,12 @@ class Generation:
 
         self.upstreams = {name: Upstream(name, section, upstream_state)
                           for name, section in config.upstreams.items()}
-        handler = ProxyHandler(self.upstreams, Router(config.effective_routes()),
-                               self.observer.exchange_done, client_identity)
+        routes = config.effective_routes()
+        # Access control, with this worker's share of each limit (None: nothing configured,
+        # nothing asked per connection or request).
+        self.access = access_for(config.server.access, routes, workers, slot)
+        handler = ProxyHandler(self.upstreams, Router(routes), self.observer.exchange_done,
+                               client_identity, self.access, self.observer.access_denied)
         self.http_server = HttpServer(handler, config.server, self.observer.bad_request)
         self.limits = Limits(config.server.handshake_timeout, config.server.client_header_timeout)
         # One bound method shared by every connection (each protocol holds it for its life).
@@ -65,7 +71,7 @@ class Generation:
 
     def protocol(self) -> TlsServerProtocol:
         return TlsServerProtocol(self._context_factory, self.http_server, self.observer,
-                                 self.limits)
+                                 self.limits, self.access.gate if self.access else None)
 
     async def retire(self, timeout: float) -> None:
         """Finish in-flight requests (closing idle keep-alive connections), then let go."""
@@ -194,7 +200,8 @@ def worker_main(number: int, config: ServerConfig, server_tls: ServerTls, metric
 
     async def main() -> int:
         # aiohttp's server objects bind to the running loop: build them inside it.
-        generation = Generation(number, config, server_tls, metrics, ConnectionCount())
+        generation = Generation(number, config, server_tls, metrics, ConnectionCount(),
+                                workers, slot)
         return await Worker(generation, listeners, workers, ready_fd, slot).run()
 
     return uvloop.run(main())

@@ -44,6 +44,8 @@ class Denial:
     reason: Reason
     detail: str  # one line for the log: which rule, which limit
     retry_after: int | None = None  # whole seconds, for a 429's Retry-After
+    # Decided for the whole connection (at admission): it is closed after the answer.
+    for_connection: bool = False
 
 
 class RateKey(enum.Enum):
@@ -187,6 +189,8 @@ class ListenerGate:
             if not counted:
                 denial = Denial(Reason.CONNECTION_CAP, f"{self._counter.limit} connections "
                                 "from this address are open in this worker")
+        if denial is not None:
+            denial = Denial(denial.reason, denial.detail, for_connection=True)
         return Admission(client, denial, self if counted else None)
 
     def release(self, admission: "Admission") -> None:

@@ -62,6 +62,15 @@ class ConnectionObserver(Protocol):
     def connection_closed(self) -> None: ...
 
 
+class AdmissionGate(Protocol):
+    """Access control's say on a new connection (`policy.access.ListenerGate`): asked once,
+    with the client's address, before the handshake; what it returns is kept for the
+    connection (the HTTP side reads it as `get_extra_info("access")`) and released when it
+    closes."""
+
+    def admit(self, address: str) -> Any: ...
+
+
 class AppProtocol(Protocol):
     """What the TLS side asks of the application protocol above it (`proxy.http`), besides
     asyncio.Protocol's callbacks (each called once, in order: connection_made, data_received
@@ -134,7 +143,8 @@ class TlsServerProtocol(asyncio.Protocol):
     # Slots: one of these lives as long as each connection (an idle one too).
     __slots__ = ("_context_factory", "_app_factory", "_observer", "_limits", "_transport",
                  "_machine", "_app", "_app_phase", "_peer", "_started", "_phase",
-                 "_write_paused", "_timer", "_header_deadline", "_in_request")
+                 "_write_paused", "_timer", "_header_deadline", "_in_request", "_gate",
+                 "_admission")
 
     def __init__(
         self,
@@ -142,6 +152,7 @@ class TlsServerProtocol(asyncio.Protocol):
         app_factory: Callable[[], asyncio.Protocol],
         observer: ConnectionObserver,
         limits: Limits,
+        gate: AdmissionGate | None = None,
     ) -> None:
         self._context_factory = context_factory
         self._app_factory = app_factory
@@ -158,6 +169,25 @@ class TlsServerProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._header_deadline: float | None = None  # its key in the loop's `Deadlines`
         self._in_request = False
+        self._gate = gate
+        self._admission: Any = None
+
+    @property
+    def client_address(self) -> str:
+        """The client's IP address as text: the one attribute access control asks about.
+        Today the TCP peer's; a PROXY protocol header, once read, names the real client
+        here (and `_client_known` is then called after that header, not at connect)."""
+        transport = self._transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+    @property
+    def admission(self) -> Any:
+        return self._admission
+
+    def _client_known(self) -> None:
+        if self._gate is not None:
+            self._admission = self._gate.admit(self.client_address)
 
     @property
     def phase(self) -> Phase:
@@ -189,6 +219,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._machine = TlsServerMachine(self._context_factory())
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._limits.handshake_timeout, self._handshake_timed_out)
+        self._client_known()
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
@@ -254,6 +285,9 @@ class TlsServerProtocol(asyncio.Protocol):
         if machine is not None:
             machine.release()
         self._transport = None
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission.release()
         self._observer.connection_closed()
 
     def pause_writing(self) -> None:
@@ -476,6 +510,10 @@ class TlsAppTransport(asyncio.Transport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "tls":
             return self.info
+        if name == "access":
+            return self._protocol.admission
+        if name == "client_address":
+            return self._protocol.client_address
         transport = self._protocol.socket_transport
         return transport.get_extra_info(name, default) if transport else default
 
