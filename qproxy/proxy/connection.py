@@ -85,11 +85,8 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(transport, RequestLifecycle):
             self.lifecycle = transport
         self.flow = FlowControl(transport)  # type: ignore[arg-type]
-        # The TLS side names the client (`TlsServerProtocol.client_address`, which a PROXY
-        # protocol header repoints); a plain transport, its TCP peer.
-        client = transport.get_extra_info("client_address")
         peer = transport.get_extra_info("peername")
-        self.remote = client or (str(peer[0]) if isinstance(peer, tuple) else "-")
+        self.remote = str(peer[0]) if isinstance(peer, tuple) else "-"
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
