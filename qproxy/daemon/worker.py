@@ -15,6 +15,7 @@ from ..observability.metrics import Metrics
 from ..proxy.access import access_for
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
+from ..proxy.proxy_accept import ProxyHeaderPolicy
 from ..proxy.upstream import Router, Upstream
 from ..tls.context import ServerTls
 from ..tls import deadlines
@@ -58,7 +59,9 @@ class Generation:
         handler = ProxyHandler(self.upstreams, Router(routes), self.observer.exchange_done,
                                client_identity, self.access, self.observer.access_denied)
         self.http_server = HttpServer(handler, config.server, self.observer.bad_request)
-        self.limits = Limits(config.server.handshake_timeout, config.server.client_header_timeout)
+        self.limits = Limits(config.server.handshake_timeout, config.server.client_header_timeout,
+                             ProxyHeaderPolicy.from_section(config.server.proxy_protocol,
+                                                            config.server.handshake_timeout))
         # One bound method shared by every connection (each protocol holds it for its life).
         self._context_factory = self._default_context
 
