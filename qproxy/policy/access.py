@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from cryptography import x509
@@ -78,17 +78,25 @@ def share(total: int, workers: int, slot: int) -> int:
     return max(1, part)
 
 
-@dataclass(slots=True)
 class ClientState:
     """What one connection's requests are checked with, worked out once per connection."""
 
-    address_text: str
-    address: IpAddress | None
-    cert: x509.Certificate | None = None  # verified only; set after the handshake
-    cert_known: bool = False
-    # Per-scope memo of the client-certificate verdict (the certificate cannot change).
-    client_verdicts: dict[int, bool] = field(default_factory=dict)
-    _identity: str | None = None
+    __slots__ = ("address_text", "address", "address_key", "version", "address_int", "cert",
+                 "cert_known", "client_verdicts", "_identity")
+
+    def __init__(self, address_text: str, address: IpAddress | None) -> None:
+        self.address_text = address_text
+        self.address = address
+        # The address as the buckets and counters key it: normalised text (a str hashes
+        # once and keeps its hash; an ipaddress object hashes anew each time).
+        self.address_key = str(address) if address is not None else address_text
+        self.version = address.version if address is not None else 0
+        self.address_int = int(address) if address is not None else -1
+        self.cert: x509.Certificate | None = None  # verified only; set after the handshake
+        self.cert_known = False
+        # Per-scope memo of the client-certificate verdict (the certificate cannot change).
+        self.client_verdicts: dict[int, bool] = {}
+        self._identity: str | None = None
 
     def set_client(self, cert: x509.Certificate | None, verified: bool) -> None:
         self.cert = cert if verified else None
@@ -99,7 +107,7 @@ class ClientState:
             if self._identity is None:
                 self._identity = identity_of(self.cert)
             return self._identity
-        return self.address if self.address is not None else self.address_text
+        return self.address_key
 
 
 class AccessPolicy:
@@ -126,7 +134,7 @@ class AccessPolicy:
         if client.address is None:
             return Denial(Reason.IP, f"client address {client.address_text!r} is not an IP "
                           "address and address rules are set")
-        action, index = self._rules.decide(client.address)
+        action, index = self._rules.decide_int(client.version, client.address_int)
         if action is Action.DENY:
             return Denial(Reason.IP, f"rules[{index}] denies {client.address}")
         return None
@@ -185,7 +193,7 @@ class ListenerGate:
         denial = self.policy.check_address(client)
         counted = False
         if denial is None and self._counter is not None:
-            counted = self._counter.open(client.rate_key(RateKey.ADDRESS))
+            counted = self._counter.open(client.address_key)
             if not counted:
                 denial = Denial(Reason.CONNECTION_CAP, f"{self._counter.limit} connections "
                                 "from this address are open in this worker")
@@ -195,7 +203,7 @@ class ListenerGate:
 
     def release(self, admission: "Admission") -> None:
         if self._counter is not None:
-            self._counter.close(admission.client.rate_key(RateKey.ADDRESS))
+            self._counter.close(admission.client.address_key)
 
 
 @dataclass(slots=True)

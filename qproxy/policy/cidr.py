@@ -109,13 +109,16 @@ class CidrRules:
 
     def first_match(self, address: IpAddress) -> int:
         """Index of the first rule whose network holds `address` (normalised), or NO_RULE."""
-        if address.version == 4:
-            return self._v4.first(int(address))
-        return self._v6.first(int(address))
+        return (self._v4 if address.version == 4 else self._v6).first(int(address))
 
     def decide(self, address: IpAddress) -> tuple[Action, int]:
         """(action, rule index); no rule matching allows, as in nginx."""
-        index = self.first_match(address)
+        return self.decide_int(address.version, int(address))
+
+    def decide_int(self, version: int, value: int) -> tuple[Action, int]:
+        """`decide` for an address already as (version, integer): a connection's requests
+        convert it once."""
+        index = (self._v4 if version == 4 else self._v6).first(value)
         if index == NO_RULE:
             return Action.ALLOW, NO_RULE
         return self.rules[index].action, index
