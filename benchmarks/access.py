@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{fmt(access['rps'])} | {-cost:+.1%} |")
     print(f"| worker CPU per request (µs) | {fmt(base['cpu'])} | {fmt(access['cpu'])} | "
           f"{cpu_cost:+.1%} |")
+    # Each run measures both servers back to back: the ratio within a run is steadier than
+    # the medians when the machine's load drifts between runs.
+    paired = statistics.median(a / b for a, b in zip(access["rps"], base["rps"])) - 1
+    print(f"| keep-alive requests/s, median of per-run ratios | — | — | {paired:+.1%} |")
     micro = checks_microseconds()
     print(f"| the checks alone, in-process (µs per request) | — | {micro:.2f} | "
           f"{micro / statistics.median(base['cpu']):+.1%} of the worker CPU per request |")
