@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 from ..policy.access import Denial, Reason
 from ..proxy.handler import Exchange
 from ..proxy.request import HttpRequest
+from ..proxy.stream import End, StreamRecord
 from ..tls import certinfo
 from ..tls.context import ServerTls
 from ..tls.machine import HandshakeInfo
@@ -35,6 +36,10 @@ def client_identity(info: HandshakeInfo | None) -> Mapping[str, str] | None:
         IDENTITY_HEADERS["fingerprint"]: certinfo.sha256_fingerprint(cert),
         IDENTITY_HEADERS["key"]: certinfo.describe_key(cert.public_key()),
     }
+
+
+# Ends that are the upstream's failure (also logged with the access log off).
+STREAM_FAILURES = frozenset({End.UPSTREAM_REFUSED, End.CONNECT_TIMEOUT, End.UPSTREAM_RESET})
 
 
 def _reason_class(reason: str) -> str:
@@ -63,7 +68,9 @@ class ConnectionCount:
 
 class Observer:
     def __init__(self, metrics: Metrics, logger, access_logger, server_tls: ServerTls,
-                 connections: ConnectionCount, access_log: bool = True) -> None:
+                 connections: ConnectionCount, access_log: bool = True,
+                 listener: str = "default") -> None:
+        self.listener = listener
         self.metrics = metrics
         self.log = logger
         self.access = access_logger
@@ -84,12 +91,12 @@ class Observer:
     # -- connections (ConnectionObserver) ------------------------------------------------
     def connection_opened(self) -> None:
         self.connections.open += 1
-        self.metrics.connections.inc()
-        self.metrics.connections_open.inc()
+        self._child(self.metrics.connections, self.listener).inc()
+        self._child(self.metrics.connections_open, self.listener).inc()
 
     def connection_closed(self) -> None:
         self.connections.open -= 1
-        self.metrics.connections_open.dec()
+        self._child(self.metrics.connections_open, self.listener).dec()
         if self.connections.on_closed is not None:
             self.connections.on_closed()
 
@@ -107,7 +114,8 @@ class Observer:
         sigalg = self.sigalg(info)
         group = info.group or "-"
         m = self.metrics
-        self._child(m.handshakes, "ok", group, sigalg or "-", str(info.resumed).lower()).inc()
+        self._child(m.handshakes, "ok", group, sigalg or "-", str(info.resumed).lower(),
+                    self.listener).inc()
         key_source = self._key_source(info) or "none"
         self._child(m.handshake_seconds, group, sigalg or "-", key_source).observe(seconds)
         if not is_post_quantum(info.group):
@@ -117,7 +125,7 @@ class Observer:
 
     def handshake_failed(self, peer: str, reason: str, alert: str | None, seconds: float) -> None:
         m = self.metrics
-        self._child(m.handshakes, "failed", "-", "-", "false").inc()
+        self._child(m.handshakes, "failed", "-", "-", "false", self.listener).inc()
         self._child(m.handshake_failures, _reason_class(reason), alert or "none").inc()
         if alert:
             self._child(m.alerts_sent, alert).inc()
@@ -155,13 +163,22 @@ class Observer:
     def access_denied(self, request: HttpRequest, denial: Denial, scope: str) -> None:
         """One line per refusal (nginx's "access forbidden by rule", "limiting requests"),
         with what decided it; the request's access-log line carries the reason too."""
+        self._denied(request.remote, denial, scope, method=request.method,
+                     path=request.raw_path[:200])
+
+    def connection_denied(self, client: str, denial: Denial) -> None:
+        """A tcp listener's refusal: the connection is closed, nothing is answered."""
+        self._denied(client, denial, "listener", status=None)
+
+    def _denied(self, client: str, denial: Denial, scope: str, **fields: Any) -> None:
         m = self.metrics
         self._child(m.access_denied, denial.reason.label).inc()
         if denial.reason is Reason.RATE:
             m.rate_limited.inc()
-        self.log.warning("access denied", client=request.remote, reason=denial.reason.label,
-                         scope=scope, detail=denial.detail, status=denial.reason.status,
-                         method=request.method, path=request.raw_path[:200])
+        fields.setdefault("status", denial.reason.status)
+        self.log.warning("access denied", client=client, listener=self.listener,
+                         reason=denial.reason.label, scope=scope, detail=denial.detail,
+                         **fields)
 
     def bad_request(self, client: str, status: int, reason: str) -> None:
         self._child(self.metrics.requests, str(status), "-").inc()
@@ -219,3 +236,39 @@ class Observer:
         if exchange.denied:
             fields["access_denied"] = exchange.denied
         self.access.info("request", **fields)
+
+    # -- tcp mode ------------------------------------------------------------------------
+    def stream_done(self, record: StreamRecord) -> None:
+        """One line per tcp-mode session (nginx's stream access log), and its metrics."""
+        m = self.metrics
+        self._child(m.stream_sessions, self.listener, record.end.value).inc()
+        if record.bytes_up:
+            self._child(m.stream_bytes, self.listener, "up").inc(record.bytes_up)
+        if record.bytes_down:
+            self._child(m.stream_bytes, self.listener, "down").inc(record.bytes_down)
+        failed = record.end in STREAM_FAILURES
+        if not self.access_log and not failed:
+            return
+        info: HandshakeInfo | None = record.tls
+        fields: dict[str, Any] = {
+            "listener": self.listener,
+            "client": record.client,
+            "upstream_addr": record.server,
+            "bytes_sent": record.bytes_down,
+            "bytes_received": record.bytes_up,
+            "session_time_ms": round(record.seconds * 1000, 2),
+            "end": record.end.value,
+        }
+        if info is not None:
+            fields.update(
+                tls_version=info.version, ssl_curve=info.group, ssl_sigalg=self.sigalg(info),
+                ssl_session_reused=info.resumed, ssl_server_name=info.server_name,
+                ssl_client_subject=(certinfo.subject_string(info.peer_cert)
+                                    if info.peer_cert is not None and info.peer_verified
+                                    else None))
+        if record.error:
+            fields["error"] = record.error[:300]
+        if self.access_log:
+            self.access.info("session", **fields)
+        else:  # like nginx's error_log: failures are logged even with the access log off
+            self.log.warning("session failed", **fields)

@@ -67,3 +67,38 @@ def access_for(listener: Any, routes: tuple[Any, ...], workers: int, slot: int,
     # address parsed once, its certificate's verdicts remembered) for the routes' checks.
     spec = listener.spec() if listener is not None else OPEN_DOOR
     return RequestAccess(ListenerGate(spec, workers, slot, clock), policies)
+
+
+class StreamGate:
+    """A tcp listener's gate (`tls.protocol.AdmissionGate` in stream mode): the listener's
+    decisions, with a refusal closing the connection, as nginx's stream `deny` does. Before
+    the handshake: the address rules and the connection cap. Right after it: the client
+    certificate lists, and the rate limit, which counts connections here (a byte stream has
+    no requests)."""
+
+    __slots__ = ("gate", "_denied")
+
+    def __init__(self, gate: ListenerGate, denied: Callable[[str, Denial], None]) -> None:
+        self.gate = gate
+        self._denied = denied
+
+    def admit(self, address: str) -> Admission:
+        return self.gate.admit(address)
+
+    def refuses_now(self, admission: Admission) -> bool:
+        if admission.refused is None:
+            return False
+        self._denied(admission.client.address_text, admission.refused)
+        return True
+
+    def refuses_established(self, admission: Admission | None, info: HandshakeInfo) -> bool:
+        if admission is None:
+            return False
+        client = admission.client
+        client.set_client(info.peer_cert, info.peer_verified)
+        policy = self.gate.policy
+        denial = policy.check_client(client) or policy.take_request(client)
+        if denial is None:
+            return False
+        self._denied(client.address_text, denial)
+        return True

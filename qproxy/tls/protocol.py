@@ -52,6 +52,10 @@ class Limits:
     client_header_timeout: float
     # Read before TLS (server.proxy_protocol: a load balancer's PROXY header); None: nothing.
     preface: PrefacePolicy | None = None
+    # A byte stream (tcp mode) rather than requests: the application protocol starts at the
+    # handshake, not at the first byte (the upstream may speak first, and the connection to
+    # it is made at once), and no request-head deadline applies (its idle_timeout does).
+    stream: bool = False
 
 
 class ConnectionObserver(Protocol):
@@ -67,12 +71,15 @@ class ConnectionObserver(Protocol):
 
 
 class AdmissionGate(Protocol):
-    """Access control's say on a new connection (`policy.access.ListenerGate`): asked once,
-    with the client's address, before the handshake; what it returns is kept for the
-    connection (the HTTP side reads it as `get_extra_info("access")`) and released when it
-    closes."""
+    """Access control's say on a new connection (`proxy.access`): asked once, with the
+    client's address, before the handshake; what it returns is kept for the connection (the
+    HTTP side reads it as `get_extra_info("access")`) and released when it closes. In tcp
+    mode (`Limits.stream`) there is no request to answer a refusal to, so the gate is asked
+    whether to close: before the handshake, and right after it (the client certificate)."""
 
     def admit(self, address: str) -> Any: ...
+    def refuses_now(self, admission: Any) -> bool: ...
+    def refuses_established(self, admission: Any, info: HandshakeInfo) -> bool: ...
 
 
 class AppProtocol(Protocol):
@@ -104,6 +111,7 @@ class Phase(enum.Enum):
     NEW = "new"  # nothing received yet (the first bytes are checked for plain HTTP)
     READING = "reading"
     INPUT_ENDED = "input ended"  # the peer's TCP FIN: we may still write
+    OUTPUT_ENDED = "output ended"  # our close_notify and FIN sent (tcp mode): we still read
     LINGERING = "lingering"  # our side shut; what comes is read and dropped until the close
     CLOSED = "closed"
 
@@ -111,8 +119,9 @@ class Phase(enum.Enum):
 _PHASES = {
     Phase.PREFACE: {Phase.NEW, Phase.CLOSED},
     Phase.NEW: {Phase.READING, Phase.INPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
-    Phase.READING: {Phase.INPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
+    Phase.READING: {Phase.INPUT_ENDED, Phase.OUTPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
     Phase.INPUT_ENDED: {Phase.LINGERING, Phase.CLOSED},
+    Phase.OUTPUT_ENDED: {Phase.LINGERING, Phase.CLOSED},
     Phase.LINGERING: {Phase.CLOSED},
     Phase.CLOSED: set(),
 }
@@ -192,13 +201,22 @@ class TlsServerProtocol(asyncio.Protocol):
         """What access control decided when the client became known (`AdmissionGate`)."""
         return self._admission
 
-    def _client_known(self) -> None:
+    def _client_known(self) -> bool:
         """The real client is known (at connect, or after its PROXY header): access control
-        admits it or not, before any TLS work."""
-        if self._gate is not None:
-            client = self._client
-            host = str(client[0]) if isinstance(client, tuple) and client else ""
-            self._admission = self._gate.admit(host)
+        admits it or not, before any TLS work. False: refused, and closed now (tcp mode; HTTP
+        answers the refusal to the first request, `get_extra_info("access")`)."""
+        gate = self._gate
+        if gate is None:
+            return True
+        client = self._client
+        host = str(client[0]) if isinstance(client, tuple) and client else ""
+        self._admission = gate.admit(host)
+        if self._limits.stream and gate.refuses_now(self._admission):
+            self._cancel_timer()
+            if self._transport is not None:
+                self._transport.close()
+            return False
+        return True
 
     @property
     def phase(self) -> Phase:
@@ -234,7 +252,7 @@ class TlsServerProtocol(asyncio.Protocol):
         if policy is None:
             self._timer = loop.call_later(self._limits.handshake_timeout,
                                           self._handshake_timed_out)
-            self._client_known()
+            self._client_known()  # a refusal closes: nothing more to set up either way
             return
         self._phase = Phase.PREFACE  # the first phase of such a connection, not a transition
         reader = policy.reader(self._client)
@@ -246,7 +264,7 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
-        if phase is not Phase.READING:
+        if phase is not Phase.READING and phase is not Phase.OUTPUT_ENDED:
             if phase is Phase.PREFACE:
                 data = self._read_preface(data)
                 if not data:
@@ -284,6 +302,10 @@ class TlsServerProtocol(asyncio.Protocol):
         if self._phase is Phase.PREFACE:
             if self._preface is not None:
                 self._refuse_preface(self._preface.ended())
+            return False
+        if self._phase is Phase.OUTPUT_ENDED:  # both ways done: the app hears it, we close
+            self._app_eof()
+            self._set_phase(Phase.LINGERING)
             return False
         self._set_phase(Phase.INPUT_ENDED)
         handshaking = self._machine is not None and self._machine.info is None
@@ -349,7 +371,8 @@ class TlsServerProtocol(asyncio.Protocol):
         if outcome.client is not None:
             self._client = outcome.client
             self._peer = format_peer(outcome.client)
-        self._client_known()
+        if not self._client_known():
+            return b""
         self._set_phase(Phase.NEW)
         self._cancel_timer()
         self._started = time.monotonic()  # the handshake's time starts after the header
@@ -401,7 +424,14 @@ class TlsServerProtocol(asyncio.Protocol):
         self._cancel_timer()
         self._observer.handshake_done(self._peer, info, self._elapsed())
         assert self._transport is not None
-        self._arm_header_timer()
+        if self._limits.stream:
+            gate = self._gate
+            if gate is not None and gate.refuses_established(self._admission, info):
+                self._close_tls()  # tcp mode: no answer to give, close_notify and go
+                return
+            self._start_app()
+        else:
+            self._arm_header_timer()
 
     def _start_app(self) -> asyncio.Protocol:
         # The HTTP protocol (parser, buffers, a task) and its transport are made when the first
@@ -421,7 +451,7 @@ class TlsServerProtocol(asyncio.Protocol):
         app = self._app or self._start_app()
         if self._app_phase is not AppPhase.OPEN:
             return  # lost (or ended) meanwhile
-        if not self._in_request and self._header_deadline is None:
+        if not self._in_request and self._header_deadline is None and not self._limits.stream:
             self._arm_header_timer()
         app.data_received(plaintext)
 
@@ -498,7 +528,7 @@ class TlsServerProtocol(asyncio.Protocol):
     def write_plaintext(self, data: bytes) -> None:
         machine = self._machine
         if machine is None or self._transport is None or self._phase in (
-                Phase.LINGERING, Phase.CLOSED):
+                Phase.LINGERING, Phase.CLOSED, Phase.OUTPUT_ENDED):
             return
         try:
             if len(data) <= ENCRYPT_SLICE:
@@ -528,6 +558,19 @@ class TlsServerProtocol(asyncio.Protocol):
             self._flush()
         self._linger_close()
 
+    def close_write(self) -> None:
+        """close_notify and a TCP FIN, reading on (tcp mode: the upstream ended its side, the
+        client may still be sending). After the client's FIN it is a full close."""
+        if self._phase is not Phase.READING or self._machine is None:
+            self._close_tls()
+            return
+        self._machine.close_write()
+        self._flush()
+        self._set_phase(Phase.OUTPUT_ENDED)
+        assert self._transport is not None
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+
     def close_without_notify(self) -> None:
         """Close after what is written, with no close_notify: a response was cut off, and a
         TLS end without close_notify is how the client tells truncation from a whole
@@ -541,12 +584,14 @@ class TlsServerProtocol(asyncio.Protocol):
         if self._phase in (Phase.LINGERING, Phase.CLOSED) or self._transport is None:
             return
         input_ended = self._phase is Phase.INPUT_ENDED
+        output_ended = self._phase is Phase.OUTPUT_ENDED
         self._set_phase(Phase.LINGERING)
         self._cancel_timer()
         self._cancel_header_timer()
         transport = self._transport
-        if not input_ended and transport.can_write_eof():
-            transport.write_eof()
+        if not input_ended and (output_ended or transport.can_write_eof()):
+            if not output_ended:
+                transport.write_eof()
             self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
         else:
             transport.close()
@@ -597,7 +642,11 @@ class TlsAppTransport(asyncio.Transport):
         self.write(b"".join(list_of_data))
 
     def can_write_eof(self) -> bool:
-        return False
+        return True
+
+    def write_eof(self) -> None:
+        """close_notify and FIN, reading on (what a byte relay passes on)."""
+        self._protocol.close_write()
 
     def is_closing(self) -> bool:
         return self._protocol.is_closing()
