@@ -205,3 +205,32 @@ def test_connection_cap_per_address(start_server, dev_pki, backend):
             break
     else:
         pytest.fail("no connection admitted after the others closed")
+
+
+def _tls_after_proxy_header(port: int, header: bytes) -> SSL.Connection:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(header)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
+    conn = SSL.Connection(client_context(), sock)
+    conn.set_tlsext_host_name(b"localhost")
+    conn.set_connect_state()
+    conn.do_handshake()
+    return conn
+
+
+def test_rules_see_the_client_a_proxy_header_names(start_server, dev_pki, backend):
+    """Behind a load balancer (server.proxy_protocol), the rules judge the client the PROXY
+    header names, not the balancer's address (TlsServerProtocol.client_address)."""
+    server = start_server(_config(dev_pki, backend, server={
+        "proxy_protocol": {"accept": ["v1"], "trusted": ["127.0.0.1/32"]}},
+        access={"rules": [{"deny": "203.0.113.0/24"}, {"allow": "all"}]}))
+    refused = _tls_after_proxy_header(
+        server.port, b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 8443\r\n")
+    assert http_request(refused, "GET", "/echo?far").status == 403
+    assert _denied_line(server, "ip")["detail"] == "rules[0] denies 203.0.113.9"
+    served = _tls_after_proxy_header(
+        server.port, b"PROXY TCP4 198.51.100.2 127.0.0.1 40001 8443\r\n")
+    result = http_request(served, "GET", "/echo?near")
+    assert result.status == 200
+    assert dict((k.lower(), v) for k, v in result.json()["headers"])["x-real-ip"] == "198.51.100.2"
