@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -123,9 +124,9 @@ class AccessPolicy:
         self._rate_key = RateKey.ADDRESS
         if spec.rate is not None:
             workers = max(1, workers)
-            kwargs = {} if clock is None else {"clock": clock}
             self._buckets = TokenBuckets(spec.rate.requests_per_second / workers,
-                                         share(spec.rate.burst, workers, slot), **kwargs)
+                                         share(spec.rate.burst, workers, slot),
+                                         clock or time.monotonic)
             self._rate_key = spec.rate.key
 
     def check_address(self, client: ClientState) -> Denial | None:
