@@ -205,9 +205,11 @@ def _idle_nginx(seconds: float | None) -> str:
 def start_qtls(directory: Path, pairs: list[tuple[Path, Path]], backend: int, workers: int,
                name: str, source: Path = ROOT, groups: tuple[str, ...] = (
                    "kyber768", "x25519", "kyber1024", "ecdhe-p384"),
-               idle_timeout: float | None = None) -> tuple[Process, int, int]:
+               idle_timeout: float | None = None, server: dict | None = None,
+               routes: list | None = None) -> tuple[Process, int, int]:
     """qtls-server from the source tree `source` (another checkout for an A/B run);
-    `idle_timeout` as for nginx (start_nginx_peer)."""
+    `idle_timeout` as for nginx (start_nginx_peer); `server` keys added to its `server`
+    section and `routes` (to the upstream "backend") for scenarios that need them."""
     port, metrics = free_port(), free_port()
     config = {
         "server": {"listen_address": "127.0.0.1", "listen_port": port, "workers": workers,
@@ -222,6 +224,9 @@ def start_qtls(directory: Path, pairs: list[tuple[Path, Path]], backend: int, wo
         config["server"].update(client_header_timeout=idle_timeout, keepalive_timeout=idle_timeout)
     if source == ROOT and _has_server_key("client_max_body_size"):
         config["server"]["client_max_body_size"] = 0  # no limit, as the nginx peer's 0
+    config["server"].update(server or {})
+    if routes is not None:
+        config["routes"] = routes
     path = directory / f"{name}.json"
     path.write_text(json.dumps(config))
     proc = Process([sys.executable, "-m", "qproxy", "serve", "--config", str(path)],

@@ -83,3 +83,18 @@ def test_every_documented_key_exists():
     rows = set(_reference_rows())
     missing = [f"routes[].{name}" for name in Route.model_fields if f"routes[].{name}" not in rows]
     assert not missing, f"undocumented route keys: {missing}"
+
+
+def test_access_keys_documented_both_ways():
+    """`access.<key>` rows are the keys of the access blocks, no more, no fewer; the
+    sub-keys of `clients` and `rate` are named in their rows."""
+    from qproxy.config.access import ClientsBlock, ListenerAccess, RateBlock
+
+    rows = {key.removeprefix("access.") for key in _reference_rows()
+            if key.startswith("access.")}
+    assert rows == set(ListenerAccess.model_fields), rows ^ set(ListenerAccess.model_fields)
+    section = README.split("### `access`", 1)[1].split("\n### ", 1)[0]
+    for model, row in ((ClientsBlock, "access.clients"), (RateBlock, "access.rate")):
+        line = next(text for text in section.splitlines() if text.startswith(f"| `{row}` |"))
+        for name in model.model_fields:
+            assert f"`{name}`" in line, f"{row}.{name} is undocumented"

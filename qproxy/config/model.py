@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .access import ListenerAccess, RouteAccess
+
 # Seconds. Finite and at most ~11 days: an event loop's timer, a socket timeout and a TLS
 # session lifetime all overflow somewhere past that.
 PositiveFloat = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
@@ -147,6 +149,8 @@ class ListenerSettings(Section):
     # PROXY protocol in (from a load balancer) and out (to the backends); see their sections.
     proxy_protocol: ProxyProtocolSection = ProxyProtocolSection()
     send_proxy_protocol: SendProxyProtocolSection | None = None
+    # Who may connect (config/access.py): per listener; the README's "Access control".
+    access: ListenerAccess | None = None
 
 
 class ServerSection(ListenerSettings):
@@ -333,6 +337,8 @@ class Route(Section):
     # file) before a backend is involved, so a slow upload holds no backend connection.
     # false streams it as it arrives, for uploads that need that.
     request_buffering: bool = True
+    # Who may use this route, checked after routing (config/access.py).
+    access: RouteAccess | None = None
 
 
 class ListenerSection(ListenerSettings):
@@ -407,7 +413,26 @@ class ServerConfig(Section):
             raise AtPath("routes", "every upstream is a tcp listener's; the default (http) "
                              "listener needs routes naming one")
         self._listeners_distinct()
+        self._clients_are_verified()
         return self
+
+    def _clients_are_verified(self) -> None:
+        """A clients allow-list only sees verified certificates: on a listener that does not
+        ask for them (verify_client false) no client would ever pass it."""
+        doors = [("server.", "", self.certificates, self.server.access, self.routes)] + [
+            (f"listeners[{i}].", f"listeners[{i}].", l.certificates or self.certificates,
+             l.access, l.routes or ()) for i, l in enumerate(self.listeners)]
+        for access_at, routes_at, certificates, access, routes in doors:
+            if certificates.verify_client:
+                continue
+            scopes = [(f"{access_at}access.clients", access)] + [
+                (f"{routes_at}routes[{i}].access.clients", route.access)
+                for i, route in enumerate(routes)]
+            for path, scope in scopes:
+                if scope is not None and scope.clients is not None:
+                    raise AtPath(path, "needs certificates.verify_client true or \"optional\" "
+                                 "(client certificates are not asked for, so every client "
+                                 "would be refused)")
 
     def _listeners_distinct(self) -> None:
         names = {DEFAULT_LISTENER: "server"}

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 
+from ..policy.access import Denial, Reason
 from ..proxy.handler import Exchange
+from ..proxy.request import HttpRequest
 from ..proxy.stream import End, StreamRecord
 from ..tls import certinfo
 from ..tls.context import ServerTls
@@ -158,6 +160,26 @@ class Observer:
         self._child(self.metrics.accept_paused, reason).inc()
 
     # -- requests ------------------------------------------------------------------------
+    def access_denied(self, request: HttpRequest, denial: Denial, scope: str) -> None:
+        """One line per refusal (nginx's "access forbidden by rule", "limiting requests"),
+        with what decided it; the request's access-log line carries the reason too."""
+        self._denied(request.remote, denial, scope, method=request.method,
+                     path=request.raw_path[:200])
+
+    def connection_denied(self, client: str, denial: Denial) -> None:
+        """A tcp listener's refusal: the connection is closed, nothing is answered."""
+        self._denied(client, denial, "listener", status=None)
+
+    def _denied(self, client: str, denial: Denial, scope: str, **fields: Any) -> None:
+        m = self.metrics
+        self._child(m.access_denied, denial.reason.label).inc()
+        if denial.reason is Reason.RATE:
+            m.rate_limited.inc()
+        fields.setdefault("status", denial.reason.status)
+        self.log.warning("access denied", client=client, listener=self.listener,
+                         reason=denial.reason.label, scope=scope, detail=denial.detail,
+                         **fields)
+
     def bad_request(self, client: str, status: int, reason: str) -> None:
         self._child(self.metrics.requests, str(status), "-").inc()
         self.log.warning("bad request", client=client, status=status, reason=reason[:200])
@@ -211,6 +233,8 @@ class Observer:
             )
         if exchange.error:
             fields["error"] = exchange.error
+        if exchange.denied:
+            fields["access_denied"] = exchange.denied
         self.access.info("request", **fields)
 
     # -- tcp mode ------------------------------------------------------------------------

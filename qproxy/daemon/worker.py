@@ -13,6 +13,7 @@ from ..config.listeners import Listener
 from ..config.model import ServerConfig
 from ..observability.logging import get_logger, reopen_log_files
 from ..observability.metrics import Metrics
+from ..proxy.access import StreamGate, access_for
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
 from ..proxy.proxy_accept import ProxyHeaderPolicy
@@ -22,6 +23,7 @@ from ..proxy.upstream import Router, Upstream
 from ..tls.context import ServerTls
 from ..tls import deadlines
 from ..tls.protocol import Limits, TlsServerProtocol
+from ..policy.access import ListenerGate
 from ..observability.throttle import Throttle
 from .acceptor import AcceptState, Acceptor
 from .observer import ConnectionCount, Observer, client_identity
@@ -37,7 +39,7 @@ class ListenerService:
 
     def __init__(self, listener: Listener, server_tls: ServerTls, config: ServerConfig,
                  metrics: Metrics, connections: ConnectionCount,
-                 upstreams: dict[str, Upstream]) -> None:
+                 upstreams: dict[str, Upstream], workers: int = 1, slot: int = 0) -> None:
         self.listener = listener
         self.server_tls = server_tls
         self.observer = Observer(metrics, log, get_logger("qproxy.access"), server_tls,
@@ -47,16 +49,24 @@ class ListenerService:
         send = settings.send_proxy_protocol
         sender = ProxyHeaderSender(send, server_tls) if send else None
         self.server: HttpServer | StreamServer
+        # Access control, with this worker's share of each limit (None: nothing configured,
+        # nothing asked per connection or request).
+        self.access = access_for(settings.access, listener.routes, workers, slot)
+        self.gate: ListenerGate | StreamGate | None = None
         if listener.mode == "tcp":
             assert listener.upstream is not None
             preamble = (lambda client: sender(client, client.get_extra_info("tls"))
                         ) if sender is not None else None
             self.server = StreamServer(upstreams[listener.upstream], listener.idle_timeout,
                                        self.observer.stream_done, preamble)
+            if self.access is not None and self.access.gate is not None:
+                self.gate = StreamGate(self.access.gate, self.observer.connection_denied)
         else:
             handler = ProxyHandler(upstreams, Router(listener.routes),
-                                   self.observer.exchange_done, client_identity, sender)
+                                   self.observer.exchange_done, client_identity, sender,
+                                   self.access, self.observer.access_denied)
             self.server = HttpServer(handler, settings, self.observer.bad_request)
+            self.gate = self.access.gate if self.access is not None else None
         self.limits = Limits(settings.handshake_timeout, settings.client_header_timeout,
                              ProxyHeaderPolicy.from_section(settings.proxy_protocol,
                                                             settings.handshake_timeout),
@@ -69,7 +79,8 @@ class ListenerService:
 
     def protocol(self) -> TlsServerProtocol:
         self.observer.connection_opened()
-        return TlsServerProtocol(self._context_factory, self.server, self.observer, self.limits)
+        return TlsServerProtocol(self._context_factory, self.server, self.observer, self.limits,
+                                 self.gate)
 
 
 def health_preface(upstream: str, prepared: list[PreparedListener]) -> bytes:
@@ -88,7 +99,8 @@ class Generation:
     """Everything one configuration serves with inside a worker."""
 
     def __init__(self, number: int, config: ServerConfig, prepared: list[PreparedListener],
-                 metrics: Metrics, connections: ConnectionCount) -> None:
+                 metrics: Metrics, connections: ConnectionCount, workers: int = 1,
+                 slot: int = 0) -> None:
         self.number = number
         self.config = config
 
@@ -111,7 +123,8 @@ class Generation:
                                          stream=name in tcp and name not in http)
                           for name, section in config.upstreams.items()}
         self.services = {p.listener.name: ListenerService(p.listener, p.server_tls, config,
-                                                          metrics, connections, self.upstreams)
+                                                          metrics, connections, self.upstreams,
+                                                          workers, slot)
                          for p in prepared}
         default = next(iter(self.services.values()))
         # The default listener's parts, under the names the rest of the code knows.
@@ -275,7 +288,8 @@ def worker_main(number: int, config: ServerConfig, prepared: list[PreparedListen
 
     async def main() -> int:
         # aiohttp's server objects bind to the running loop: build them inside it.
-        generation = Generation(number, config, prepared, metrics, ConnectionCount())
+        generation = Generation(number, config, prepared, metrics, ConnectionCount(),
+                                workers, slot)
         return await Worker(generation, listeners, workers, ready_fd, slot).run()
 
     return uvloop.run(main())

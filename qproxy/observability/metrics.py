@@ -54,6 +54,11 @@ class Metrics:
             ["listener", "direction"], registry=r)
         self.connections_refused = Counter(
             "qtls_connections_refused", "Connections refused by limits", ["limit"], registry=r)
+        self.access_denied = Counter(
+            "qtls_access_denied", "Requests refused by access control: ip, client_cert (403), "
+            "rate (429), connection_cap (503)", ["reason"], registry=r)
+        self.rate_limited = Counter(
+            "qtls_rate_limited", "Requests refused by a rate limit (429)", registry=r)
         self.accept_paused = Counter(
             "qtls_accept_paused", "Times a worker stopped accepting: at its share of "
             "max_connections (reason max_connections) or out of descriptors (the OS error)",

@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Mapping
 
+from ..policy.access import Denial
 from ..tls.machine import HandshakeInfo
+from .access import RequestAccess
 from .backend import BackendError, BackendRequest
 from .headers import encode_request_head, is_websocket_upgrade, upstream_request_headers
 from .http import PHRASES, SERVER_SHUTDOWN, BadRequest, HttpProtocol, HttpRequest, error_body
@@ -35,6 +37,8 @@ class Exchange:
     error: str | None = None
     # The backend failure's kind (`FailureKind.label`), for qtls_upstream_errors{kind}.
     error_kind: str | None = None
+    # Why access control refused the request (`Reason.label`), for the access log.
+    denied: str | None = None
 
     def failed(self, error: BackendError) -> None:
         self.error = str(error)
@@ -46,8 +50,16 @@ AccessLogger = Callable[[Exchange, HandshakeInfo | None], None]
 IdentityFn = Callable[[HandshakeInfo | None], Mapping[str, str] | None]
 # server.send_proxy_protocol: (the client connection's transport, its TLS facts) -> header.
 ProxyHeaderFn = Callable[[asyncio.BaseTransport, HandshakeInfo | None], bytes]
+DenialLogger = Callable[[HttpRequest, Denial, str], None]
 
 _TEXT = [(b"Content-Type", b"text/plain")]
+# What a refused client reads (the log line says which rule or limit; the client is not told).
+_DENIAL_TEXT = {
+    "ip": "Forbidden: this address may not use this service",
+    "client_cert": "Forbidden: this client certificate may not use this service",
+    "rate": "Too Many Requests: slow down and retry after the time in Retry-After",
+    "connection_cap": "Service Unavailable: too many connections from this address",
+}
 
 
 def _short(responder: HttpProtocol, request: HttpRequest, exchange: Exchange, status: int,
@@ -60,12 +72,16 @@ def _short(responder: HttpProtocol, request: HttpRequest, exchange: Exchange, st
 class ProxyHandler:
     def __init__(self, upstreams: dict[str, Upstream], router: Router,
                  access_logger: AccessLogger, identity: IdentityFn,
-                 proxy_header: ProxyHeaderFn | None = None) -> None:
+                 proxy_header: ProxyHeaderFn | None = None,
+                 access: RequestAccess | None = None,
+                 denial_logger: DenialLogger | None = None) -> None:
         self._upstreams = upstreams
         self._proxy_header = proxy_header
         self._router = router
         self._access_logger = access_logger
         self._identity = identity
+        self._access = access
+        self._denial_logger = denial_logger
 
     async def __call__(self, request: HttpRequest, responder: HttpProtocol) -> None:
         info: HandshakeInfo | None = request.transport.get_extra_info("tls")
@@ -86,10 +102,20 @@ class ProxyHandler:
 
     async def _proxy(self, request: HttpRequest, responder: HttpProtocol,
                      info: HandshakeInfo | None, exchange: Exchange) -> None:
+        access = self._access
+        if access is not None:
+            denial = access.on_listener(request, info)
+            if denial is not None:
+                return self._refuse(responder, request, exchange, denial, "listener")
         route = self._router.route(request.host, request.path)
         if route is None:
             return _short(responder, request, exchange, 404,
                           "Not Found: no route for this host and path")
+        if access is not None:
+            denial = access.on_route(route, request, info)
+            if denial is not None:
+                exchange.upstream = route.upstream
+                return self._refuse(responder, request, exchange, denial, "route")
         upstream = self._upstreams[route.upstream]
         exchange.upstream = route.upstream
         body = request.body
@@ -128,6 +154,23 @@ class ProxyHandler:
             exchange.failed(error)
             _short(responder, request, exchange, error.status,
                    f"{PHRASES.get(error.status, 'Error')}: {error}")
+
+    def _refuse(self, responder: HttpProtocol, request: HttpRequest, exchange: Exchange,
+                denial: Denial, scope: str) -> None:
+        """403, 429 (with Retry-After) or 503; the connection is closed after a refusal
+        decided for the whole connection (its address or its connection count)."""
+        status = denial.reason.status
+        exchange.status = status
+        exchange.denied = denial.reason.label
+        if self._denial_logger is not None:
+            self._denial_logger(request, denial, scope)
+        fields = list(_TEXT)
+        if denial.retry_after is not None:
+            fields.append((b"Retry-After", str(denial.retry_after).encode()))
+        if denial.for_connection:
+            responder.close_after_response()
+        responder.send_response(request, status, PHRASES.get(status, "Error"), fields,
+                                error_body(status, _DENIAL_TEXT[denial.reason.label]))
 
     def _backend_request(self, request: HttpRequest, info: HandshakeInfo | None,
                          upstream: Upstream, exchange: Exchange) -> BackendRequest:

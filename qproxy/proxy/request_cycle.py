@@ -84,6 +84,10 @@ class RequestCycle:
         elif self._conn.write_state is WriteState.WAITING:
             self._conn.write(head)
 
+    def close_after_response(self) -> None:
+        """The connection closes once this response is sent ("Connection: close")."""
+        self._conn.must_close()
+
     def send_response(self, request: HttpRequest | None, status: int, reason: str,
                       fields: Fields, body: bytes) -> int:
         """A whole response: head and body leave in one write, one TLS record. Returns how

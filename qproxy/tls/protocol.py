@@ -70,6 +70,18 @@ class ConnectionObserver(Protocol):
     def connection_closed(self) -> None: ...
 
 
+class AdmissionGate(Protocol):
+    """Access control's say on a new connection (`proxy.access`): asked once, with the
+    client's address, before the handshake; what it returns is kept for the connection (the
+    HTTP side reads it as `get_extra_info("access")`) and released when it closes. In tcp
+    mode (`Limits.stream`) there is no request to answer a refusal to, so the gate is asked
+    whether to close: before the handshake, and right after it (the client certificate)."""
+
+    def admit(self, address: str) -> Any: ...
+    def refuses_now(self, admission: Any) -> bool: ...
+    def refuses_established(self, admission: Any, info: HandshakeInfo) -> bool: ...
+
+
 class AppProtocol(Protocol):
     """What the TLS side asks of the application protocol above it (`proxy.http`), besides
     asyncio.Protocol's callbacks (each called once, in order: connection_made, data_received
@@ -148,7 +160,7 @@ class TlsServerProtocol(asyncio.Protocol):
     __slots__ = ("_context_factory", "_app_factory", "_observer", "_limits", "_transport",
                  "_machine", "_app", "_app_phase", "_peer", "_started", "_phase",
                  "_write_paused", "_timer", "_header_deadline", "_in_request", "_client",
-                 "_destination", "_preface")
+                 "_destination", "_preface", "_gate", "_admission")
 
     def __init__(
         self,
@@ -156,6 +168,7 @@ class TlsServerProtocol(asyncio.Protocol):
         app_factory: Callable[[], asyncio.Protocol],
         observer: ConnectionObserver,
         limits: Limits,
+        gate: AdmissionGate | None = None,
     ) -> None:
         self._context_factory = context_factory
         self._app_factory = app_factory
@@ -175,6 +188,8 @@ class TlsServerProtocol(asyncio.Protocol):
         self._client: Any = None  # the real client: the socket's peer, or a PROXY header's
         self._destination: Any = None  # what that client connected to, per a PROXY header
         self._preface: PrefaceReader | None = None
+        self._gate = gate
+        self._admission: Any = None
 
     @property
     def client_address(self) -> Any:
@@ -190,6 +205,26 @@ class TlsServerProtocol(asyncio.Protocol):
         if self._destination is not None:
             return self._destination
         return self._transport.get_extra_info("sockname") if self._transport else None
+    def admission(self) -> Any:
+        """What access control decided when the client became known (`AdmissionGate`)."""
+        return self._admission
+
+    def _client_known(self) -> bool:
+        """The real client is known (at connect, or after its PROXY header): access control
+        admits it or not, before any TLS work. False: refused, and closed now (tcp mode; HTTP
+        answers the refusal to the first request, `get_extra_info("access")`)."""
+        gate = self._gate
+        if gate is None:
+            return True
+        client = self._client
+        host = str(client[0]) if isinstance(client, tuple) and client else ""
+        self._admission = gate.admit(host)
+        if self._limits.stream and gate.refuses_now(self._admission):
+            self._cancel_timer()
+            if self._transport is not None:
+                self._transport.close()
+            return False
+        return True
 
     @property
     def phase(self) -> Phase:
@@ -225,6 +260,7 @@ class TlsServerProtocol(asyncio.Protocol):
         if policy is None:
             self._timer = loop.call_later(self._limits.handshake_timeout,
                                           self._handshake_timed_out)
+            self._client_known()  # a refusal closes: nothing more to set up either way
             return
         self._phase = Phase.PREFACE  # the first phase of such a connection, not a transition
         reader = policy.reader(self._client)
@@ -311,6 +347,9 @@ class TlsServerProtocol(asyncio.Protocol):
         if machine is not None:
             machine.release()
         self._transport = None
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission.release()
         self._observer.connection_closed()
 
     def pause_writing(self) -> None:
@@ -340,6 +379,8 @@ class TlsServerProtocol(asyncio.Protocol):
         if outcome.client is not None:
             self._client, self._destination = outcome.client, outcome.destination
             self._peer = format_peer(outcome.client)
+        if not self._client_known():
+            return b""
         self._set_phase(Phase.NEW)
         self._cancel_timer()
         self._started = time.monotonic()  # the handshake's time starts after the header
@@ -392,6 +433,10 @@ class TlsServerProtocol(asyncio.Protocol):
         self._observer.handshake_done(self._peer, info, self._elapsed())
         assert self._transport is not None
         if self._limits.stream:
+            gate = self._gate
+            if gate is not None and gate.refuses_established(self._admission, info):
+                self._close_tls()  # tcp mode: no answer to give, close_notify and go
+                return
             self._start_app()
         else:
             self._arm_header_timer()
@@ -590,6 +635,8 @@ class TlsAppTransport(asyncio.Transport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "tls":
             return self.info
+        if name == "access":
+            return self._protocol.admission
         if name == "peername":
             return self._protocol.client_address
         if name == "sockname":
