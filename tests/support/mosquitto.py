@@ -1,0 +1,101 @@
+"""A real Mosquitto broker for a test: its own config file, 127.0.0.1 on a free port, no
+persistence, stopped (and reaped) by the fixture that started it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import free_port, wait_for_port
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"  # Debian puts it in sbin
+MOSQUITTO_SUB = shutil.which("mosquitto_sub")
+
+
+def require_mosquitto() -> None:
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (Debian package mosquitto; make system-deps-test)")
+
+
+class Broker:
+    def __init__(self, workdir: Path) -> None:
+        require_mosquitto()
+        self.port = free_port()
+        self.config_path = workdir / f"mosquitto-{self.port}.conf"
+        self.config_path.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "connection_messages true\n")
+        self.log: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config_path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            wait_for_port(self.port, timeout=15)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("mosquitto did not start:\n" + "\n".join(self.log[-20:])) from None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.log.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_log(self, predicate: Callable[[str], bool], timeout: float = 10.0) -> str | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.log:
+                    if predicate(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._reader.is_alive():
+                    return None
+                self._cond.wait(min(remaining, 0.2))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+
+
+@pytest.fixture
+def start_broker(tmp_path: Path):
+    """Starts Mosquitto brokers for the test; all are stopped after it."""
+    started: list[Broker] = []
+
+    def start() -> Broker:
+        broker = Broker(tmp_path)
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(start_broker) -> Broker:
+    return start_broker()
