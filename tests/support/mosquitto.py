@@ -3,6 +3,8 @@ persistence, stopped (and reaped) by the fixture that started it."""
 
 from __future__ import annotations
 
+import json
+import queue
 import shutil
 import subprocess
 import threading
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from paho.mqtt import client as paho
 
 from tests.support.harness import free_port, wait_for_port
 
@@ -24,9 +27,9 @@ def require_mosquitto() -> None:
 
 
 class Broker:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         require_mosquitto()
-        self.port = free_port()
+        self.port = port or free_port()
         self.config_path = workdir / f"mosquitto-{self.port}.conf"
         self.config_path.write_text(
             f"listener {self.port} 127.0.0.1\n"
@@ -86,8 +89,8 @@ def start_broker(tmp_path: Path):
     """Starts Mosquitto brokers for the test; all are stopped after it."""
     started: list[Broker] = []
 
-    def start() -> Broker:
-        broker = Broker(tmp_path)
+    def start(port: int | None = None) -> Broker:
+        broker = Broker(tmp_path, port)
         started.append(broker)
         return broker
 
@@ -99,3 +102,48 @@ def start_broker(tmp_path: Path):
 @pytest.fixture
 def broker(start_broker) -> Broker:
     return start_broker()
+
+
+class Subscriber:
+    """A paho client subscribed to `topic`, its messages collected in a queue. Any paho client
+    (plain, or examples.ota_device.mqtt_tls.QTLSMqttClient) connected to `host:port`."""
+
+    def __init__(self, client: paho.Client, host: str, port: int,
+                 topic: str = "ota/update/available", timeout: float = 15.0) -> None:
+        self.client = client
+        self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
+        subscribed = threading.Event()
+        client.on_message = lambda _client, _userdata, message: self.messages.put(message)
+        client.on_subscribe = lambda *_args: subscribed.set()
+        client.on_connect = lambda c, _userdata, _flags, reason, _props: (
+            None if reason.is_failure else c.subscribe(topic, qos=1))
+        client.connect(host, port, keepalive=30)
+        client.loop_start()
+        if not subscribed.wait(timeout):
+            self.close()
+            raise TimeoutError(f"no SUBACK for {topic} from {host}:{port} within {timeout}s")
+
+    def next_message(self, timeout: float = 15.0) -> paho.MQTTMessage:
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no message within {timeout}s") from None
+
+    def message_for(self, version: str, timeout: float = 15.0) -> dict:
+        """The announcement of `version` (earlier, retained ones are skipped)."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = self.next_message(remaining)
+            payload = json.loads(message.payload)
+            if payload.get("version") == version:
+                return {"payload": payload, "qos": message.qos, "retain": message.retain,
+                        "topic": message.topic}
+        raise AssertionError(f"no announcement of {version} within {timeout}s")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def plain_client(client_id: str = "") -> paho.Client:
+    return paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
