@@ -19,6 +19,7 @@ from qproxy.qtls import (
 from qproxy.qtls.firmware import verify_firmware_signature
 
 from . import http
+from .announcement import Announcement, BadAnnouncement
 
 EXPECTED_GROUP = "X25519MLKEM768"
 EXPECTED_KEY = "ML-DSA-65"
@@ -96,8 +97,27 @@ class Agent:
             raise UpdateRefused(f"GET {path} did not return JSON") from None
 
     def check_and_install(self) -> Report:
+        """Install the latest firmware the server lists (or report it is current)."""
         meta = self._json("/api/firmware/latest")
-        version = str(meta.get("version"))
+        return self._install(str(meta.get("version")), meta.get("sha256"), str(meta["url"]),
+                             meta)
+
+    def install_announced(self, announcement: Announcement) -> Report:
+        """Install the firmware an MQTT announcement names. The announcement only says what
+        to fetch: the image must come from this agent's server, match the announced SHA-256
+        and the server's metadata, and carry the trusted signer's signature."""
+        try:
+            download_path = announcement.download_path(self.server_name or self.host, self.port)
+        except BadAnnouncement as exc:
+            raise UpdateRefused(str(exc)) from None
+        meta = self._json(f"/api/firmware/{announcement.version}")
+        if meta.get("sha256") != announcement.sha256:
+            raise UpdateRefused(f"the announcement of {announcement.version} says SHA-256 "
+                                f"{announcement.sha256}, the server's metadata "
+                                f"{meta.get('sha256')}")
+        return self._install(announcement.version, announcement.sha256, download_path, meta)
+
+    def _install(self, version: str, sha256: object, download_path: str, meta: dict) -> Report:
         signature_meta = meta.get("signature") or {}
         if signature_meta.get("key_id") != self.signer.key_id:
             raise UpdateRefused(f"firmware {version} is not signed by the trusted key "
@@ -106,11 +126,11 @@ class Agent:
         if version == self.current_version:
             return Report("up-to-date", version, None, self.signer.key_id, path=None,
                           **self._seen)  # type: ignore[arg-type]
-        image = self._get(str(meta["url"]), MAX_IMAGE).body
+        image = self._get(download_path, MAX_IMAGE).body
         digest = hashlib.sha256(image).digest()
-        if digest.hex() != meta.get("sha256"):
+        if digest.hex() != sha256:
             raise UpdateRefused(f"SHA-256 of the download {digest.hex()} differs from the "
-                                f"metadata's {meta.get('sha256')}")
+                                f"expected {sha256}")
         signature = self._get(str(signature_meta["url"]), 16 * 1024).body
         if not verify_firmware_signature(self.signer, digest, signature):
             raise UpdateRefused(f"the ML-DSA signature of firmware {version} does not verify")
@@ -118,5 +138,6 @@ class Agent:
         temporary = target.with_suffix(".part")
         temporary.write_bytes(image)
         os.replace(temporary, target)
+        self.current_version = version
         return Report("installed", version, digest.hex(), self.signer.key_id, path=str(target),
                       **self._seen)  # type: ignore[arg-type]

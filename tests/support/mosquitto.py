@@ -4,8 +4,10 @@ persistence, stopped (and reaped) by the fixture that started it."""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 from paho.mqtt import client as paho
 
-from tests.support.harness import free_port, wait_for_port
+from tests.support.harness import free_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"  # Debian puts it in sbin
 MOSQUITTO_SUB = shutil.which("mosquitto_sub")
@@ -27,13 +29,22 @@ def require_mosquitto() -> None:
 
 
 class Broker:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None,
+                 tls: tuple[Path, Path] | None = None, tls_port: int | None = None) -> None:
+        """`tls`: (certificate, key) for a second listener of Mosquitto's own TLS (OpenSSL
+        3.0, classical only) on `tls_port`."""
         require_mosquitto()
         self.port = port or free_port()
+        self.tls_port = (tls_port or free_port()) if tls else None
+        tls_listener = (f"listener {self.tls_port} 127.0.0.1\ncertfile {tls[0]}\n"
+                        f"keyfile {tls[1]}\n") if tls else ""
         self.config_path = workdir / f"mosquitto-{self.port}.conf"
         self.config_path.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            f"listener {self.port} 127.0.0.1\n{tls_listener}"
             "allow_anonymous true\n"
+            # As root Mosquitto would switch to the 'mosquitto' user, who cannot read the
+            # test's keys in its private temporary directory.
+            f"{'user root' + chr(10) if os.geteuid() == 0 else ''}"
             "persistence false\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
@@ -44,11 +55,22 @@ class Broker:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        try:
-            wait_for_port(self.port, timeout=15)
-        except TimeoutError:
+        if not self._wait_listening(timeout=15):
             self.stop()
-            raise RuntimeError("mosquitto did not start:\n" + "\n".join(self.log[-20:])) from None
+            raise RuntimeError("mosquitto did not start:\n" + "\n".join(self.log[-20:]))
+
+    def _wait_listening(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for port in (self.port, self.tls_port):
+            while port is not None:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    return False
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        return True
 
     @property
     def address(self) -> str:
@@ -89,8 +111,9 @@ def start_broker(tmp_path: Path):
     """Starts Mosquitto brokers for the test; all are stopped after it."""
     started: list[Broker] = []
 
-    def start(port: int | None = None) -> Broker:
-        broker = Broker(tmp_path, port)
+    def start(port: int | None = None, tls: tuple[Path, Path] | None = None,
+              tls_port: int | None = None) -> Broker:
+        broker = Broker(tmp_path, port, tls, tls_port)
         started.append(broker)
         return broker
 
