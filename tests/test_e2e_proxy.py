@@ -256,7 +256,8 @@ def test_metrics_count_handshakes_and_requests(server):
     server.wait_log(lambda e: e.get("event") == "request")
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics",
                                   timeout=10).read().decode()
-    assert ('qtls_handshakes_total{group="X25519MLKEM768",result="ok",resumed="false",'
+    assert ('qtls_handshakes_total{group="X25519MLKEM768",listener="default",result="ok",'
+            'resumed="false",'
             'sigalg="mldsa65"} 1.0') in text
     assert 'qtls_http_requests_total{status="200",upstream="app"} 3.0' in text
     assert "qtls_handshake_duration_seconds_bucket" in text

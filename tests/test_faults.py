@@ -198,7 +198,7 @@ def test_max_connections_total_is_honoured_with_two_workers(start_server, dev_pk
         with pytest.raises(TimeoutError):
             extra.recv(1)  # the 11th waits in the queue: neither served nor reset
         assert server.wait_log(lambda e: e.get("event", "").startswith("connection limit reached"), 5)
-        assert "qtls_connections_open 10.0" in metrics(server)
+        assert 'qtls_connections_open{listener="default"} 10.0' in metrics(server)
         held.pop().close()
         extra.close()
         assert get(server.port).status == 200
@@ -242,7 +242,7 @@ def test_reload_names_settings_it_cannot_apply(start_server, dev_pki, backend):
     config = make_config(dev_pki, backend["address"])
     server = start_server(config)
     changed = json.loads(json.dumps(config))
-    changed["server"]["listen_port"] = server.port + 1
+    changed["server"]["backlog"] = 100
     changed["hsm"] = {"session_pool_size": 3}
     changed["openssl"] = {"providers": [{"name": "legacy", "activate": False}]}
     changed["upstreams"]["app"]["read_timeout"] = 5  # applied
@@ -250,7 +250,7 @@ def test_reload_names_settings_it_cannot_apply(start_server, dev_pki, backend):
     server.proc.send_signal(signal.SIGHUP)
     assert server.wait_log(lambda e: e.get("event") == "reloaded", 15)
     warning = server.wait_log(lambda e: "apply only on restart" in e.get("event", ""), 1)
-    assert warning is not None and warning["settings"] == ["server.listen_port", "hsm", "openssl"]
+    assert warning is not None and warning["settings"] == ["server.backlog", "hsm", "openssl"]
     assert get(server.port).status == 200
 
 

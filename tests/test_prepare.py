@@ -123,14 +123,15 @@ def test_log_file_checks(tmp_path):
 def test_restart_only_changes_are_named(dev):
     before = parse_config(full_config(dev), environ={})
     changed = full_config(dev)
-    changed["server"]["listen_port"] = 9443
+    changed["server"]["listen_port"] = 9443  # applied by a reload: a new socket is bound
+    changed["server"]["backlog"] = 100
     changed["server"]["workers"] = 3  # applied by a reload
     changed["hsm"] = {"session_pool_size": 3}
     changed["openssl"] = {"providers": [{"name": "legacy"}]}
     changed["logging"]["file"] = "/var/log/qtls/x.log"
     after = parse_config(changed, environ={})
     assert restart_only_changes(before, after) == [
-        "server.listen_port", "hsm", "openssl", "logging.file"]
+        "server.backlog", "hsm", "openssl", "logging.file"]
     assert restart_only_changes(before, before) == []
 
 

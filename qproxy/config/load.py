@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigErrors
 from .files import CONFIG_LIMIT, read_regular
-from .model import ServerConfig
+from .model import AtPath, ServerConfig
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -60,6 +60,12 @@ def _pydantic_errors(exc: ValidationError) -> list[ConfigError]:
     for err in exc.errors(include_url=False):
         location = tuple(p for p in err["loc"] if p not in ("function-after",))
         message = err["msg"].removeprefix("Value error, ")
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, AtPath):  # a check over several keys names the one at fault
+            located = json_path(location)
+            at = f"{located}.{cause.path}" if located else cause.path
+            errors.append(ConfigError(at, str(cause)))
+            continue
         if err["type"] == "extra_forbidden":
             message = "unknown key (misspelt? see the README's configuration reference)"
         elif err["type"] == "missing":

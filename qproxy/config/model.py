@@ -58,18 +58,28 @@ def check_url_path(value: str) -> str:
 UrlPath = Annotated[str, AfterValidator(check_url_path)]
 
 
+class AtPath(ValueError):
+    """A problem found by a check over several keys, located at one of them: the loader
+    reports it under `path` (relative to where the check runs), not at the section."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(problem)
+        self.path = path
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-class ServerSection(Section):
+ListenerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
+
+
+class ListenerSettings(Section):
+    """What each listener has of its own: its socket, its timeouts and its request limits.
+    `server` holds them for the default listener; each `listeners` entry for itself."""
+
     listen_address: Host = "0.0.0.0"
     listen_port: Port = 8443
-    # The seed calls it worker_threads; both names mean worker processes. 0: one per CPU.
-    workers: Annotated[int, Field(ge=0, le=1024)] = Field(
-        default=0, validation_alias=AliasChoices("workers", "worker_threads")
-    )
-    max_connections: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
     backlog: Annotated[int, Field(ge=1, le=65535)] = 511
     handshake_timeout: PositiveFloat = 10.0
     client_header_timeout: PositiveFloat = 30.0
@@ -78,7 +88,6 @@ class ServerSection(Section):
     # or stops sending its body, for this long is cut off.
     send_timeout: PositiveFloat = 60.0
     client_body_timeout: PositiveFloat = 60.0
-    shutdown_timeout: PositiveFloat = 30.0
     max_request_line: Annotated[int, Field(ge=256)] = 8190
     max_header_size: Annotated[int, Field(ge=256)] = 8190
     max_header_count: Annotated[int, Field(ge=1)] = 100
@@ -91,6 +100,19 @@ class ServerSection(Section):
     client_max_body_size: Annotated[int, Field(ge=0)] = 1 << 30
     client_body_buffer_size: Annotated[int, Field(ge=0)] = 16 * 1024
     client_body_temp_path: str | None = None
+
+
+class ServerSection(ListenerSettings):
+    """The default listener's settings plus those of the whole process."""
+
+    # The seed calls it worker_threads; both names mean worker processes. 0: one per CPU.
+    workers: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default=0, validation_alias=AliasChoices("workers", "worker_threads")
+    )
+    max_connections: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    # The drain of a worker generation (reload, stop), for every listener: in-flight HTTP
+    # requests and open TCP sessions get this long before they are closed.
+    shutdown_timeout: PositiveFloat = 30.0
 
 
 class TlsSection(Section):
@@ -266,6 +288,45 @@ class Route(Section):
     request_buffering: bool = True
 
 
+class ListenerSection(ListenerSettings):
+    """One more door (issue 14): its own socket, TLS policy, certificates and mode. What it
+    leaves out comes from the top level (`tls`, `certificates`, `routes`)."""
+
+    name: ListenerName
+    mode: Literal["http", "tcp"] = "http"
+    # No default port: two listeners on 8443 would be an error the operator did not write.
+    listen_port: Port
+    tls: TlsSection | None = None
+    certificates: CertificatesSection | None = None
+    # tcp mode: every connection is relayed, after the handshake, to this upstream.
+    upstream: str | None = None
+    # http mode: this listener's routes (default: the top-level `routes`).
+    routes: tuple[Route, ...] | None = None
+    # tcp mode: a session in which no byte crossed either way for this long is closed
+    # (MQTT keeps connections for hours, with keep-alive pings well inside this).
+    idle_timeout: PositiveFloat = 600.0
+
+    @model_validator(mode="after")
+    def _mode_keys(self) -> "ListenerSection":
+        if self.mode == "tcp":
+            if self.upstream is None:
+                raise AtPath("upstream", "tcp mode needs upstream: the name of a top-level upstream "
+                                 "its connections are relayed to")
+            if self.routes is not None:
+                raise AtPath("routes", "routes are for mode http; a tcp listener relays everything "
+                                 "to its upstream")
+        else:
+            if self.upstream is not None:
+                raise AtPath("upstream", "upstream is for mode tcp; an http listener chooses upstreams "
+                                 "through routes")
+            if "idle_timeout" in self.model_fields_set:
+                raise AtPath("idle_timeout", "idle_timeout is for mode tcp (http: keepalive_timeout)")
+        return self
+
+
+DEFAULT_LISTENER = "default"
+
+
 class ServerConfig(Section):
     server: ServerSection = ServerSection()
     tls: TlsSection = TlsSection()
@@ -278,24 +339,61 @@ class ServerConfig(Section):
     fips: FipsSection = FipsSection()
     upstreams: Annotated[dict[str, UpstreamSection], Field(min_length=1)]
     routes: tuple[Route, ...] = ()
+    listeners: tuple[ListenerSection, ...] = ()
 
     @model_validator(mode="after")
     def _routes_name_upstreams(self) -> "ServerConfig":
-        for index, route in enumerate(self.routes):
-            if route.upstream not in self.upstreams:
-                known = ", ".join(sorted(self.upstreams))
-                raise ValueError(
-                    f"routes[{index}].upstream: no upstream named {route.upstream!r} "
-                    f"(known: {known})"
-                )
-        if not self.routes and len(self.upstreams) > 1:
-            raise ValueError("routes: several upstreams need routes saying which path goes where")
+        known = ", ".join(sorted(self.upstreams))
+        for index, listener in enumerate(self.listeners):
+            if listener.upstream is not None and listener.upstream not in self.upstreams:
+                raise AtPath(f"listeners[{index}].upstream", f"no upstream named "
+                             f"{listener.upstream!r} (known: {known})")
+        for prefix, routes in [("", self.routes)] + [
+                (f"listeners[{i}].", l.routes) for i, l in enumerate(self.listeners) if l.routes]:
+            for index, route in enumerate(routes):
+                if route.upstream not in self.upstreams:
+                    raise AtPath(f"{prefix}routes[{index}].upstream", f"no upstream named "
+                                 f"{route.upstream!r} (known: {known})")
+        if not self.routes and len(self.http_upstreams()) > 1:
+            raise AtPath("routes", "several upstreams need routes saying which path goes where")
+        if not self.routes and not self.http_upstreams():
+            raise AtPath("routes", "every upstream is a tcp listener's; the default (http) "
+                             "listener needs routes naming one")
+        self._listeners_distinct()
         return self
+
+    def _listeners_distinct(self) -> None:
+        names = {DEFAULT_LISTENER: "server"}
+        bound = {(_address_key(self.server.listen_address), self.server.listen_port): "server"}
+        for index, listener in enumerate(self.listeners):
+            path = f"listeners[{index}]"
+            if listener.name in names:
+                raise AtPath(f"{path}.name", f"{listener.name!r} is taken (by "
+                             f"{names[listener.name]}); each listener needs its own name")
+            names[listener.name] = path
+            key = (_address_key(listener.listen_address), listener.listen_port)
+            if listener.listen_port != 0 and key in bound:
+                raise AtPath(f"{path}.listen_port", f"{listener.listen_address}:"
+                             f"{listener.listen_port} is already {bound[key]}'s address")
+            bound[key] = path
+
+    def http_upstreams(self) -> list[str]:
+        """Upstreams the default routes may name: those no tcp listener relays to."""
+        tcp = {l.upstream for l in self.listeners if l.mode == "tcp"}
+        return [name for name in self.upstreams if name not in tcp]
 
     def effective_routes(self) -> tuple[Route, ...]:
         if self.routes:
             return self.routes
-        return (Route(upstream=next(iter(self.upstreams))),)
+        return (Route(upstream=self.http_upstreams()[0]),)
+
+
+def _address_key(address: str) -> str:
+    """'::0' and '::' (and '0:0::0') are one address; names are compared as written."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address.lower()
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..config.listeners import Listener
 from ..config.model import ServerConfig
 from ..errors import ConfigError, ConfigErrors, QProxyError
 from ..observability.logging import get_logger, reopen_log_files, rotate_by_size
@@ -25,7 +26,7 @@ from ..observability.throttle import Throttle
 from ..tls.context import ServerTls
 from . import systemd
 from .lifeline import die_with_parent
-from .prepare import Prepared, Purpose, prepare, restart_only_changes
+from .prepare import Prepared, PreparedListener, Purpose, prepare, restart_only_changes
 from .respawn import METRICS_SLOT, RespawnQueue
 from .worker import worker_main
 
@@ -71,11 +72,21 @@ def bind_or_explain(address: str, port: int, backlog: int, json_path: str) -> li
                           f"{exc.strerror or exc}") from None
 
 
+SocketKey = tuple
+"""(address, port) of a listener's sockets; a port-0 listener (tests) is also keyed by name."""
+
+
+def socket_key(listener: Listener) -> SocketKey:
+    address, port = listener.address
+    return (address, port) if port else (address, port, listener.name)
+
+
 @dataclass
 class ServingGeneration:
     number: int
     config: ServerConfig
     server_tls: ServerTls
+    prepared: list[PreparedListener] = field(default_factory=list)
     workers: dict[int, int] = field(default_factory=dict)  # slot -> pid
     status: dict[int, int] = field(default_factory=dict)  # pid -> read end of its status pipe
 
@@ -94,10 +105,12 @@ class Master:
         self.source = source
         self.metrics = metrics
         self.pid = os.getpid()
-        self.current = ServingGeneration(1, prepared.config, prepared.server_tls)
+        self.current = ServingGeneration(1, prepared.config, prepared.server_tls,
+                                         list(prepared.listeners))
         self._log_file = prepared.config.logging.file
         self.old: list[ServingGeneration] = []
-        self.listeners: list[socket.socket] = []
+        # Every listener's sockets, kept across reloads while a listener keeps its address.
+        self.sockets: dict[SocketKey, list[socket.socket]] = {}
         self.metrics_socket: socket.socket | None = None
         self.metrics_pid: int | None = None
         self._signals: list[int] = []
@@ -109,11 +122,43 @@ class Master:
         self._stopping = False
 
     # -- setup ---------------------------------------------------------------------------
+    @property
+    def listeners(self) -> list[socket.socket]:
+        return [sock for socks in self.sockets.values() for sock in socks]
+
+    def _bind_new(self, generation: ServingGeneration) -> list[SocketKey]:
+        """Bind the listeners of `generation` that have no socket yet; returns their keys.
+        A port that cannot be bound closes what this call bound and raises ConfigError."""
+        added: list[SocketKey] = []
+        try:
+            for item in generation.prepared:
+                key = socket_key(item.listener)
+                if key in self.sockets:
+                    continue
+                settings = item.listener.settings
+                self.sockets[key] = bind_or_explain(
+                    settings.listen_address, settings.listen_port, settings.backlog,
+                    f"{item.listener.json_path}.listen_port")
+                added.append(key)
+        except ConfigError:
+            self._close_sockets(added)
+            raise
+        return added
+
+    def _close_sockets(self, keys) -> None:
+        for key in keys:
+            for sock in self.sockets.pop(key, []):
+                sock.close()
+
+    def _sockets_of(self, generation: ServingGeneration) -> dict[str, list[socket.socket]]:
+        return {item.listener.name: self.sockets[socket_key(item.listener)]
+                for item in generation.prepared}
+
     def _bind(self) -> None:
-        section = self.current.config.server
         inherited = systemd.inherited_listener()
-        self.listeners = [inherited] if inherited else bind_or_explain(
-            section.listen_address, section.listen_port, section.backlog, "server.listen_port")
+        if inherited and self.current.prepared:
+            self.sockets[socket_key(self.current.prepared[0].listener)] = [inherited]
+        self._bind_new(self.current)
         metrics = self.current.config.metrics
         if metrics.enabled:
             self.metrics_socket = bind_or_explain(metrics.address, metrics.port, 128,
@@ -168,8 +213,9 @@ class Master:
             os.close(ready_r)
             if self.metrics_socket is not None:
                 self.metrics_socket.close()
-            return worker_main(generation.number, generation.config, generation.server_tls,
-                               self.metrics, self.listeners, generation.size, ready_w, slot)
+            return worker_main(generation.number, generation.config, generation.prepared,
+                               self.metrics, self._sockets_of(generation), generation.size,
+                               ready_w, slot)
 
         try:
             pid = self._fork(run)
@@ -332,28 +378,43 @@ class Master:
         if unapplied:
             log.warning("changed settings that apply only on restart; still using the old "
                         "values", settings=unapplied)
-        new = ServingGeneration(old.number + 1, config, server_tls)
+        new = ServingGeneration(old.number + 1, config, server_tls, list(prepared.listeners))
+        try:
+            # New ports are bound before any new worker starts: one that cannot be bound
+            # fails the reload while the old generation serves on.
+            added = self._bind_new(new)
+        except ConfigError as exc:
+            self._reload_failed(old, ConfigErrors(self.source, [exc]))
+            return
         try:
             started = self._start_generation(new)
         except OSError as exc:  # fork or pipe: out of processes, memory or descriptors
             self._terminate(new, signal.SIGKILL)
             self.old.append(new)  # reaped like any finishing generation
+            self._close_sockets(added)
             self._reload_failed(old, QProxyError(f"cannot start the new workers: {exc}"))
             return
         if not started:  # its workers were killed: reaped (and their pipes closed) as an old one
             self.old.append(new)
+            self._close_sockets(added)
             self._reload_failed(old, QProxyError("the new workers did not start"))
             return
         self.current = new
         self._respawns.new_generation()
         self._stop_accepting(old)
         self.old.append(old)
+        # Listeners the new configuration dropped: the old workers have closed their copies
+        # (they said so before _stop_accepting returned); the master's goes now.
+        kept = {socket_key(item.listener) for item in new.prepared}
+        removed = [key for key in self.sockets if key not in kept]
+        self._close_sockets(removed)
         self.metrics.reloads.labels("ok").inc()
         self.metrics.generation.set(new.number)
         self.metrics.workers.set(new.size)
         for warning in prepared.warnings:
             log.warning("configuration warning", detail=warning)
         log.info("reloaded", generation=new.number, workers=list(new.workers.values()),
+                 listeners=self._ports(new),
                  groups=server_tls.policy.groups,
                  certificates=[p.key_kind for p in server_tls.pairs])
         systemd.notify("READY=1")
@@ -415,7 +476,7 @@ class Master:
         self.metrics.generation.set(generation.number)
         self.metrics.workers.set(generation.size)
         log.info("listening", address=generation.config.server.listen_address,
-                 port=self.listeners[0].getsockname()[1],
+                 port=self.listeners[0].getsockname()[1], listeners=self._ports(generation),
                  metrics_port=self.metrics_socket.getsockname()[1] if self.metrics_socket else None,
                  workers=list(generation.workers.values()), groups=generation.server_tls.policy.groups,
                  certificates=[p.key_kind for p in generation.server_tls.pairs],
@@ -502,6 +563,11 @@ class Master:
             time.sleep(0.05)
             self._reap()
         log.info("stopped")
+
+    def _ports(self, generation: ServingGeneration) -> dict[str, int]:
+        """Listener name -> the port it listens on (what port 0 became)."""
+        return {name: socks[0].getsockname()[1]
+                for name, socks in self._sockets_of(generation).items() if socks}
 
     def _workers_alive(self) -> bool:
         return any(g.workers for g in (self.current, *self.old))

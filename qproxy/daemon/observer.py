@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 
 
 from ..proxy.handler import Exchange
+from ..proxy.stream import End, StreamRecord
 from ..tls import certinfo
 from ..tls.context import ServerTls
 from ..tls.machine import HandshakeInfo
@@ -33,6 +34,10 @@ def client_identity(info: HandshakeInfo | None) -> Mapping[str, str] | None:
         IDENTITY_HEADERS["fingerprint"]: certinfo.sha256_fingerprint(cert),
         IDENTITY_HEADERS["key"]: certinfo.describe_key(cert.public_key()),
     }
+
+
+# Ends that are the upstream's failure (also logged with the access log off).
+STREAM_FAILURES = frozenset({End.UPSTREAM_REFUSED, End.CONNECT_TIMEOUT, End.UPSTREAM_RESET})
 
 
 def _reason_class(reason: str) -> str:
@@ -61,7 +66,9 @@ class ConnectionCount:
 
 class Observer:
     def __init__(self, metrics: Metrics, logger, access_logger, server_tls: ServerTls,
-                 connections: ConnectionCount, access_log: bool = True) -> None:
+                 connections: ConnectionCount, access_log: bool = True,
+                 listener: str = "default") -> None:
+        self.listener = listener
         self.metrics = metrics
         self.log = logger
         self.access = access_logger
@@ -82,12 +89,12 @@ class Observer:
     # -- connections (ConnectionObserver) ------------------------------------------------
     def connection_opened(self) -> None:
         self.connections.open += 1
-        self.metrics.connections.inc()
-        self.metrics.connections_open.inc()
+        self._child(self.metrics.connections, self.listener).inc()
+        self._child(self.metrics.connections_open, self.listener).inc()
 
     def connection_closed(self) -> None:
         self.connections.open -= 1
-        self.metrics.connections_open.dec()
+        self._child(self.metrics.connections_open, self.listener).dec()
         if self.connections.on_closed is not None:
             self.connections.on_closed()
 
@@ -105,7 +112,8 @@ class Observer:
         sigalg = self.sigalg(info)
         group = info.group or "-"
         m = self.metrics
-        self._child(m.handshakes, "ok", group, sigalg or "-", str(info.resumed).lower()).inc()
+        self._child(m.handshakes, "ok", group, sigalg or "-", str(info.resumed).lower(),
+                    self.listener).inc()
         key_source = self._key_source(info) or "none"
         self._child(m.handshake_seconds, group, sigalg or "-", key_source).observe(seconds)
         if not is_post_quantum(info.group):
@@ -115,7 +123,7 @@ class Observer:
 
     def handshake_failed(self, peer: str, reason: str, alert: str | None, seconds: float) -> None:
         m = self.metrics
-        self._child(m.handshakes, "failed", "-", "-", "false").inc()
+        self._child(m.handshakes, "failed", "-", "-", "false", self.listener).inc()
         self._child(m.handshake_failures, _reason_class(reason), alert or "none").inc()
         if alert:
             self._child(m.alerts_sent, alert).inc()
@@ -200,3 +208,39 @@ class Observer:
         if exchange.error:
             fields["error"] = exchange.error
         self.access.info("request", **fields)
+
+    # -- tcp mode ------------------------------------------------------------------------
+    def stream_done(self, record: StreamRecord) -> None:
+        """One line per tcp-mode session (nginx's stream access log), and its metrics."""
+        m = self.metrics
+        self._child(m.stream_sessions, self.listener, record.end.value).inc()
+        if record.bytes_up:
+            self._child(m.stream_bytes, self.listener, "up").inc(record.bytes_up)
+        if record.bytes_down:
+            self._child(m.stream_bytes, self.listener, "down").inc(record.bytes_down)
+        failed = record.end in STREAM_FAILURES
+        if not self.access_log and not failed:
+            return
+        info: HandshakeInfo | None = record.tls
+        fields: dict[str, Any] = {
+            "listener": self.listener,
+            "client": record.client,
+            "upstream_addr": record.server,
+            "bytes_sent": record.bytes_down,
+            "bytes_received": record.bytes_up,
+            "session_time_ms": round(record.seconds * 1000, 2),
+            "end": record.end.value,
+        }
+        if info is not None:
+            fields.update(
+                tls_version=info.version, ssl_curve=info.group, ssl_sigalg=self.sigalg(info),
+                ssl_session_reused=info.resumed, ssl_server_name=info.server_name,
+                ssl_client_subject=(certinfo.subject_string(info.peer_cert)
+                                    if info.peer_cert is not None and info.peer_verified
+                                    else None))
+        if record.error:
+            fields["error"] = record.error[:300]
+        if self.access_log:
+            self.access.info("session", **fields)
+        else:  # like nginx's error_log: failures are logged even with the access log off
+            self.log.warning("session failed", **fields)

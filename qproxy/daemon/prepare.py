@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..config.files import check_log_file, check_regular, check_temp_dir, read_regular
+from ..config.listeners import Listener, listeners_of, with_listener_tls
 from ..config.load import load_config
 from ..config.model import ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError, QProxyError
@@ -37,10 +38,20 @@ class Purpose(enum.Enum):
 
 
 @dataclass(frozen=True)
+class PreparedListener:
+    listener: Listener
+    server_tls: "ServerTls"
+
+
+@dataclass(frozen=True)
 class Prepared:
     config: ServerConfig
-    server_tls: "ServerTls"
+    server_tls: "ServerTls"  # the default listener's
     warnings: tuple[str, ...]
+    listeners: tuple[PreparedListener, ...] = ()
+
+    def all_tls(self) -> list["ServerTls"]:
+        return [p.server_tls for p in self.listeners] or [self.server_tls]
 
 
 def prepare(source: str, purpose: Purpose) -> Prepared:
@@ -72,9 +83,27 @@ def _prepare(source: str, purpose: Purpose) -> Prepared:
     from ..tls.machine import info_callback
 
     check_platform()
-    server_tls = build_server_tls(config, source, info_callback)
-    check_hsm_keys(config, server_tls, source)
-    return Prepared(config, server_tls, tuple(server_tls.warnings))
+    prepared: list[PreparedListener] = []
+    errors: list[ConfigError] = []
+    for listener in listeners_of(config):
+        # Each listener's contexts through the same builder, with its own tls and certificates;
+        # errors are reported under the listener when the section at fault is its own.
+        try:
+            server_tls = build_server_tls(with_listener_tls(config, listener), source,
+                                          info_callback)
+        except ConfigErrors as exc:
+            errors += [ConfigError(listener.config_path(e.path), e.problem) for e in exc.errors]
+            continue
+        prepared.append(PreparedListener(listener, server_tls))
+    if errors:
+        raise ConfigErrors(source, errors)
+    for item in prepared:
+        if item.listener.own_certificates or item.listener.json_path == "server":
+            check_hsm_keys(config, item.server_tls, source)
+    default = prepared[0].server_tls
+    warnings = [w for item in prepared for w in item.server_tls.warnings
+                if item.listener.json_path == "server" or item.listener.own_certificates]
+    return Prepared(config, default, tuple(dict.fromkeys(warnings)), tuple(prepared))
 
 
 def check_named_files(config: ServerConfig) -> list[ConfigError]:
@@ -86,6 +115,10 @@ def check_named_files(config: ServerConfig) -> list[ConfigError]:
         checks.append(lambda: check_log_file(config.logging.file))
     if config.server.client_body_temp_path is not None:
         checks.append(lambda: check_temp_dir(config.server.client_body_temp_path))
+    for index, listener in enumerate(config.listeners):
+        if listener.client_body_temp_path is not None:
+            checks.append(lambda t=listener.client_body_temp_path, i=index: check_temp_dir(
+                t, f"listeners[{i}].client_body_temp_path"))
     hsm = config.hsm
     if hsm.enabled and hsm.pkcs11_library:
         checks.append(lambda: check_regular(hsm.pkcs11_library, "hsm.pkcs11_library",
@@ -127,8 +160,10 @@ def check_hsm_keys(config: ServerConfig, server_tls: "ServerTls", source: str) -
 
 # Settings the running master cannot change: its sockets, its metrics process, the OpenSSL it
 # initialised at start (providers, HSM module and PIN) and its log outputs.
+# A listener's address and port are not here: the master binds a new one before the swap
+# (and closes a removed one after it). Its backlog is fixed when its socket is first bound.
 _RESTART_ONLY = {
-    "server": ("listen_address", "listen_port", "backlog"),
+    "server": ("backlog",),
     "metrics": None, "hsm": None, "openssl": None, "fips": None,
     "logging": ("file", "console", "level"),
 }

@@ -9,11 +9,13 @@ import socket
 
 from OpenSSL import SSL
 
+from ..config.listeners import Listener
 from ..config.model import ServerConfig
 from ..observability.logging import get_logger, reopen_log_files
 from ..observability.metrics import Metrics
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
+from ..proxy.stream_server import StreamServer
 from ..proxy.upstream import Router, Upstream
 from ..tls.context import ServerTls
 from ..tls import deadlines
@@ -21,20 +23,53 @@ from ..tls.protocol import Limits, TlsServerProtocol
 from ..observability.throttle import Throttle
 from .acceptor import AcceptState, Acceptor
 from .observer import ConnectionCount, Observer, client_identity
+from .prepare import PreparedListener
 
 log = get_logger("qproxy.worker")
+
+
+class ListenerService:
+    """One listener inside a worker: its TLS contexts, its observer (metrics labelled with its
+    name) and what serves its connections after the handshake (HTTP, or the tcp relay)."""
+
+    def __init__(self, listener: Listener, server_tls: ServerTls, config: ServerConfig,
+                 metrics: Metrics, connections: ConnectionCount,
+                 upstreams: dict[str, Upstream]) -> None:
+        self.listener = listener
+        self.server_tls = server_tls
+        self.observer = Observer(metrics, log, get_logger("qproxy.access"), server_tls,
+                                 connections, access_log=config.logging.access_log,
+                                 listener=listener.name)
+        settings = listener.settings
+        self.server: HttpServer | StreamServer
+        if listener.mode == "tcp":
+            assert listener.upstream is not None
+            self.server = StreamServer(upstreams[listener.upstream], listener.idle_timeout,
+                                       self.observer.stream_done)
+        else:
+            handler = ProxyHandler(upstreams, Router(listener.routes),
+                                   self.observer.exchange_done, client_identity)
+            self.server = HttpServer(handler, settings, self.observer.bad_request)
+        self.limits = Limits(settings.handshake_timeout, settings.client_header_timeout,
+                             stream=listener.mode == "tcp")
+        # One bound method shared by every connection (each protocol holds it for its life).
+        self._context_factory = self._default_context
+
+    def _default_context(self) -> SSL.Context:
+        return self.server_tls.default
+
+    def protocol(self) -> TlsServerProtocol:
+        self.observer.connection_opened()
+        return TlsServerProtocol(self._context_factory, self.server, self.observer, self.limits)
 
 
 class Generation:
     """Everything one configuration serves with inside a worker."""
 
-    def __init__(self, number: int, config: ServerConfig, server_tls: ServerTls,
+    def __init__(self, number: int, config: ServerConfig, prepared: list[PreparedListener],
                  metrics: Metrics, connections: ConnectionCount) -> None:
         self.number = number
         self.config = config
-        self.server_tls = server_tls
-        self.observer = Observer(metrics, log, get_logger("qproxy.access"), server_tls,
-                                 connections, access_log=config.logging.access_log)
 
         def upstream_state(upstream: str, server: str, up: bool, cause: str | None) -> None:
             # Called once per change of a server's state (cause None: the state at start).
@@ -47,32 +82,43 @@ class Generation:
                 log.info("backend server back in rotation", upstream=upstream, server=server,
                          cause=cause)
 
-        self.upstreams = {name: Upstream(name, section, upstream_state)
+        http = {r.upstream for p in prepared for r in p.listener.routes}
+        self.upstreams = {name: Upstream(name, section, upstream_state, stream=name not in http)
                           for name, section in config.upstreams.items()}
-        handler = ProxyHandler(self.upstreams, Router(config.effective_routes()),
-                               self.observer.exchange_done, client_identity)
-        self.http_server = HttpServer(handler, config.server, self.observer.bad_request)
-        self.limits = Limits(config.server.handshake_timeout, config.server.client_header_timeout)
-        # One bound method shared by every connection (each protocol holds it for its life).
-        self._context_factory = self._default_context
+        self.services = {p.listener.name: ListenerService(p.listener, p.server_tls, config,
+                                                          metrics, connections, self.upstreams)
+                         for p in prepared}
+        default = next(iter(self.services.values()))
+        # The default listener's parts, under the names the rest of the code knows.
+        self.observer = default.observer
+        self.server_tls = default.server_tls
+        self.limits = default.limits
+
+    @property
+    def http_server(self) -> HttpServer:
+        server = next(iter(self.services.values())).server
+        assert isinstance(server, HttpServer)
+        return server
 
     def start(self) -> None:
         for upstream in self.upstreams.values():
             upstream.start()
 
-    def _default_context(self) -> SSL.Context:
-        return self.server_tls.default
-
     def protocol(self) -> TlsServerProtocol:
-        return TlsServerProtocol(self._context_factory, self.http_server, self.observer,
-                                 self.limits)
+        return next(iter(self.services.values())).protocol()
+
+    def served(self) -> int:
+        """Connections past their handshake, in the hands of HTTP or a relay."""
+        return sum(len(service.server.connections) for service in self.services.values())
 
     async def retire(self, timeout: float) -> None:
-        """Finish in-flight requests (closing idle keep-alive connections), then let go."""
+        """Finish in-flight requests (closing idle keep-alive connections) and let tcp
+        sessions run until they end or `timeout`, then let go."""
         await first_requests(FIRST_REQUEST_GRACE)
         for connection in idle_tls_connections():
             connection.close_if_idle()
-        await self.http_server.shutdown(timeout)
+        await asyncio.gather(*(service.server.shutdown(timeout)
+                               for service in self.services.values()))
         for upstream in self.upstreams.values():
             await upstream.close()
 
@@ -105,19 +151,16 @@ def connection_share(max_connections: int, workers: int, slot: int = 0) -> int:
 
 
 class Worker:
-    def __init__(self, generation: Generation, listeners: list[socket.socket], workers: int,
-                 ready_fd: int | None, slot: int = 0) -> None:
+    def __init__(self, generation: Generation, listeners: dict[str, list[socket.socket]],
+                 workers: int, ready_fd: int | None, slot: int = 0) -> None:
         self.generation = generation
-        self.listeners = listeners
+        self.listeners = listeners  # listener name -> its sockets
         self.limit = connection_share(generation.config.server.max_connections, workers, slot)
         self.ready_fd = ready_fd
         self.connections = generation.observer.connections
         self._stop = asyncio.Event()
         self._pause_log = {state: Throttle(1.0) for state in AcceptState}
 
-    def _factory(self) -> asyncio.Protocol:
-        self.generation.observer.connection_opened()
-        return self.generation.protocol()
 
     def _has_room(self, pending: int) -> bool:
         return self.connections.open + pending < self.limit
@@ -150,18 +193,28 @@ class Worker:
     async def _handshakes_settled(self) -> None:
         """Let connections still in their TLS handshake reach the HTTP layer (or fail) before
         the drain, so none of them meets an HTTP server that has already shut down."""
-        deadline = asyncio.get_running_loop().time() + self.generation.limits.handshake_timeout
-        http_server = self.generation.http_server
-        while (self.connections.open > len(http_server.connections) + len(idle_tls_connections())
+        handshake_timeout = max(s.limits.handshake_timeout
+                                for s in self.generation.services.values())
+        deadline = asyncio.get_running_loop().time() + handshake_timeout
+        while (self.connections.open > self.generation.served() + len(idle_tls_connections())
                and asyncio.get_running_loop().time() < deadline):
             await asyncio.sleep(0.01)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        acceptor = Acceptor(loop, self.listeners, self._factory, self._has_room,
-                            self._attach_failed, self._accept_paused)
-        self.connections.on_closed = acceptor.room_made
-        acceptor.start()
+        # One acceptor per listener (each knows which listener its connections are for),
+        # sharing this worker's connection limit.
+        acceptors = [Acceptor(loop, self.listeners.get(name, []), service.protocol,
+                              self._has_room, self._attach_failed, self._accept_paused)
+                     for name, service in self.generation.services.items()]
+
+        def room_made() -> None:
+            for acceptor in acceptors:
+                acceptor.room_made()
+
+        self.connections.on_closed = room_made
+        for acceptor in acceptors:
+            acceptor.start()
         self.generation.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
@@ -171,9 +224,11 @@ class Worker:
         await self._stop.wait()
 
         timeout = self.generation.config.server.shutdown_timeout
-        acceptor.stop()
-        for sock in self.listeners:
-            sock.close()  # this process's copy; the master and the other workers keep theirs
+        for acceptor in acceptors:
+            acceptor.stop()
+        for socks in self.listeners.values():
+            for sock in socks:
+                sock.close()  # this process's copy; the master and the other workers keep theirs
         self._tell_master(b"C")
         log.info("worker draining", generation=self.generation.number,
                  open_connections=self.connections.open, timeout_s=timeout)
@@ -183,18 +238,19 @@ class Worker:
         return 0
 
 
-def worker_main(number: int, config: ServerConfig, server_tls: ServerTls, metrics: Metrics,
-                listeners: list[socket.socket], workers: int, ready_fd: int | None,
-                slot: int = 0) -> int:
+def worker_main(number: int, config: ServerConfig, prepared: list[PreparedListener],
+                metrics: Metrics, listeners: dict[str, list[socket.socket]], workers: int,
+                ready_fd: int | None, slot: int = 0) -> int:
     """Entry point in a freshly forked child."""
     import uvloop
 
     # Only now, in the worker, does the PKCS#11 module get loaded (it is not fork-safe).
-    server_tls.load_hsm_keys()
+    for item in prepared:
+        item.server_tls.load_hsm_keys()
 
     async def main() -> int:
         # aiohttp's server objects bind to the running loop: build them inside it.
-        generation = Generation(number, config, server_tls, metrics, ConnectionCount())
+        generation = Generation(number, config, prepared, metrics, ConnectionCount())
         return await Worker(generation, listeners, workers, ready_fd, slot).run()
 
     return uvloop.run(main())

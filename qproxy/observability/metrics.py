@@ -25,7 +25,7 @@ class Metrics:
         r = self.registry
         self.handshakes = Counter(
             "qtls_handshakes", "TLS handshakes by outcome, group and signature algorithm",
-            ["result", "group", "sigalg", "resumed"], registry=r)
+            ["result", "group", "sigalg", "resumed", "listener"], registry=r)
         self.handshake_seconds = Histogram(
             "qtls_handshake_duration_seconds", "Time from first byte to handshake completion",
             ["group", "sigalg", "key_source"], buckets=HANDSHAKE_BUCKETS, registry=r)
@@ -36,9 +36,18 @@ class Metrics:
             "qtls_classical_fallbacks",
             "Handshakes that ended with a classical (not post-quantum) group", ["group"], registry=r)
         self.alerts_sent = Counter("qtls_alerts_sent", "TLS alerts sent", ["alert"], registry=r)
+        # `listener`: a configured listener's name ("default" for the top-level one), so a
+        # handful of values.
         self.connections_open = Gauge("qtls_connections_open", "Open client connections",
-                                      registry=r, multiprocess_mode="livesum")
-        self.connections = Counter("qtls_connections", "Client connections accepted", registry=r)
+                                      ["listener"], registry=r, multiprocess_mode="livesum")
+        self.connections = Counter("qtls_connections", "Client connections accepted",
+                                   ["listener"], registry=r)
+        self.stream_sessions = Counter(
+            "qtls_stream_sessions", "TCP-mode sessions by listener and how they ended",
+            ["listener", "end"], registry=r)
+        self.stream_bytes = Counter(
+            "qtls_stream_bytes", "TCP-mode bytes relayed (direction up: client to upstream)",
+            ["listener", "direction"], registry=r)
         self.connections_refused = Counter(
             "qtls_connections_refused", "Connections refused by limits", ["limit"], registry=r)
         self.accept_paused = Counter(

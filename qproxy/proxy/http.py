@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable
 
-from ..config.model import ServerSection
+from ..config.model import ListenerSettings
 from .connection import HttpConnection
 from .request import PHRASES, BadRequest, HttpRequest, error_body
 from .request_body import BODY_HIGH_WATER, BodyLimits, RequestBody
@@ -41,7 +41,7 @@ Handler = Callable[[HttpRequest, RequestCycle], Awaitable[None]]
 ErrorLogger = Callable[[str, int, str], None]
 
 
-def body_limits(section: ServerSection) -> BodyLimits:
+def body_limits(section: ListenerSettings) -> BodyLimits:
     return BodyLimits(
         max_size=section.client_max_body_size, memory_size=section.client_body_buffer_size,
         temp_dir=section.client_body_temp_path, timeout=section.client_body_timeout)
@@ -50,7 +50,7 @@ def body_limits(section: ServerSection) -> BodyLimits:
 class HttpServer:
     """Makes one `HttpConnection` per connection and drains them all on shutdown."""
 
-    def __init__(self, handler: Handler, section: ServerSection, error_logger: ErrorLogger
+    def __init__(self, handler: Handler, section: ListenerSettings, error_logger: ErrorLogger
                  ) -> None:
         self.handler = handler
         self.section = section

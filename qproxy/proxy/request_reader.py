@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import httptools
 from multidict import CIMultiDict
 
-from ..config.model import ServerSection
+from ..config.model import ListenerSettings
 from .request import BadRequest, HttpRequest
 from .request_body import BodyLimits, BodySource, RequestBody
 from .target import (Target, TargetError, check_request_framing, normalise_target,
@@ -66,7 +66,7 @@ class RequestReader:
     __slots__ = ("_sink", "_parser", "_section", "_limits", "_url", "_fields", "_in_head",
                  "_head_bytes", "_head_limit", "parsing")
 
-    def __init__(self, sink: RequestSink, section: ServerSection, limits: BodyLimits) -> None:
+    def __init__(self, sink: RequestSink, section: ListenerSettings, limits: BodyLimits) -> None:
         self._sink = sink
         self._parser = httptools.HttpRequestParser(self)
         self._section = section

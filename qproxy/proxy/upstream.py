@@ -117,8 +117,10 @@ StateCallback = Callable[[str, str, bool, "str | None"], None]
 
 class Upstream:
     def __init__(self, name: str, section: UpstreamSection,
-                 on_state: StateCallback | None = None) -> None:
+                 on_state: StateCallback | None = None, stream: bool = False) -> None:
         self.name = name
+        # Relayed to by tcp listeners only: a health check is a TCP connect, not an HTTP GET.
+        self.stream = stream
         self.section = section
         self.pool = ServerPool.from_addresses(section.servers, section.max_fails,
                                               section.fail_timeout)
@@ -214,20 +216,34 @@ class Upstream:
         check = self.section.health_check
         assert check is not None
         timeout = aiohttp.ClientTimeout(total=check.timeout)
+        what = "a TCP connect" if self.stream else check.path
         while True:
             for server in self.pool.servers:
-                try:
-                    async with self.session.get(server.base_url + check.path,
-                                                timeout=timeout) as response:
-                        healthy = response.status < 500
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    healthy = False
-                if healthy:
+                probe = self._connects if self.stream else self._answers
+                if await probe(server, check.path, timeout):
                     self.mark_ok(server, "its health check passed")
                 elif server.rotation is Rotation.IN:
                     server.fails = self.pool.max_fails - 1
-                    self.mark_failed(server, f"its health check {check.path} failed")
+                    self.mark_failed(server, f"its health check ({what}) failed")
             await asyncio.sleep(check.interval)
+
+    async def _answers(self, server: ServerState, path: str,
+                       timeout: aiohttp.ClientTimeout) -> bool:
+        try:
+            async with self.session.get(server.base_url + path, timeout=timeout) as response:
+                return response.status < 500
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    @staticmethod
+    async def _connects(server: ServerState, _path: str, timeout: aiohttp.ClientTimeout) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(server.host, server.port),
+                                               timeout.total)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
 
     async def close(self) -> None:
         if self._health_task is not None:

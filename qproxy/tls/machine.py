@@ -38,13 +38,18 @@ class TlsState(enum.Enum):
     # owe it (the response to the request in hand) can go, then our close_notify (a TLS 1.3
     # half-close, RFC 8446 section 6.1).
     PEER_CLOSED = "peer closed"
+    # Our close_notify is queued but the peer's has not come: it may still send (a TCP-mode
+    # upstream half-closed its side, the client's side goes on; RFC 8446 section 6.1).
+    WRITE_CLOSED = "write closed"
     CLOSED = "closed"  # our close_notify queued: nothing more is sent or read
     FAILED = "failed"
 
 
 _TRANSITIONS = {
     TlsState.HANDSHAKING: {TlsState.OPEN, TlsState.FAILED, TlsState.CLOSED},
-    TlsState.OPEN: {TlsState.PEER_CLOSED, TlsState.CLOSED, TlsState.FAILED},
+    TlsState.OPEN: {TlsState.PEER_CLOSED, TlsState.WRITE_CLOSED, TlsState.CLOSED,
+                    TlsState.FAILED},
+    TlsState.WRITE_CLOSED: {TlsState.CLOSED, TlsState.FAILED},
     TlsState.PEER_CLOSED: {TlsState.CLOSED, TlsState.FAILED},
     TlsState.CLOSED: {TlsState.CLOSED, TlsState.FAILED},
     TlsState.FAILED: set(),
@@ -164,7 +169,7 @@ class TlsServerMachine:
             self._set_state(TlsState.OPEN)
             self.info = self._describe()
             events.append(HandshakeComplete(self.info))
-        if self._state is TlsState.OPEN:
+        if self._state in (TlsState.OPEN, TlsState.WRITE_CLOSED):
             self._read_plaintext(events)
         return events
 
@@ -176,7 +181,8 @@ class TlsServerMachine:
         if data:
             events.append(DataReceived(data))
         if closed:
-            self._set_state(TlsState.PEER_CLOSED)
+            self._set_state(TlsState.CLOSED if self._state is TlsState.WRITE_CLOSED
+                            else TlsState.PEER_CLOSED)
             events.append(PeerClosed())
 
     def send(self, plaintext: bytes) -> None:
@@ -188,9 +194,23 @@ class TlsServerMachine:
         except SSL.Error as exc:
             raise self._fail(exc) from None
 
+    def close_write(self) -> None:
+        """Queue close_notify and go on reading: the half-close a byte relay passes on when
+        its upstream ends its side first. After the peer's close_notify it is a full close."""
+        if self._state is TlsState.OPEN:
+            try:
+                self._conn.shutdown()
+            except SSL.Error:
+                pass
+            self._set_state(TlsState.WRITE_CLOSED)
+        else:
+            self.close()
+
     def close(self) -> None:
         """Queue close_notify (also after the peer's: that is what answers it)."""
-        if self._state in (TlsState.OPEN, TlsState.HANDSHAKING, TlsState.PEER_CLOSED):
+        if self._state is TlsState.WRITE_CLOSED:
+            self._set_state(TlsState.CLOSED)  # ours went already
+        elif self._state in (TlsState.OPEN, TlsState.HANDSHAKING, TlsState.PEER_CLOSED):
             try:
                 self._conn.shutdown()
             except SSL.Error:

@@ -49,6 +49,10 @@ ENCRYPT_SLICE = 64 * 1024
 class Limits:
     handshake_timeout: float
     client_header_timeout: float
+    # A byte stream (tcp mode) rather than requests: the application protocol starts at the
+    # handshake, not at the first byte (the upstream may speak first, and the connection to
+    # it is made at once), and no request-head deadline applies (its idle_timeout does).
+    stream: bool = False
 
 
 class ConnectionObserver(Protocol):
@@ -90,14 +94,16 @@ class Phase(enum.Enum):
     NEW = "new"  # nothing received yet (the first bytes are checked for plain HTTP)
     READING = "reading"
     INPUT_ENDED = "input ended"  # the peer's TCP FIN: we may still write
+    OUTPUT_ENDED = "output ended"  # our close_notify and FIN sent (tcp mode): we still read
     LINGERING = "lingering"  # our side shut; what comes is read and dropped until the close
     CLOSED = "closed"
 
 
 _PHASES = {
     Phase.NEW: {Phase.READING, Phase.INPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
-    Phase.READING: {Phase.INPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
+    Phase.READING: {Phase.INPUT_ENDED, Phase.OUTPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
     Phase.INPUT_ENDED: {Phase.LINGERING, Phase.CLOSED},
+    Phase.OUTPUT_ENDED: {Phase.LINGERING, Phase.CLOSED},
     Phase.LINGERING: {Phase.CLOSED},
     Phase.CLOSED: set(),
 }
@@ -192,7 +198,7 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
-        if phase is not Phase.READING:
+        if phase is not Phase.READING and phase is not Phase.OUTPUT_ENDED:
             if phase is not Phase.NEW or self._machine is None:
                 return  # lingering (or closed): read and dropped
             self._set_phase(Phase.READING)
@@ -222,6 +228,10 @@ class TlsServerProtocol(asyncio.Protocol):
         """The peer's TCP FIN. Returns True (keep our writing half open) while the application
         still has something to say, as after a TLS half-close."""
         if self._phase in (Phase.LINGERING, Phase.CLOSED):
+            return False
+        if self._phase is Phase.OUTPUT_ENDED:  # both ways done: the app hears it, we close
+            self._app_eof()
+            self._set_phase(Phase.LINGERING)
             return False
         self._set_phase(Phase.INPUT_ENDED)
         handshaking = self._machine is not None and self._machine.info is None
@@ -295,7 +305,10 @@ class TlsServerProtocol(asyncio.Protocol):
         self._cancel_timer()
         self._observer.handshake_done(self._peer, info, self._elapsed())
         assert self._transport is not None
-        self._arm_header_timer()
+        if self._limits.stream:
+            self._start_app()
+        else:
+            self._arm_header_timer()
 
     def _start_app(self) -> asyncio.Protocol:
         # The HTTP protocol (parser, buffers, a task) and its transport are made when the first
@@ -315,7 +328,7 @@ class TlsServerProtocol(asyncio.Protocol):
         app = self._app or self._start_app()
         if self._app_phase is not AppPhase.OPEN:
             return  # lost (or ended) meanwhile
-        if not self._in_request and self._header_deadline is None:
+        if not self._in_request and self._header_deadline is None and not self._limits.stream:
             self._arm_header_timer()
         app.data_received(plaintext)
 
@@ -392,7 +405,7 @@ class TlsServerProtocol(asyncio.Protocol):
     def write_plaintext(self, data: bytes) -> None:
         machine = self._machine
         if machine is None or self._transport is None or self._phase in (
-                Phase.LINGERING, Phase.CLOSED):
+                Phase.LINGERING, Phase.CLOSED, Phase.OUTPUT_ENDED):
             return
         try:
             if len(data) <= ENCRYPT_SLICE:
@@ -422,6 +435,19 @@ class TlsServerProtocol(asyncio.Protocol):
             self._flush()
         self._linger_close()
 
+    def close_write(self) -> None:
+        """close_notify and a TCP FIN, reading on (tcp mode: the upstream ended its side, the
+        client may still be sending). After the client's FIN it is a full close."""
+        if self._phase is not Phase.READING or self._machine is None:
+            self._close_tls()
+            return
+        self._machine.close_write()
+        self._flush()
+        self._set_phase(Phase.OUTPUT_ENDED)
+        assert self._transport is not None
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+
     def close_without_notify(self) -> None:
         """Close after what is written, with no close_notify: a response was cut off, and a
         TLS end without close_notify is how the client tells truncation from a whole
@@ -435,12 +461,14 @@ class TlsServerProtocol(asyncio.Protocol):
         if self._phase in (Phase.LINGERING, Phase.CLOSED) or self._transport is None:
             return
         input_ended = self._phase is Phase.INPUT_ENDED
+        output_ended = self._phase is Phase.OUTPUT_ENDED
         self._set_phase(Phase.LINGERING)
         self._cancel_timer()
         self._cancel_header_timer()
         transport = self._transport
-        if not input_ended and transport.can_write_eof():
-            transport.write_eof()
+        if not input_ended and (output_ended or transport.can_write_eof()):
+            if not output_ended:
+                transport.write_eof()
             self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
         else:
             transport.close()
@@ -487,7 +515,11 @@ class TlsAppTransport(asyncio.Transport):
         self.write(b"".join(list_of_data))
 
     def can_write_eof(self) -> bool:
-        return False
+        return True
+
+    def write_eof(self) -> None:
+        """close_notify and FIN, reading on (what a byte relay passes on)."""
+        self._protocol.close_write()
 
     def is_closing(self) -> bool:
         return self._protocol.is_closing()

@@ -1,0 +1,234 @@
+"""The tcp-mode relay (proxy/stream.py) in-process, against mock transports: half-close each
+way, back-pressure each way, idle timeout, upstream failures, the drain. Milliseconds each."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from qproxy.proxy.stream import (_TRANSITIONS, End, RelayState, StreamConnectError, StreamRecord,
+                                 StreamRelay, UpstreamSide)
+
+
+class MockTransport(asyncio.Transport):
+    def __init__(self, peer=("127.0.0.1", 50000)) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.eof = False
+        self.closed = False
+        self.aborted = False
+        self.cut = False
+        self.reading = True
+        self.peer = peer
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": self.peer, "tls": "tls-info"}.get(name, default)
+
+    def write(self, data) -> None:
+        assert not self.eof and not self.closed, "written after its end"
+        self.written.append(bytes(data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def response_cut(self) -> None:
+        self.cut = self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.written)
+
+
+class Session:
+    """A relay between two mock transports; `connect` can be told to fail or to wait."""
+
+    def __init__(self, idle: float = 60.0, fail: StreamConnectError | None = None) -> None:
+        self.client = MockTransport()
+        self.upstream = MockTransport()
+        self.side: UpstreamSide | None = None
+        self.records: list[StreamRecord] = []
+        self.fail = fail
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+        async def connect(factory):
+            await self.gate.wait()
+            if self.fail is not None:
+                raise self.fail
+            self.side = factory()
+            return self.upstream, "127.0.0.1:1883"
+
+        self.relay = StreamRelay(connect, idle, lambda relay, record: self.records.append(record))
+
+    async def open(self) -> "Session":
+        self.relay.connection_made(self.client)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return self
+
+    @property
+    def record(self) -> StreamRecord:
+        [record] = self.records
+        return record
+
+
+def run(coro) -> None:
+    asyncio.run(asyncio.wait_for(coro, 5))
+
+
+def test_transition_table_refuses_anything_not_listed():
+    assert _TRANSITIONS[RelayState.CLOSED] == set()
+    relay = StreamRelay(None, 1.0, lambda *a: None)  # type: ignore[arg-type]
+    relay.state = RelayState.CLIENT_ENDED
+    with pytest.raises(RuntimeError):
+        relay._set(RelayState.UPSTREAM_ENDED)
+
+
+def test_bytes_flow_both_ways_and_are_counted():
+    async def main():
+        s = await Session().open()
+        assert s.relay.state is RelayState.OPEN
+        s.relay.data_received(b"ping")
+        assert s.upstream.data == b"ping"
+        s.side.data_received(b"pong!")
+        assert s.client.data == b"pong!"
+        assert (s.relay.bytes_up, s.relay.bytes_down) == (4, 5)
+    run(main())
+
+
+def test_client_bytes_before_the_upstream_connects_wait_and_pause_the_client():
+    async def main():
+        s = Session()
+        s.gate.clear()
+        await s.open()
+        s.relay.data_received(b"CONNECT")
+        assert s.relay.state is RelayState.CONNECTING and not s.client.reading
+        s.gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert s.upstream.data == b"CONNECT" and s.client.reading
+    run(main())
+
+
+def test_client_half_close_shuts_the_upstream_write_side_and_the_answer_still_comes():
+    async def main():
+        s = await Session().open()
+        s.relay.data_received(b"request")
+        assert s.relay.eof_received() is True  # keep the TLS connection's writing half
+        assert s.upstream.eof and not s.upstream.closed
+        s.side.data_received(b"answer after the client's FIN")
+        assert s.client.data == b"answer after the client's FIN"
+        assert s.side.eof_received() is False
+        assert s.record.end is End.DONE
+        assert s.client.closed and not s.client.cut  # close_notify: a whole stream
+    run(main())
+
+
+def test_upstream_half_close_sends_close_notify_and_the_client_may_still_send():
+    async def main():
+        s = await Session().open()
+        s.side.data_received(b"banner")
+        assert s.side.eof_received() is True
+        assert s.client.eof and s.client.data == b"banner"  # close_notify after the data
+        s.relay.data_received(b"late words")
+        assert s.upstream.data == b"late words"
+        assert s.relay.eof_received() is False
+        assert s.record.end is End.DONE and s.record.bytes_up == 10
+    run(main())
+
+
+def test_back_pressure_both_ways():
+    async def main():
+        s = await Session().open()
+        s.relay.pause_writing()  # the client's socket is full
+        assert not s.upstream.reading and s.client.reading
+        s.relay.resume_writing()
+        assert s.upstream.reading
+        s.side.pause_writing()  # the upstream's socket is full
+        assert not s.client.reading and s.upstream.reading
+        s.side.resume_writing()
+        assert s.client.reading
+    run(main())
+
+
+def test_idle_session_is_closed_with_close_notify():
+    async def main():
+        s = await Session(idle=0.05).open()
+        s.relay.data_received(b"x")
+        await asyncio.sleep(0.2)
+        assert s.record.end is End.IDLE_TIMEOUT
+        assert s.client.closed and not s.client.cut and s.upstream.closed
+    run(main())
+
+
+@pytest.mark.parametrize("end", [End.UPSTREAM_REFUSED, End.CONNECT_TIMEOUT])
+def test_upstream_unreachable_cuts_the_client_and_reports_once(end):
+    async def main():
+        s = await Session(fail=StreamConnectError(end, "connect failed", "127.0.0.1:1")).open()
+        assert s.record.end is end and s.record.server == "127.0.0.1:1"
+        assert s.client.cut  # no close_notify: the client can tell it was not served
+        s.relay.connection_lost(None)
+        assert len(s.records) == 1
+    run(main())
+
+
+def test_upstream_reset_cuts_the_client():
+    async def main():
+        s = await Session().open()
+        s.side.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+        assert s.record.end is End.UPSTREAM_RESET and "reset" in s.record.error
+        assert s.client.cut
+    run(main())
+
+
+def test_client_gone_aborts_the_upstream():
+    async def main():
+        s = await Session().open()
+        s.relay.connection_lost(ConnectionResetError())
+        assert s.record.end is End.CLIENT_CLOSED and s.upstream.aborted
+        s.side.connection_lost(None)
+        assert len(s.records) == 1
+    run(main())
+
+
+def test_client_gone_while_connecting_closes_the_late_upstream():
+    async def main():
+        s = Session()
+        s.gate.clear()
+        await s.open()
+        s.relay.connection_lost(None)
+        assert s.record.end is End.CLIENT_CLOSED
+    run(main())
+
+
+def test_shutdown_closes_cleanly_after_what_was_sent():
+    async def main():
+        s = await Session().open()
+        s.side.data_received(b"last")
+        s.relay.shutdown()
+        assert s.record.end is End.SHUTDOWN and s.client.data == b"last"
+        assert s.client.closed and not s.client.cut and s.upstream.closed
+        assert s.record.tls == "tls-info" and s.record.client == "127.0.0.1:50000"
+    run(main())
