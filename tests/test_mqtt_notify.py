@@ -70,6 +70,13 @@ class OtaBackend:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
+    def put_signature(self, version: str, signature: bytes, key_id: str) -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/api/firmware/{version}/signature", data=signature,
+            method="PUT", headers={"X-Signer-Key-Id": key_id})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -208,6 +208,8 @@ def put_signature(version: str):
         algorithm=request.headers.get("X-Signature-Algorithm", "ML-DSA-65"),
         key_id=request.headers.get("X-Signer-Key-Id", ""),
     )
+    # Announced again: devices that install only signed images can act on it now.
+    _announce(_store().get(version))
     response = jsonify(info.to_dict())
     response.status_code = 201
     return response

@@ -4,8 +4,9 @@ Prints one JSON report and exits 0 when the latest firmware is installed (or alr
 current); prints the reason and exits 1 when it is refused.
 
 With ``--mqtt HOST:PORT`` (qtls-server's MQTT door) it waits for ``ota/update/available``
-instead and installs each announced version, one JSON report per line (``--once``: exit after
-the first, 0 if installed, 1 if refused; ``--timeout``: give up after that many seconds, 2)."""
+instead and installs each announced version: one JSON report per line, refusals on stderr.
+``--once`` exits 0 after the first install; ``--timeout`` stops after that many seconds (with
+``--once``: exit 1 if something was refused, 2 if no announcement came)."""
 
 from __future__ import annotations
 
@@ -44,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Wait for announcements on qtls-server's MQTT door (e.g. "
                              "localhost:8883) instead of checking once")
     parser.add_argument("--once", action="store_true",
-                        help="With --mqtt: stop after the first announcement handled")
+                        help="With --mqtt: exit after the first firmware installed")
     parser.add_argument("--timeout", type=float, help="With --mqtt: stop after this many "
-                        "seconds (exit 2 if --once saw nothing)")
+                        "seconds (with --once: exit 1 if updates were refused, 2 if none came)")
     args = parser.parse_args(argv)
     host, port = args.server
     agent = Agent(host, port, args.ca, args.signer, args.install,
@@ -70,17 +71,17 @@ def _watch(agent: Agent, args: argparse.Namespace) -> int:
         print(f"update refused: {exc}", file=sys.stderr)
         return 1
     try:
-        last = watcher.run(_print, once=args.once, timeout=args.timeout)
+        outcomes = watcher.run(_print, once=args.once, timeout=args.timeout)
     except KeyboardInterrupt:
         return 0
     finally:
         watcher.close()
-    if not args.once:
+    if not args.once or any(o.report and o.report.status == "installed" for o in outcomes):
         return 0
-    if last is None:
+    if not outcomes:
         print("no announcement before the timeout", file=sys.stderr)
         return 2
-    return 0 if last.report is not None else 1
+    return 1
 
 
 if __name__ == "__main__":

@@ -87,23 +87,25 @@ class UpdateWatcher:
             return Outcome(refused=str(exc))
 
     def run(self, on_outcome: Callable[[Outcome], None], *, once: bool = False,
-            timeout: float | None = None) -> Outcome | None:
+            timeout: float | None = None) -> list[Outcome]:
         """Handle messages until `timeout` seconds pass (None: forever); with `once`, return
-        after the first message that installs or refuses something. Returns the last
-        outcome."""
+        after the first install. A refusal does not stop the watch: the next announcement
+        (e.g. the same version once its signature is uploaded) may be installable. Returns
+        every outcome."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        last = None
+        outcomes: list[Outcome] = []
         while deadline is None or time.monotonic() < deadline:
             wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             try:
                 message = self._messages.get(timeout=wait)
             except queue.Empty:
                 continue
-            last = self.handle(message)
-            on_outcome(last)
-            if once and (last.refused or (last.report and last.report.status == "installed")):
-                return last
-        return last
+            outcome = self.handle(message)
+            outcomes.append(outcome)
+            on_outcome(outcome)
+            if once and outcome.report is not None and outcome.report.status == "installed":
+                break
+        return outcomes
 
     def close(self) -> None:
         self.client.disconnect()

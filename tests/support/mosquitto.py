@@ -48,6 +48,7 @@ class Broker:
             "persistence false\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "log_type subscribe\n"
             "connection_messages true\n")
         self.log: list[str] = []
         self._cond = threading.Condition()
