@@ -14,28 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from examples.ota_device.agent import device_context
 from examples.ota_device.mqtt_tls import MqttTlsError, QTLSMqttClient
-from qproxy.qtls import (
-    QTLS_CLIENT_MODE, QTLS_OP_CLASSICAL_ONLY, QTLS_OP_HYBRID_MODE, QTLS_OP_REQUIRE_PQ,
-    QTLS_VERIFY_FAIL_IF_NO_PEER_CERT, QTLS_VERIFY_PEER, QTLSContext,
-)
+from qproxy.qtls import QTLS_CLIENT_MODE, QTLS_OP_CLASSICAL_ONLY, QTLSContext
 from tests.conftest import make_config
 from tests.support.harness import ROOT, child_env, free_port
 from tests.support.mosquitto import MOSQUITTO_SUB, Subscriber, start_broker  # noqa: F401
 from tests.test_mqtt_notify import OtaBackend
 
 TOPIC = "ota/update/available"
-
-
-def device_context(ca_file: Path) -> QTLSContext:
-    """What examples/ota_device offers: X25519MLKEM768 only, an ML-DSA-65 chain."""
-    ctx = QTLSContext(mode=QTLS_CLIENT_MODE)
-    ctx.load_verify_locations(str(ca_file))
-    ctx.set_options(QTLS_OP_HYBRID_MODE | QTLS_OP_REQUIRE_PQ)
-    ctx.set_kem_algorithms(["X25519MLKEM768"])
-    ctx.set_signature_algorithms(["ML-DSA-65"])
-    ctx.set_verify_mode(QTLS_VERIFY_PEER | QTLS_VERIFY_FAIL_IF_NO_PEER_CERT)
-    return ctx
 
 
 class OtaStack:
@@ -85,7 +72,7 @@ def subscribers():
 
 def test_an_upload_reaches_a_device_over_x25519mlkem768(ota_stack, dev_pki, subscribers):
     stack = ota_stack()
-    client = QTLSMqttClient(device_context(dev_pki.ca_bundle), server_hostname="localhost",
+    client = QTLSMqttClient(device_context(str(dev_pki.ca_bundle)), server_hostname="localhost",
                             client_id="device-1")
     subscribers.append(Subscriber(client, "127.0.0.1", stack.mqtt_port))
     tls = client.tls_socket
@@ -189,8 +176,30 @@ def test_require_pq_refuses_classical_clients_and_admits_the_device(ota_stack, d
     with pytest.raises(MqttTlsError, match="TLS to"):
         QTLSMqttClient(classical, server_hostname="localhost").connect("127.0.0.1",
                                                                        stack.mqtt_port)
-    client = QTLSMqttClient(device_context(dev_pki.ca_bundle), server_hostname="localhost")
+    client = QTLSMqttClient(device_context(str(dev_pki.ca_bundle)), server_hostname="localhost")
     subscribers.append(Subscriber(client, "127.0.0.1", stack.mqtt_port))
     assert client.tls_socket.negotiated_group == "X25519MLKEM768"
     assert stack.backend.upload("6.0.0", b"pq only")[0] == 201
     assert subscribers[0].message_for("6.0.0")["payload"]["size"] == 7
+
+
+def test_the_subscribe_command_make_run_prints(ota_stack, dev_pki):
+    """`python -m examples.ota_device.subscribe`: the one-line post-quantum subscriber."""
+    stack = ota_stack()
+    sub = subprocess.Popen(
+        [sys.executable, "-m", "examples.ota_device.subscribe", "--mqtt",
+         f"localhost:{stack.mqtt_port}", "--ca", str(dev_pki.ca_bundle), "--count", "1"],
+        cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert sub.stdout is not None
+        first = sub.stdout.readline()  # printed once connected, before subscribing
+        assert "X25519MLKEM768" in first and "ML-DSA-65" in first, sub.stderr.read()
+        assert stack.broker.wait_log(lambda line: line.endswith(f" {TOPIC}"), timeout=30)
+        assert stack.backend.upload("7.0.0", b"seven")[0] == 201
+        out, err = sub.communicate(timeout=40)
+    finally:
+        sub.kill()
+        sub.wait(10)
+    assert sub.returncode == 0, err
+    topic, _, body = out.strip().partition(" ")
+    assert topic == TOPIC and json.loads(body)["version"] == "7.0.0"

@@ -27,6 +27,18 @@ MAX_IMAGE = 256 * 1024 * 1024
 MAX_JSON = 64 * 1024
 
 
+def device_context(ca_file: str) -> QTLSContext:
+    """The device's TLS for HTTPS and MQTT alike: hybrid ML-KEM or nothing, and only an
+    ML-DSA-65 certificate chain that verifies against `ca_file` is acceptable."""
+    context = QTLSContext(mode=QTLS_CLIENT_MODE)
+    context.load_verify_locations(ca_file)
+    context.set_options(QTLS_OP_HYBRID_MODE | QTLS_OP_REQUIRE_PQ)
+    context.set_kem_algorithms([EXPECTED_GROUP])
+    context.set_signature_algorithms(["ML-DSA-65"])
+    context.set_verify_mode(QTLS_VERIFY_PEER | QTLS_VERIFY_FAIL_IF_NO_PEER_CERT)
+    return context
+
+
 class UpdateRefused(Exception):
     """The update was not installed; the message says why."""
 
@@ -58,13 +70,7 @@ class Agent:
     current_version: str | None = None
 
     def __post_init__(self) -> None:
-        self.context = QTLSContext(mode=QTLS_CLIENT_MODE)
-        self.context.load_verify_locations(self.ca_file)
-        # Hybrid ML-KEM or nothing, and only an ML-DSA-65 certificate chain is acceptable.
-        self.context.set_options(QTLS_OP_HYBRID_MODE | QTLS_OP_REQUIRE_PQ)
-        self.context.set_kem_algorithms([EXPECTED_GROUP])
-        self.context.set_signature_algorithms(["ML-DSA-65"])
-        self.context.set_verify_mode(QTLS_VERIFY_PEER | QTLS_VERIFY_FAIL_IF_NO_PEER_CERT)
+        self.context = device_context(self.ca_file)
         self.signer = QTLSDilithium.load_public_key_file(self.signer_key)
         self.client = QTLSClient(self.context)
         self._seen: dict[str, object] = {}
