@@ -74,7 +74,9 @@ ENV PATH=/opt/qproxy/bin:$PATH \
 USER 10001:10001
 WORKDIR /etc/qtls
 
-EXPOSE 8443 9091
+# 8883: MQTT over post-quantum TLS, when server.json has a tcp listener on it (README
+# "listeners"); the default configuration listens on 8443 only.
+EXPOSE 8443 8883 9091
 STOPSIGNAL SIGTERM
 # The metrics process's /healthz (port 9091, any metrics.address: 0.0.0.0 includes the
 # loopback). Plain HTTP, so no certificate verification to get wrong; see deploy/README.md.

@@ -48,6 +48,7 @@ K8S_FILES = sorted(K8S_DIR.glob("*.yaml"))
 
 BASE_IMAGE = "debian:trixie-slim"
 TLS_PORT, METRICS_PORT = 8443, 9091
+MQTT_PORT = 8883  # a tcp listener's (issue 14): MQTT over post-quantum TLS
 NAMESPACE = "qsign"
 # Environment for ${VAR} references in server.json (none today; the HSM variant uses one).
 CONFIG_ENV = {"QTLS_HSM_PIN": "1234"}
@@ -102,7 +103,7 @@ def exec_form(value: str) -> list[str] | None:
 
 
 MAIN_IMAGE = {
-    "expose": {TLS_PORT, METRICS_PORT},
+    "expose": {TLS_PORT, MQTT_PORT, METRICS_PORT},
     "entrypoint": ["qtls-server"],
     "cmd": ["--config", "/etc/qtls/config/server.json"],
     "stopsignal": "SIGTERM",
@@ -211,7 +212,8 @@ BROKEN_DOCKERFILES = [
     ("one stage", lambda t: t[t.index("FROM debian:trixie-slim\n"):], "two FROM stages"),
     ("other base", lambda t: t.replace("FROM debian:trixie-slim\n", "FROM ubuntu:22.04\n"),
      "base image 'ubuntu:22.04'"),
-    ("no metrics port", lambda t: t.replace("EXPOSE 8443 9091", "EXPOSE 8443"), "EXPOSE [8443]"),
+    ("no metrics port", lambda t: t.replace("EXPOSE 8443 8883 9091", "EXPOSE 8443 8883"),
+     "EXPOSE [8443, 8883]"),
     ("no healthcheck", lambda t: re.sub(r"HEALTHCHECK .*?\n(?=\n)", "", t, flags=re.S),
      "no HEALTHCHECK"),
     ("shell entrypoint", lambda t: t.replace('ENTRYPOINT ["qtls-server"]', "ENTRYPOINT qtls-server"),
@@ -423,9 +425,9 @@ def compose_problems(doc: dict[str, Any], server: dict[str, Any]) -> list[str]:
     for port in proxy.get("ports") or []:
         published.append(int(str(port["target"] if isinstance(port, dict) else port)
                              .rsplit(":", 1)[-1].split("/")[0]))
-    if published != [TLS_PORT]:
-        problems.append(f"qtls-server publishes {published}: only {TLS_PORT} (metrics stay "
-                        "on the compose network)")
+    if published != [TLS_PORT, MQTT_PORT]:
+        problems.append(f"qtls-server publishes {published}: only {TLS_PORT} and {MQTT_PORT} "
+                        "(metrics stay on the compose network)")
     health = " ".join(map(str, proxy.get("healthcheck", {}).get("test", [])))
     if f"127.0.0.1:{METRICS_PORT}/healthz" not in health:
         problems.append("qtls-server's healthcheck must query the metrics /healthz")
@@ -506,7 +508,7 @@ def _compose_edit(edit):
 
 BROKEN_COMPOSE = [
     ("metrics-published", lambda s, d: s["qtls-server"]["ports"].append("9091:9091"),
-     "publishes [8443, 9091]"),
+     "publishes [8443, 8883, 9091]"),
     ("writable-root", lambda s, d: s["qtls-server"].pop("read_only"), "read_only"),
     ("caps-kept", lambda s, d: s["ota-backend"].__setitem__("cap_drop", ["NET_RAW"]), "cap_drop"),
     ("privileges", lambda s, d: s["dev-pki"].pop("security_opt"), "no-new-privileges"),
@@ -857,8 +859,9 @@ def k8s_problems(resources: dict[tuple[str, str], dict[str, Any]], configmap_tex
             problems.append("the affinity timeout must outlive the tickets (tls.session_timeout)")
         if not _selects(spec.get("selector", {}), labels):
             problems.append("Service qtls-server does not select the qtls-server pods")
-        if [_port_number(container, p["targetPort"]) for p in spec["ports"]] != [TLS_PORT]:
-            problems.append("Service qtls-server must expose exactly the TLS port")
+        if [_port_number(container, p["targetPort"]) for p in spec["ports"]] != [TLS_PORT,
+                                                                                 MQTT_PORT]:
+            problems.append("Service qtls-server must expose exactly the TLS ports (HTTPS, MQTT)")
 
     hpa = resources.get(("HorizontalPodAutoscaler", "qtls-server-hpa"))
     if hpa is None or hpa["apiVersion"] != "autoscaling/v2":

@@ -596,7 +596,8 @@ def test_sysctl_check_rejects_broken_copies():
                       ("tcp_fin_timeout = 15", "tcp_fin_timeout = fifteen"),
                       ("netdev_max_backlog = 5000", "netdev_max_backlog = lots"),
                       ("ip_local_port_range = 10240 65535", "ip_local_port_range = 10240"),
-                      ("ip_local_reserved_ports = 8443,9091", "ip_local_reserved_ports = 8443;9091")]:
+                      ("ip_local_reserved_ports = 8443,8883,9091",
+                       "ip_local_reserved_ports = 8443;8883,9091")]:
         assert good in text, good
         assert sysctl_problems(text.replace(good, bad, 1)), bad
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from qproxy.config.model import ServerConfig, UpstreamSection
+from qproxy.config.model import ListenerSection, ServerConfig, UpstreamSection
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -22,13 +22,16 @@ def _keys(model: type[BaseModel], prefix: str) -> list[str]:
 def test_every_section_key_is_documented():
     missing = []
     for section, field in ServerConfig.model_fields.items():
-        if section in ("upstreams", "routes"):
+        if section in ("upstreams", "routes", "listeners"):
             continue
         model = field.annotation
         for key in _keys(model, section + "."):
             if f"`{key}`" not in README and not re.search(rf"`{re.escape(section)}\.[^`]*\b{key.split('.')[-1]}\b", README):
                 missing.append(key)
     for key in _keys(UpstreamSection, "upstreams.<name>."):
+        if f"`{key}`" not in README:
+            missing.append(key)
+    for key in _keys(ListenerSection, "listeners[]."):
         if f"`{key}`" not in README:
             missing.append(key)
     assert not missing, f"undocumented configuration keys: {missing}"
@@ -63,6 +66,8 @@ def test_every_documented_key_exists():
             model, name = UpstreamSection, key.removeprefix("upstreams.<name>.")
         elif key.startswith("routes[]."):
             model, name = Route, key.removeprefix("routes[].")
+        elif key.startswith("listeners[]."):
+            model, name = ListenerSection, key.removeprefix("listeners[].")
         elif key.count(".") == 1 and key.split(".")[0] in ServerConfig.model_fields:
             section, name = key.split(".")
             model = ServerConfig.model_fields[section].annotation

@@ -64,7 +64,8 @@ class MockTransport(asyncio.Transport):
 class Session:
     """A relay between two mock transports; `connect` can be told to fail or to wait."""
 
-    def __init__(self, idle: float = 60.0, fail: StreamConnectError | None = None) -> None:
+    def __init__(self, idle: float = 60.0, fail: StreamConnectError | None = None,
+                 preamble=None) -> None:
         self.client = MockTransport()
         self.upstream = MockTransport()
         self.side: UpstreamSide | None = None
@@ -80,7 +81,8 @@ class Session:
             self.side = factory()
             return self.upstream, "127.0.0.1:1883"
 
-        self.relay = StreamRelay(connect, idle, lambda relay, record: self.records.append(record))
+        self.relay = StreamRelay(connect, idle, lambda relay, record: self.records.append(record),
+                                 preamble)
 
     async def open(self) -> "Session":
         self.relay.connection_made(self.client)
@@ -231,4 +233,55 @@ def test_shutdown_closes_cleanly_after_what_was_sent():
         assert s.record.end is End.SHUTDOWN and s.client.data == b"last"
         assert s.client.closed and not s.client.cut and s.upstream.closed
         assert s.record.tls == "tls-info" and s.record.client == "127.0.0.1:50000"
+    run(main())
+
+
+def test_preamble_goes_to_the_upstream_before_any_client_byte():
+    async def main():
+        s = Session(preamble=lambda client: b"PROXY " + client.get_extra_info("tls").encode())
+        s.gate.clear()
+        await s.open()
+        s.relay.data_received(b"first")
+        s.gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert s.upstream.written == [b"PROXY tls-info", b"first"]
+        assert s.relay.bytes_up == 5  # the client's bytes only
+    run(main())
+
+
+def test_tcp_upstream_health_check_is_a_connect_and_connector_skips_a_dead_server():
+    """The stream connector and health check on real sockets on 127.0.0.1: a refused server
+    leaves rotation and the next one is used; its TCP-connect health check brings it back."""
+    import socket
+
+    from qproxy.config.model import UpstreamSection
+    from qproxy.proxy.stream_server import connector
+    from qproxy.proxy.upstream import Rotation, Upstream
+
+    async def main():
+        live = socket.create_server(("127.0.0.1", 0))
+        dead = socket.create_server(("127.0.0.1", 0))
+        dead_port = dead.getsockname()[1]
+        dead.close()
+        section = UpstreamSection(servers=(f"127.0.0.1:{dead_port}",
+                                           f"127.0.0.1:{live.getsockname()[1]}"),
+                                  health_check={"interval": 0.05, "timeout": 1})
+        changes = []
+        upstream = Upstream("mqtt", section, lambda *a: changes.append(a), stream=True)
+        transport, server = await connector(upstream)(asyncio.Protocol)
+        transport.close()
+        assert server.endswith(str(live.getsockname()[1]))
+        assert upstream.pool.servers[0].rotation is Rotation.OUT
+        revived = socket.create_server(("127.0.0.1", dead_port))
+        upstream.start()
+        for _ in range(100):
+            if upstream.pool.servers[0].rotation is Rotation.IN:
+                break
+            await asyncio.sleep(0.02)
+        assert upstream.pool.servers[0].rotation is Rotation.IN
+        assert ("mqtt", f"127.0.0.1:{dead_port}", True, "its health check passed") in changes
+        await upstream.close()
+        live.close()
+        revived.close()
     run(main())

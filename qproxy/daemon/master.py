@@ -213,8 +213,15 @@ class Master:
             os.close(ready_r)
             if self.metrics_socket is not None:
                 self.metrics_socket.close()
+            own = self._sockets_of(generation)
+            mine = {id(sock) for socks in own.values() for sock in socks}
+            for sock in self.listeners:
+                if id(sock) not in mine:
+                    # A listener the next reload drops must close once the generation that
+                    # serves it has gone, not live on in every later worker.
+                    sock.close()
             return worker_main(generation.number, generation.config, generation.prepared,
-                               self.metrics, self._sockets_of(generation), generation.size,
+                               self.metrics, own, generation.size,
                                ready_w, slot)
 
         try:

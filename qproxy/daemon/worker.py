@@ -82,8 +82,11 @@ class Generation:
                 log.info("backend server back in rotation", upstream=upstream, server=server,
                          cause=cause)
 
+        # An upstream only tcp listeners relay to is health-checked with a TCP connect.
         http = {r.upstream for p in prepared for r in p.listener.routes}
-        self.upstreams = {name: Upstream(name, section, upstream_state, stream=name not in http)
+        tcp = {p.listener.upstream for p in prepared if p.listener.mode == "tcp"}
+        self.upstreams = {name: Upstream(name, section, upstream_state,
+                                         stream=name in tcp and name not in http)
                           for name, section in config.upstreams.items()}
         self.services = {p.listener.name: ListenerService(p.listener, p.server_tls, config,
                                                           metrics, connections, self.upstreams)

@@ -71,6 +71,10 @@ class StreamConnectError(Exception):
 # (protocol factory) -> (the upstream transport, the server's "host:port").
 Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.Transport, str]]]
 
+# What goes to the upstream before any client byte, made from the client's TLS transport
+# (peername, sockname, get_extra_info("tls")): the seam for a PROXY protocol v2 header.
+Preamble = Callable[[asyncio.BaseTransport], bytes]
+
 
 @dataclass(frozen=True)
 class StreamRecord:
@@ -112,8 +116,10 @@ class UpstreamSide(asyncio.Protocol):
 
 class StreamRelay(asyncio.Protocol):
     def __init__(self, connect: Connector, idle_timeout: float,
-                 done: Callable[["StreamRelay", StreamRecord], None]) -> None:
+                 done: Callable[["StreamRelay", StreamRecord], None],
+                 preamble: Preamble | None = None) -> None:
         self._connect = connect
+        self._preamble = preamble
         self._idle_timeout = idle_timeout
         self._done = done
         self.state = RelayState.CONNECTING
@@ -157,6 +163,8 @@ class StreamRelay(asyncio.Protocol):
             return
         self._upstream = transport
         transport.set_write_buffer_limits(UPSTREAM_HIGH_WATER, UPSTREAM_LOW_WATER)
+        if self._preamble is not None and self._client is not None:
+            transport.write(self._preamble(self._client))
         waiting, self._waiting = self._waiting, []
         for chunk in waiting:
             transport.write(chunk)

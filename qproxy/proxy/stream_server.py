@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from .stream import End, StreamConnectError, StreamRecord, StreamRelay
+from .stream import End, Preamble, StreamConnectError, StreamRecord, StreamRelay
 from .upstream import Upstream
 
 
@@ -46,14 +46,17 @@ class StreamServer:
     """Makes one `StreamRelay` per connection of a tcp listener and drains them all."""
 
     def __init__(self, upstream: Upstream, idle_timeout: float,
-                 report: Callable[[StreamRecord], None]) -> None:
+                 report: Callable[[StreamRecord], None], preamble: Preamble | None = None
+                 ) -> None:
+        """`preamble`: bytes for the upstream ahead of the client's (a PROXY v2 header)."""
         self._connect = connector(upstream)
+        self._preamble = preamble
         self._idle_timeout = idle_timeout
         self._report = report
         self.connections: set[StreamRelay] = set()
 
     def __call__(self) -> StreamRelay:
-        relay = StreamRelay(self._connect, self._idle_timeout, self._finished)
+        relay = StreamRelay(self._connect, self._idle_timeout, self._finished, self._preamble)
         self.connections.add(relay)
         return relay
 
