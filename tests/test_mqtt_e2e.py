@@ -19,7 +19,9 @@ from examples.ota_device.mqtt_tls import MqttTlsError, QTLSMqttClient
 from qproxy.qtls import QTLS_CLIENT_MODE, QTLS_OP_CLASSICAL_ONLY, QTLSContext
 from tests.conftest import make_config
 from tests.support.harness import ROOT, child_env, free_port
-from tests.support.mosquitto import MOSQUITTO_SUB, Subscriber, start_broker  # noqa: F401
+from tests.support.mosquitto import (  # noqa: F401
+    MOSQUITTO_SUB, Subscriber, plain_client, start_broker,
+)
 from tests.test_mqtt_notify import OtaBackend
 
 TOPIC = "ota/update/available"
@@ -89,10 +91,8 @@ def test_an_upload_reaches_a_device_over_x25519mlkem768(ota_stack, dev_pki, subs
     assert stack.broker.wait_log(lambda line: "device-1" in line and "New client" in line)
 
 
-def test_the_device_example_installs_what_is_announced(ota_stack, dev_pki, tmp_path):
-    """python -m examples.ota_device --mqtt: announcement over PQ MQTT, download over PQ
-    HTTPS, SHA-256 and ML-DSA signature checked, image installed."""
-    stack = ota_stack()
+def signed_image(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A random image signed by a fresh ML-DSA-65 key: (image, signature, key id)."""
     key = tmp_path / "signer.pem"
     subprocess.run([sys.executable, "-m", "qproxy", "firmware", "keygen", "--out", str(key)],
                    cwd=ROOT, env=child_env(), check=True, capture_output=True, timeout=60)
@@ -102,31 +102,87 @@ def test_the_device_example_installs_what_is_announced(ota_stack, dev_pki, tmp_p
         [sys.executable, "-m", "qproxy", "firmware", "sign", str(image), "--key", str(key)],
         cwd=ROOT, env=child_env(), check=True, capture_output=True, text=True,
         timeout=60).stdout)
+    return image, tmp_path / "app.bin.sig", meta["key_id"]
+
+
+def start_device(stack: OtaStack, ca: Path, tmp_path: Path) -> subprocess.Popen[str]:
+    """python -m examples.ota_device --mqtt ... --once, subscribed when this returns."""
     install = tmp_path / "device"
     install.mkdir()
     device = subprocess.Popen(
         [sys.executable, "-m", "examples.ota_device", "--server", f"localhost:{stack.https_port}",
-         "--ca", str(dev_pki.ca_bundle), "--signer", str(tmp_path / "signer.pub.pem"),
+         "--ca", str(ca), "--signer", str(tmp_path / "signer.pub.pem"),
          "--install", str(install), "--mqtt", f"localhost:{stack.mqtt_port}", "--once",
          "--timeout", "60"],
         cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not stack.broker.wait_log(lambda line: line.endswith(f" {TOPIC}"), timeout=30):
+        device.kill()
+        _, err = device.communicate(timeout=10)
+        raise AssertionError(f"the device did not subscribe: {err}")
+    return device
+
+
+def finish(device: subprocess.Popen[str]) -> tuple[str, str]:
     try:
-        assert stack.broker.wait_log(lambda line: line.endswith(f" {TOPIC}"), timeout=30), \
-            device.stderr.read() if device.poll() is not None else "the device did not subscribe"
-        # The image alone is announced (and refused: not signed yet), then again with its
-        # signature, which the device installs.
-        assert stack.backend.upload("1.4.0", image.read_bytes())[0] == 201
-        assert stack.backend.put_signature("1.4.0", (tmp_path / "app.bin.sig").read_bytes(),
-                                           meta["key_id"]) == 201
-        out, err = device.communicate(timeout=90)
+        return device.communicate(timeout=90)
     finally:
         device.kill()
         device.wait(10)
+
+
+def test_the_device_example_installs_what_is_announced(ota_stack, dev_pki, tmp_path):
+    """python -m examples.ota_device --mqtt: announcement over PQ MQTT, download over PQ
+    HTTPS, SHA-256 and ML-DSA signature checked, image installed."""
+    stack = ota_stack()
+    image, signature, key_id = signed_image(tmp_path)
+    device = start_device(stack, dev_pki.ca_bundle, tmp_path)
+    # The image alone is announced (and refused: not signed yet), then again with its
+    # signature, which the device installs.
+    assert stack.backend.upload("1.4.0", image.read_bytes())[0] == 201
+    assert stack.backend.put_signature("1.4.0", signature.read_bytes(), key_id) == 201
+    out, err = finish(device)
     assert device.returncode == 0, err
+    assert "firmware 1.4.0 is not signed by the trusted key" in err
     report = json.loads(out.strip().splitlines()[-1])
     assert report["status"] == "installed" and report["version"] == "1.4.0"
     assert report["group"] == "X25519MLKEM768"
-    assert (install / "firmware-1.4.0.bin").read_bytes() == image.read_bytes()
+    assert (tmp_path / "device" / "firmware-1.4.0.bin").read_bytes() == image.read_bytes()
+
+
+def test_forged_announcements_are_refused_and_the_device_listens_on(ota_stack, dev_pki,
+                                                                    tmp_path):
+    """Whoever can publish on the broker cannot make the device fetch from elsewhere or
+    accept another image: each forged message is refused with its reason, nothing is
+    installed, and the genuine announcement after them is."""
+    stack = ota_stack()
+    image, signature, key_id = signed_image(tmp_path)
+    assert stack.backend.upload("1.4.0", image.read_bytes())[0] == 201
+    assert stack.backend.put_signature("1.4.0", signature.read_bytes(), key_id) == 201
+    genuine = {"version": "1.4.0", "size": 300_000,
+               "sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+               "url": f"https://localhost:{stack.https_port}/api/firmware/1.4.0/download"}
+    # Clear the retained genuine announcement: the device must meet the forgeries first.
+    forger = plain_client()
+    forger.connect("127.0.0.1", stack.broker.port)
+    forger.loop_start()
+    try:
+        forger.publish(TOPIC, b"", qos=1, retain=True).wait_for_publish(10)
+        device = start_device(stack, dev_pki.ca_bundle, tmp_path)
+        for forged in (b"{not json",
+                       json.dumps({**genuine, "url": "https://evil.example:8443/fw.bin"}),
+                       json.dumps({**genuine, "sha256": "00" * 32}),
+                       json.dumps(genuine)):
+            forger.publish(TOPIC, forged, qos=1).wait_for_publish(10)
+        out, err = finish(device)
+    finally:
+        forger.disconnect()
+        forger.loop_stop()
+    assert device.returncode == 0, err
+    assert "bad announcement on ota/update/available: the message is not JSON" in err
+    assert "is not on the update server" in err
+    assert f"says SHA-256 {'00' * 32}, the server's metadata {genuine['sha256']}" in err
+    assert json.loads(out.strip().splitlines()[-1])["status"] == "installed"
+    assert [p.name for p in (tmp_path / "device").iterdir()] == ["firmware-1.4.0.bin"]
 
 
 def mosquitto_sub(port: int, ca_file: Path, *extra: str) -> subprocess.Popen[str]:
