@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -210,3 +211,19 @@ def test_a_bad_public_url_stops_the_backend_with_one_line(tmp_path):
         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "--public-url (OTA_PUBLIC_URL): 'ftp://x' is not a base URL" in out.stderr
+
+
+def test_a_broker_that_never_answers_delays_an_upload_boundedly(start_ota_backend):
+    """A port that accepts and then says nothing (no CONNACK, no PUBACK): the upload still
+    gets its 201 once the acknowledgement wait (notify.ACK_TIMEOUT) runs out, and it is
+    logged; nothing hangs."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        backend = start_ota_backend(silent.getsockname()[1])
+        status, meta = backend.upload("4.0.0", b"to a silent broker")
+        assert status == 201, meta
+        assert backend.upload("4.0.0", b"again")[0] == 409
+    line = backend.wait_line("firmware 4.0.0")
+    assert line is not None and ("did not acknowledge" in line or "not connected" in line), \
+        backend.lines
