@@ -224,6 +224,8 @@ def test_require_pq_refuses_classical_clients_and_admits_the_device(ota_stack, d
         sub.kill()
         sub.wait(10)
     assert sub.returncode != 0 and not out
+    refused = stack.server.wait_log(lambda e: e.get("event") == "handshake failed")
+    assert refused is not None and refused["reason"] == "no suitable key share"
     assert stack.broker.wait_log(lambda line: "classical-sub" in line, timeout=1) is None
     classical = QTLSContext(mode=QTLS_CLIENT_MODE)
     classical.load_verify_locations(str(dev_pki.ca_bundle))
