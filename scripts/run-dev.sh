@@ -26,9 +26,19 @@ log_type error
 log_type warning
 log_type notice
 CONF
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null; }
+if listening; then
+  echo "127.0.0.1:$mqtt_port is taken: stop what listens there (a make run still going?)" >&2
+  exit 1
+fi
 "$mosquitto" -c "$QTLS_DEV_DIR/mosquitto.conf" &
 broker=$!
 trap 'kill "$broker" 2>/dev/null || true' EXIT
+for _ in $(seq 50); do  # up to 5 s
+  listening && break
+  kill -0 "$broker" 2>/dev/null || { echo "mosquitto did not start" >&2; exit 1; }
+  sleep 0.1
+done
 
 OTA_MQTT_HOST=127.0.0.1 OTA_MQTT_PORT=$mqtt_port OTA_PUBLIC_URL=https://localhost:8443 \
   "$venv/bin/python" -m examples.ota_backend --host 127.0.0.1 --port 5000 \
