@@ -171,6 +171,7 @@ def test_forged_announcements_are_refused_and_the_device_listens_on(ota_stack, d
         for forged in (b"{not json",
                        json.dumps({**genuine, "url": "https://evil.example:8443/fw.bin"}),
                        json.dumps({**genuine, "sha256": "00" * 32}),
+                       json.dumps({**genuine, "size": 1000}),
                        json.dumps(genuine)):
             forger.publish(TOPIC, forged, qos=1).wait_for_publish(10)
         out, err = finish(device)
@@ -181,6 +182,8 @@ def test_forged_announcements_are_refused_and_the_device_listens_on(ota_stack, d
     assert "bad announcement on ota/update/available: the message is not JSON" in err
     assert "is not on the update server" in err
     assert f"says SHA-256 {'00' * 32}, the server's metadata {genuine['sha256']}" in err
+    assert "GET /api/firmware/1.4.0/download: the response body (300000 bytes) is larger " \
+        "than 1000" in err
     assert json.loads(out.strip().splitlines()[-1])["status"] == "installed"
     assert [p.name for p in (tmp_path / "device").iterdir()] == ["firmware-1.4.0.bin"]
 

@@ -121,9 +121,11 @@ class Agent:
             raise UpdateRefused(f"the announcement of {announcement.version} says SHA-256 "
                                 f"{announcement.sha256}, the server's metadata "
                                 f"{meta.get('sha256')}")
-        return self._install(announcement.version, announcement.sha256, download_path, meta)
+        return self._install(announcement.version, announcement.sha256, download_path, meta,
+                             size=announcement.size)
 
-    def _install(self, version: str, sha256: object, download_path: str, meta: dict) -> Report:
+    def _install(self, version: str, sha256: object, download_path: str, meta: dict,
+                 size: int | None = None) -> Report:
         signature_meta = meta.get("signature") or {}
         if signature_meta.get("key_id") != self.signer.key_id:
             raise UpdateRefused(f"firmware {version} is not signed by the trusted key "
@@ -132,7 +134,11 @@ class Agent:
         if version == self.current_version:
             return Report("up-to-date", version, None, self.signer.key_id, path=None,
                           **self._seen)  # type: ignore[arg-type]
-        image = self._get(download_path, MAX_IMAGE).body
+        limit = MAX_IMAGE if size is None else min(size, MAX_IMAGE)
+        image = self._get(download_path, limit).body
+        if size is not None and len(image) != size:
+            raise UpdateRefused(f"the download of {version} is {len(image)} bytes, the "
+                                f"announcement says {size}")
         digest = hashlib.sha256(image).digest()
         if digest.hex() != sha256:
             raise UpdateRefused(f"SHA-256 of the download {digest.hex()} differs from the "
