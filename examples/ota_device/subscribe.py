@@ -11,6 +11,8 @@ import argparse
 import sys
 import threading
 
+from paho.mqtt import client as paho
+
 from .__main__ import _host_port
 from .agent import device_context
 from .announcement import TOPIC
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     received = 0
 
-    def on_message(_client: object, _userdata: object, message) -> None:  # type: ignore[no-untyped-def]
+    def on_message(_client: object, _userdata: object, message: paho.MQTTMessage) -> None:
         nonlocal received
         print(f"{message.topic} {message.payload.decode('utf-8', 'replace')}", flush=True)
         received += 1
