@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Debian/Ubuntu packages qproxy needs. Usage: install-system-deps.sh run|test
-#   run:  curl, and python3 with venv unless the python3 on PATH already has it
+#   run:  curl, mosquitto (the OTA example's MQTT broker), and python3 with venv unless the
+#         python3 on PATH already has it
 #   test: + chromium, nginx-light, libnginx-mod-stream, wrk (end-to-end tests and the
-#         benchmarks; the stream module is nginx's TCP-mode peer in benchmarks/tcp_mode.py)
+#         benchmarks; the stream module is nginx's TCP-mode peer in benchmarks/tcp_mode.py),
+#         mosquitto-clients (mosquitto_sub: the classical-TLS MQTT client of the tests)
 #   run and test: softhsm2 and pkcs11-provider (HSM keys; on Debian 12 from bookworm-backports)
 set -euo pipefail
 
-want=(curl ca-certificates softhsm2)
+# mosquitto: `make run` and the tests start their own broker on 127.0.0.1 with a config file of
+# their own; the Debian service the package enables (1883) is neither used nor needed.
+want=(curl ca-certificates softhsm2 mosquitto)
 python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3 python3-venv)
 # chromium: a real post-quantum browser; nginx-light and wrk: the peer and load tool of the
 # benchmarks, whose harness the tests smoke-run.
-[ "${1:-run}" = test ] && want+=(chromium nginx-light libnginx-mod-stream wrk)
+[ "${1:-run}" = test ] && want+=(chromium nginx-light libnginx-mod-stream wrk mosquitto-clients)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()

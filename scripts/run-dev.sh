@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: development PKI, the example OTA backend on 127.0.0.1:5000, and qtls-server on
-# https://localhost:8443 (metrics on http://127.0.0.1:9091/metrics). Ctrl-C stops both.
+# `make run`: development PKI, the example OTA backend on 127.0.0.1:5000, a Mosquitto broker on
+# 127.0.0.1:1884 that the backend announces uploads to, and qtls-server on
+# https://localhost:8443 (HTTPS door) and localhost:8883 (MQTT door, tcp mode, in front of the
+# broker); metrics on http://127.0.0.1:9091/metrics. Ctrl-C stops all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
@@ -10,20 +12,54 @@ mkdir -p "$QTLS_DEV_DIR/firmware"
 config=etc/qtls/config/server.dev.json
 "$venv/bin/qtls-server" --config "$config" --test-config
 
-"$venv/bin/python" -m examples.ota_backend --host 127.0.0.1 --port 5000 \
+# The broker: a config file of our own, loopback only, so the Debian service (1883, if the
+# package started one) neither serves nor blocks the example. As root Mosquitto would switch to
+# the 'mosquitto' user; it reads nothing after start-up and keeps nothing (no persistence).
+mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+mqtt_port=1884
+cat > "$QTLS_DEV_DIR/mosquitto.conf" <<CONF
+listener $mqtt_port 127.0.0.1
+allow_anonymous true
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+CONF
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null; }
+if listening; then
+  echo "127.0.0.1:$mqtt_port is taken: stop what listens there (a make run still going?)" >&2
+  exit 1
+fi
+"$mosquitto" -c "$QTLS_DEV_DIR/mosquitto.conf" &
+broker=$!
+trap 'kill "$broker" 2>/dev/null || true' EXIT
+for _ in $(seq 50); do  # up to 5 s
+  listening && break
+  kill -0 "$broker" 2>/dev/null || { echo "mosquitto did not start" >&2; exit 1; }
+  sleep 0.1
+done
+
+OTA_MQTT_HOST=127.0.0.1 OTA_MQTT_PORT=$mqtt_port OTA_PUBLIC_URL=https://localhost:8443 \
+  "$venv/bin/python" -m examples.ota_backend --host 127.0.0.1 --port 5000 \
   --storage "$QTLS_DEV_DIR/firmware" &
 backend=$!
-trap 'kill "$backend" 2>/dev/null || true' EXIT
+trap 'kill "$backend" "$broker" 2>/dev/null || true' EXIT
 
+ca=$QTLS_DEV_DIR/pki/ca-bundle.pem
 cat <<EOT
 
-qtls-server is starting on https://localhost:8443 (OTA backend on 127.0.0.1:5000).
+qtls-server is starting on https://localhost:8443 (OTA backend on 127.0.0.1:5000) and on
+localhost:8883 for MQTT (Mosquitto on 127.0.0.1:$mqtt_port).
 Try it:
-  $venv/bin/qproxy probe https://localhost:8443/api/firmware/latest --cafile $QTLS_DEV_DIR/pki/ca-bundle.pem
-  curl --cacert $QTLS_DEV_DIR/pki/ca-bundle.pem -T firmware.bin https://localhost:8443/api/firmware/1.0.0
-  curl --cacert $QTLS_DEV_DIR/pki/ca-bundle.pem https://localhost:8443/api/firmware/latest
+  $venv/bin/qproxy probe https://localhost:8443/api/firmware/latest --cafile $ca
+  $venv/bin/python -m examples.ota_device.subscribe --mqtt localhost:8883 --ca $ca
+  curl --cacert $ca -T firmware.bin https://localhost:8443/api/firmware/1.0.0
+  curl --cacert $ca https://localhost:8443/api/firmware/latest
   curl http://127.0.0.1:9091/metrics
-Ctrl-C stops both.
+The subscriber prints each upload's announcement, received over X25519MLKEM768; a classical
+MQTT client gets it too: mosquitto_sub -h localhost -p 8883 --cafile $ca -t ota/update/available
+Ctrl-C stops them all.
 
 EOT
 "$venv/bin/qtls-server" --config "$config"

@@ -17,6 +17,7 @@ from werkzeug.routing import Rule
 from werkzeug.serving import WSGIRequestHandler
 
 from .chunked import ChunkedBody
+from .notify import UpdateNotifier
 from .storage import (
     ChecksumMismatch,
     EmptyUpload,
@@ -68,8 +69,10 @@ class HeaderPreservingRequestHandler(WSGIRequestHandler):
 def create_app(
     storage_dir: str | os.PathLike[str] | None = None,
     config: Mapping[str, Any] | None = None,
+    notifier: UpdateNotifier | None = None,
 ) -> Flask:
-    """Build the app. ``storage_dir`` defaults to the OTA_STORAGE variable."""
+    """Build the app. ``storage_dir`` defaults to the OTA_STORAGE variable; ``notifier``
+    (started by the caller) announces every upload over MQTT."""
     storage_dir = storage_dir or os.environ.get("OTA_STORAGE")
     if not storage_dir:
         raise ValueError("no firmware storage directory: pass storage_dir or set OTA_STORAGE")
@@ -78,6 +81,7 @@ def create_app(
     if config:
         app.config.update(config)
     app.extensions["ota_store"] = FirmwareStore(storage_dir)
+    app.extensions["ota_notifier"] = notifier
     app.register_blueprint(bp)
 
     # A werkzeug Rule without methods matches every method (PURGE, PROPFIND,
@@ -144,10 +148,26 @@ def upload(version: str):
         request.stream,
         expected_sha256=request.headers.get("X-Firmware-SHA256"),
     )
+    _announce(info)
     response = jsonify(_describe(info))
     response.status_code = 201
     response.headers["Location"] = url_for("ota.metadata", version=version)
     return response
+
+
+def _announce(info: FirmwareInfo) -> None:
+    notifier: UpdateNotifier | None = current_app.extensions["ota_notifier"]
+    if notifier is None:
+        return
+    try:
+        url = notifier.download_url(url_for("ota.download", version=info.version),
+                                    request.host_url)
+        latest = _store().latest()
+        notifier.announce(info, url, latest=latest is not None and latest.version == info.version)
+    except Exception:
+        # The image is stored and its 201 is owed: a bug in announcing must not turn the
+        # upload into a 500 the client would retry into a 409.
+        current_app.logger.exception("announcing firmware %s failed", info.version)
 
 
 @bp.get("/api/firmware/<version>/download")
@@ -188,6 +208,8 @@ def put_signature(version: str):
         algorithm=request.headers.get("X-Signature-Algorithm", "ML-DSA-65"),
         key_id=request.headers.get("X-Signer-Key-Id", ""),
     )
+    # Announced again: devices that install only signed images can act on it now.
+    _announce(_store().get(version))
     response = jsonify(info.to_dict())
     response.status_code = 201
     return response
