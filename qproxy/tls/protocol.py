@@ -205,6 +205,8 @@ class TlsServerProtocol(asyncio.Protocol):
         if self._destination is not None:
             return self._destination
         return self._transport.get_extra_info("sockname") if self._transport else None
+
+    @property
     def admission(self) -> Any:
         """What access control decided when the client became known (`AdmissionGate`)."""
         return self._admission
