@@ -310,3 +310,38 @@ def test_bad_listener_refused_on_start_and_on_sighup(start_server, dev_pki, back
     conn = connect(ports(server)["echo4"])
     conn.sendall(b"still")
     assert recv_exactly(conn, 5) == b"still"
+
+
+def test_proxy_protocol_in_and_out_on_a_tcp_listener(start_server, dev_pki, backend):
+    """Behind a balancer (PROXY v2 in, trusted 127.0.0.0/8) and in front of a backend that
+    wants PROXY v2: the header the backend gets names the balancer's client and carries the
+    post-quantum group; the session's access line names that client too."""
+    from qproxy.proxy import proxy_protocol as pp
+    from tests.support.proxy_backend import RecordingBackend
+
+    with RecordingBackend(http=False) as recording:
+        listener = echo_listener(proxy_protocol={"accept": ["v2"], "trusted": ["127.0.0.0/8"]},
+                                 send_proxy_protocol="v2")
+        server = start_server(tcp_config(dev_pki, backend["address"], recording.address,
+                                         listener))
+        port = ports(server)["echo4"]
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(pp.build_v2(("203.0.113.9", 4242), ("192.0.2.1", 8883), alpn=None,
+                                 authority=None, ssl=None, crc32c=False))
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
+        conn = SSL.Connection(client_context(groups=PQ), sock)
+        conn.set_tlsext_host_name(b"localhost")
+        conn.set_connect_state()
+        conn.do_handshake()
+        conn.sendall(b"ping")
+        assert recv_exactly(conn, 4) == b"ping"
+        [record] = recording.wait_records(1)
+        assert record.error is None and record.parsed is not None
+        assert record.parsed.source == ("203.0.113.9", 4242)
+        assert record.parsed.tlv(pp.PP2_TYPE_AUTHORITY) == b"localhost"
+        assert pp.parse_ssl_tlv(record.parsed.tlv(pp.PP2_TYPE_SSL)).group == PQ
+        conn.shutdown()
+        read_until_closed(conn)
+        line = wait_session(server)
+        assert line["client"] == "203.0.113.9:4242" and line["bytes_received"] == 4

@@ -71,6 +71,50 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
+def check_cidr(value: str) -> str:
+    """'10.0.0.0/8', '2001:db8::/32' or one address; host bits past the prefix are refused
+    ('10.0.0.1/8' is a typo for a host or a network, and we cannot tell which)."""
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value[:80]!r} is not an IPv4/IPv6 network: {exc}") from None
+    return value
+
+
+Cidr = Annotated[str, AfterValidator(check_cidr)]
+
+
+class ProxyProtocolSection(Section):
+    """`server.proxy_protocol`: read a PROXY header (HAProxy's PROXY protocol) from a load
+    balancer before the TLS handshake. Off unless `accept` names a version."""
+
+    accept: tuple[Literal["v1", "v2"], ...] = ()
+    trusted: tuple[Cidr, ...] = ()
+    timeout: PositiveFloat | None = None  # default: server.handshake_timeout
+
+    @model_validator(mode="after")
+    def _trusted_with_accept(self) -> "ProxyProtocolSection":
+        if self.accept and not self.trusted:
+            raise ValueError("trusted: accept needs the load balancers' networks (CIDRs) a "
+                             "header is believed from, e.g. [\"10.0.0.0/8\"]")
+        if self.trusted and not self.accept:
+            raise ValueError('trusted without accept does nothing: add "accept": ["v2"]')
+        return self
+
+
+class SendProxyProtocolSection(Section):
+    """`server.send_proxy_protocol`: a PROXY v2 header at the start of each backend
+    connection, describing the client connection it serves (so it serves no other)."""
+
+    version: Literal["v2"] = "v2"
+    crc32c: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        return {"version": value} if isinstance(value, str) else value
+
+
 ListenerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
 
 
@@ -100,6 +144,9 @@ class ListenerSettings(Section):
     client_max_body_size: Annotated[int, Field(ge=0)] = 1 << 30
     client_body_buffer_size: Annotated[int, Field(ge=0)] = 16 * 1024
     client_body_temp_path: str | None = None
+    # PROXY protocol in (from a load balancer) and out (to the backends); see their sections.
+    proxy_protocol: ProxyProtocolSection = ProxyProtocolSection()
+    send_proxy_protocol: SendProxyProtocolSection | None = None
 
 
 class ServerSection(ListenerSettings):

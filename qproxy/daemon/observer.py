@@ -143,6 +143,10 @@ class Observer:
         self._child(self.metrics.handshake_failures, "plain_http", "none").inc()
         self.log.warning("plain HTTP request on the TLS port", client=peer, status=400)
 
+    def preface_refused(self, peer: str, reason: str, detail: str) -> None:
+        self._child(self.metrics.proxy_protocol_rejected, reason).inc()
+        self.log.warning("PROXY header refused", client=peer, reason=reason, detail=detail)
+
     def request_timeout(self, peer: str, info: HandshakeInfo | None) -> None:
         self._child(self.metrics.requests, "408", "-").inc()
         self.log.warning("request headers timed out", client=peer, status=408)

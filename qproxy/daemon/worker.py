@@ -15,6 +15,8 @@ from ..observability.logging import get_logger, reopen_log_files
 from ..observability.metrics import Metrics
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
+from ..proxy.proxy_accept import ProxyHeaderPolicy
+from ..proxy.proxy_protocol import build_v2
 from ..proxy.stream_server import StreamServer
 from ..proxy.upstream import Router, Upstream
 from ..tls.context import ServerTls
@@ -24,6 +26,7 @@ from ..observability.throttle import Throttle
 from .acceptor import AcceptState, Acceptor
 from .observer import ConnectionCount, Observer, client_identity
 from .prepare import PreparedListener
+from .proxy_header import ProxyHeaderSender
 
 log = get_logger("qproxy.worker")
 
@@ -41,16 +44,22 @@ class ListenerService:
                                  connections, access_log=config.logging.access_log,
                                  listener=listener.name)
         settings = listener.settings
+        send = settings.send_proxy_protocol
+        sender = ProxyHeaderSender(send, server_tls) if send else None
         self.server: HttpServer | StreamServer
         if listener.mode == "tcp":
             assert listener.upstream is not None
+            preamble = (lambda client: sender(client, client.get_extra_info("tls"))
+                        ) if sender is not None else None
             self.server = StreamServer(upstreams[listener.upstream], listener.idle_timeout,
-                                       self.observer.stream_done)
+                                       self.observer.stream_done, preamble)
         else:
             handler = ProxyHandler(upstreams, Router(listener.routes),
-                                   self.observer.exchange_done, client_identity)
+                                   self.observer.exchange_done, client_identity, sender)
             self.server = HttpServer(handler, settings, self.observer.bad_request)
         self.limits = Limits(settings.handshake_timeout, settings.client_header_timeout,
+                             ProxyHeaderPolicy.from_section(settings.proxy_protocol,
+                                                            settings.handshake_timeout),
                              stream=listener.mode == "tcp")
         # One bound method shared by every connection (each protocol holds it for its life).
         self._context_factory = self._default_context
@@ -61,6 +70,18 @@ class ListenerService:
     def protocol(self) -> TlsServerProtocol:
         self.observer.connection_opened()
         return TlsServerProtocol(self._context_factory, self.server, self.observer, self.limits)
+
+
+def health_preface(upstream: str, prepared: list[PreparedListener]) -> bytes:
+    """A PROXY v2 LOCAL header for health checks of an upstream that a listener sending
+    PROXY headers (send_proxy_protocol) uses: such a backend wants one on every connection."""
+    for item in prepared:
+        listener, send = item.listener, item.listener.settings.send_proxy_protocol
+        uses = upstream == listener.upstream or any(r.upstream == upstream
+                                                    for r in listener.routes)
+        if send is not None and uses:
+            return build_v2(None, None, alpn=None, authority=None, ssl=None, crc32c=send.crc32c)
+    return b""
 
 
 class Generation:
@@ -86,6 +107,7 @@ class Generation:
         http = {r.upstream for p in prepared for r in p.listener.routes}
         tcp = {p.listener.upstream for p in prepared if p.listener.mode == "tcp"}
         self.upstreams = {name: Upstream(name, section, upstream_state,
+                                         health_preface(name, prepared),
                                          stream=name in tcp and name not in http)
                           for name, section in config.upstreams.items()}
         self.services = {p.listener.name: ListenerService(p.listener, p.server_tls, config,

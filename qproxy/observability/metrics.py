@@ -32,6 +32,10 @@ class Metrics:
         self.handshake_failures = Counter(
             "qtls_handshake_failures", "Failed handshakes by reason class and alert sent",
             ["reason", "alert"], registry=r)
+        self.proxy_protocol_rejected = Counter(
+            "qtls_proxy_protocol_rejected",
+            "Connections closed for their PROXY header (server.proxy_protocol) by reason",
+            ["reason"], registry=r)
         self.classical_fallbacks = Counter(
             "qtls_classical_fallbacks",
             "Handshakes that ended with a classical (not post-quantum) group", ["group"], registry=r)

@@ -44,6 +44,8 @@ class Exchange:
 
 AccessLogger = Callable[[Exchange, HandshakeInfo | None], None]
 IdentityFn = Callable[[HandshakeInfo | None], Mapping[str, str] | None]
+# server.send_proxy_protocol: (the client connection's transport, its TLS facts) -> header.
+ProxyHeaderFn = Callable[[asyncio.BaseTransport, HandshakeInfo | None], bytes]
 
 _TEXT = [(b"Content-Type", b"text/plain")]
 
@@ -57,8 +59,10 @@ def _short(responder: HttpProtocol, request: HttpRequest, exchange: Exchange, st
 
 class ProxyHandler:
     def __init__(self, upstreams: dict[str, Upstream], router: Router,
-                 access_logger: AccessLogger, identity: IdentityFn) -> None:
+                 access_logger: AccessLogger, identity: IdentityFn,
+                 proxy_header: ProxyHeaderFn | None = None) -> None:
         self._upstreams = upstreams
+        self._proxy_header = proxy_header
         self._router = router
         self._access_logger = access_logger
         self._identity = identity
@@ -148,8 +152,13 @@ class ProxyHandler:
                 headers["Transfer-Encoding"] = "chunked"
             stream = _counting(body, exchange)
         head = encode_request_head(request.method, request.target, headers, upstream.name)
+        preface, client = b"", None
+        if self._proxy_header is not None:
+            # The backend connection then belongs to this client connection (see pool).
+            preface, client = self._proxy_header(request.transport, info), request.transport
         return BackendRequest(head, stream, chunked, head_only=request.method == "HEAD",
-                              upgrade=websocket, replayable=buffered)
+                              upgrade=websocket, replayable=buffered, preface=preface,
+                              client=client)
 
 
 async def _counting(stream: AsyncIterator[bytes], exchange: Exchange) -> AsyncIterator[bytes]:

@@ -111,17 +111,24 @@ class Sent(NamedTuple):
 # Failures where nothing of the request reached the server: any request may go to the next.
 _NOTHING_SENT = frozenset({FailureKind.CONNECT, FailureKind.CONNECT_TIMEOUT})
 
+# The "client" of a health-check connection: ties it to no real client, so it is never pooled.
+_HEALTH_CHECK = object()
+
 # (upstream, server, in rotation, cause): cause None for the initial state at start.
 StateCallback = Callable[[str, str, bool, "str | None"], None]
 
 
 class Upstream:
     def __init__(self, name: str, section: UpstreamSection,
-                 on_state: StateCallback | None = None, stream: bool = False) -> None:
+                 on_state: StateCallback | None = None, health_preface: bytes = b"",
+                 stream: bool = False) -> None:
         self.name = name
         # Relayed to by tcp listeners only: a health check is a TCP connect, not an HTTP GET.
         self.stream = stream
         self.section = section
+        # server.send_proxy_protocol: backends that require a PROXY header on every
+        # connection get a LOCAL one on health checks too (HAProxy's check-send-proxy).
+        self._health_preface = health_preface
         self.pool = ServerPool.from_addresses(section.servers, section.max_fails,
                                               section.fail_timeout)
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=section.connect_timeout,
@@ -179,8 +186,8 @@ class Upstream:
             fresh = request.upgrade  # an upgraded connection never returns to the pool
             while True:
                 try:
-                    connection = (None if fresh else connections.take_idle()) or (
-                        await connections.connect())
+                    connection = (None if fresh else connections.take_idle(request.client)) or (
+                        await connections.connect(request.preface, request.client))
                     response = await connection.exchange(request)
                 except BackendError as error:
                     error.server = server.address
@@ -219,8 +226,17 @@ class Upstream:
         what = "a TCP connect" if self.stream else check.path
         while True:
             for server in self.pool.servers:
-                probe = self._connects if self.stream else self._answers
-                if await probe(server, check.path, timeout):
+                if self.stream:
+                    healthy = await self._connects(server, check.timeout)
+                elif self._health_preface:
+                    try:
+                        healthy = await self._check_with_preface(server, check.path,
+                                                                 check.timeout)
+                    except (asyncio.TimeoutError, BackendError):
+                        healthy = False
+                else:
+                    healthy = await self._answers(server, check.path, timeout)
+                if healthy:
                     self.mark_ok(server, "its health check passed")
                 elif server.rotation is Rotation.IN:
                     server.fails = self.pool.max_fails - 1
@@ -235,15 +251,34 @@ class Upstream:
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
 
-    @staticmethod
-    async def _connects(server: ServerState, _path: str, timeout: aiohttp.ClientTimeout) -> bool:
+    async def _connects(self, server: ServerState, timeout: float) -> bool:
+        """A tcp upstream's health check: it takes a connection (which, when it wants PROXY
+        headers, starts with a LOCAL one)."""
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(server.host, server.port),
-                                               timeout.total)
+                                               timeout)
         except (OSError, asyncio.TimeoutError):
             return False
+        if self._health_preface:
+            writer.write(self._health_preface)
         writer.close()
         return True
+
+    async def _check_with_preface(self, server: ServerState, path: str, timeout: float
+                                  ) -> bool:
+        """One health check on a connection of its own that starts with the preface; the
+        connection is closed after the response head (it is tied to no client)."""
+        connections = self._connections[server.address]
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        head = (f"GET {path} HTTP/1.1\r\nHost: {host}:{server.port}\r\n"
+                f"Connection: close\r\n\r\n").encode()
+        async with asyncio.timeout(timeout):
+            connection = await connections.connect(self._health_preface, _HEALTH_CHECK)
+            try:
+                response = await connection.exchange(BackendRequest(head))
+                return response.status < 500
+            finally:
+                connection.close()
 
     async def close(self) -> None:
         if self._health_task is not None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 from OpenSSL import SSL
 
 from . import deadlines
+from .preface import PrefacePolicy, PrefaceRefused, PrefaceReader
 from .machine import (
     DataReceived,
     HandshakeComplete,
@@ -49,6 +50,8 @@ ENCRYPT_SLICE = 64 * 1024
 class Limits:
     handshake_timeout: float
     client_header_timeout: float
+    # Read before TLS (server.proxy_protocol: a load balancer's PROXY header); None: nothing.
+    preface: PrefacePolicy | None = None
     # A byte stream (tcp mode) rather than requests: the application protocol starts at the
     # handshake, not at the first byte (the upstream may speak first, and the connection to
     # it is made at once), and no request-head deadline applies (its idle_timeout does).
@@ -62,6 +65,7 @@ class ConnectionObserver(Protocol):
     def handshake_failed(self, peer: str, reason: str, alert: str | None, seconds: float) -> None: ...
     def tls_error(self, peer: str, reason: str, alert: str | None) -> None: ...
     def plain_http(self, peer: str) -> None: ...
+    def preface_refused(self, peer: str, reason: str, detail: str) -> None: ...
     def request_timeout(self, peer: str, info: HandshakeInfo | None) -> None: ...
     def connection_closed(self) -> None: ...
 
@@ -91,6 +95,7 @@ def format_peer(peername: Any) -> str:
 class Phase(enum.Enum):
     """The socket's side of the connection."""
 
+    PREFACE = "preface"  # reading a PROXY header before any TLS byte (Limits.preface)
     NEW = "new"  # nothing received yet (the first bytes are checked for plain HTTP)
     READING = "reading"
     INPUT_ENDED = "input ended"  # the peer's TCP FIN: we may still write
@@ -100,6 +105,7 @@ class Phase(enum.Enum):
 
 
 _PHASES = {
+    Phase.PREFACE: {Phase.NEW, Phase.CLOSED},
     Phase.NEW: {Phase.READING, Phase.INPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
     Phase.READING: {Phase.INPUT_ENDED, Phase.OUTPUT_ENDED, Phase.LINGERING, Phase.CLOSED},
     Phase.INPUT_ENDED: {Phase.LINGERING, Phase.CLOSED},
@@ -133,14 +139,16 @@ class TlsServerProtocol(asyncio.Protocol):
 
     Longer than our ~250-line rule, for a reason: one of these lives as long as each
     connection, idle ones included, and the idle-connection memory target counts its bytes;
-    the request-head deadline, the lingering close and the app's lifecycle kept here cost a
-    few slots, where helper objects would cost an object each per idle connection. Each job
+    the request-head deadline, the lingering close, the app's lifecycle and the PROXY
+    preface (its reader lives only until the header is read) kept here cost a few slots,
+    where helper objects would cost an object each per idle connection. Each job
     has its own section below and its own state (`Phase`, `AppPhase`, the machine's)."""
 
     # Slots: one of these lives as long as each connection (an idle one too).
     __slots__ = ("_context_factory", "_app_factory", "_observer", "_limits", "_transport",
                  "_machine", "_app", "_app_phase", "_peer", "_started", "_phase",
-                 "_write_paused", "_timer", "_header_deadline", "_in_request")
+                 "_write_paused", "_timer", "_header_deadline", "_in_request", "_client",
+                 "_destination", "_preface")
 
     def __init__(
         self,
@@ -164,6 +172,24 @@ class TlsServerProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._header_deadline: float | None = None  # its key in the loop's `Deadlines`
         self._in_request = False
+        self._client: Any = None  # the real client: the socket's peer, or a PROXY header's
+        self._destination: Any = None  # what that client connected to, per a PROXY header
+        self._preface: PrefaceReader | None = None
+
+    @property
+    def client_address(self) -> Any:
+        """The client's (host, port): from the load balancer's PROXY header when one was
+        accepted, else the socket's peer. Logs, X-Forwarded-For and address rules read this
+        (the HTTP side as `get_extra_info("peername")` of its transport)."""
+        return self._client
+
+    @property
+    def destination_address(self) -> Any:
+        """The (host, port) the client connected to: a PROXY header's destination (what
+        HAProxy relays onward too), else our socket's own address (`sockname` upstairs)."""
+        if self._destination is not None:
+            return self._destination
+        return self._transport.get_extra_info("sockname") if self._transport else None
 
     @property
     def phase(self) -> Phase:
@@ -190,16 +216,32 @@ class TlsServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)  # type: ignore[attr-defined]
-        self._peer = format_peer(transport.get_extra_info("peername"))
+        self._client = transport.get_extra_info("peername")
+        self._peer = format_peer(self._client)
         self._started = time.monotonic()
         self._machine = TlsServerMachine(self._context_factory())
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._limits.handshake_timeout, self._handshake_timed_out)
+        policy = self._limits.preface
+        if policy is None:
+            self._timer = loop.call_later(self._limits.handshake_timeout,
+                                          self._handshake_timed_out)
+            return
+        self._phase = Phase.PREFACE  # the first phase of such a connection, not a transition
+        reader = policy.reader(self._client)
+        if isinstance(reader, PrefaceRefused):
+            self._refuse_preface(reader)
+            return
+        self._preface = reader
+        self._timer = loop.call_later(policy.timeout, self._preface_timed_out)
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
         if phase is not Phase.READING and phase is not Phase.OUTPUT_ENDED:
-            if phase is not Phase.NEW or self._machine is None:
+            if phase is Phase.PREFACE:
+                data = self._read_preface(data)
+                if not data:
+                    return
+            elif phase is not Phase.NEW or self._machine is None:
                 return  # lingering (or closed): read and dropped
             self._set_phase(Phase.READING)
             if looks_like_plain_http(data[:8]):
@@ -228,6 +270,10 @@ class TlsServerProtocol(asyncio.Protocol):
         """The peer's TCP FIN. Returns True (keep our writing half open) while the application
         still has something to say, as after a TLS half-close."""
         if self._phase in (Phase.LINGERING, Phase.CLOSED):
+            return False
+        if self._phase is Phase.PREFACE:
+            if self._preface is not None:
+                self._refuse_preface(self._preface.ended())
             return False
         if self._phase is Phase.OUTPUT_ENDED:  # both ways done: the app hears it, we close
             self._app_eof()
@@ -260,6 +306,7 @@ class TlsServerProtocol(asyncio.Protocol):
         # for a full garbage collection, which a worker past a burst of slow clients may not run
         # for a long time.
         self._app = None
+        self._preface = None
         machine, self._machine = self._machine, None
         if machine is not None:
             machine.release()
@@ -275,6 +322,45 @@ class TlsServerProtocol(asyncio.Protocol):
         self._write_paused = False
         if self._app is not None and self._app_phase is not AppPhase.LOST:
             self._app.resume_writing()
+
+    # -- the preface (a load balancer's PROXY header) -----------------------------------
+    def _read_preface(self, data: bytes) -> bytes:
+        """Feed the preface reader; the bytes after a complete preface (for TLS), else b"".
+        A header split over reads is kept by the reader until it is whole."""
+        reader = self._preface
+        if reader is None:
+            return b""  # refused: the close is under way
+        outcome = reader.feed(data)
+        if outcome is None:
+            return b""
+        if isinstance(outcome, PrefaceRefused):
+            self._refuse_preface(outcome)
+            return b""
+        self._preface = None
+        if outcome.client is not None:
+            self._client, self._destination = outcome.client, outcome.destination
+            self._peer = format_peer(outcome.client)
+        self._set_phase(Phase.NEW)
+        self._cancel_timer()
+        self._started = time.monotonic()  # the handshake's time starts after the header
+        self._timer = asyncio.get_running_loop().call_later(self._limits.handshake_timeout,
+                                                            self._handshake_timed_out)
+        return outcome.rest
+
+    def _refuse_preface(self, refused: PrefaceRefused) -> None:
+        """One log line and a count, then close: nothing is said to a peer that did not
+        send a usable header (it may not even be the load balancer)."""
+        self._cancel_timer()
+        self._preface = None
+        self._observer.preface_refused(self._peer, refused.reason, refused.detail)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _preface_timed_out(self) -> None:
+        self._timer = None
+        policy = self._limits.preface
+        self._refuse_preface(PrefaceRefused(
+            "timeout", f"no complete PROXY header within {policy.timeout if policy else 0:g} s"))
 
     # -- the application protocol ------------------------------------------------------
     def _app_eof(self) -> bool:
@@ -504,6 +590,10 @@ class TlsAppTransport(asyncio.Transport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "tls":
             return self.info
+        if name == "peername":
+            return self._protocol.client_address
+        if name == "sockname":
+            return self._protocol.destination_address
         transport = self._protocol.socket_transport
         return transport.get_extra_info(name, default) if transport else default
 

@@ -49,9 +49,10 @@ class BackendConnection(asyncio.BufferedProtocol):
 
     __slots__ = ("_pool", "_settings", "loop", "transport", "_state", "reused", "_reader",
                  "_response", "_head_waiter", "_sender", "flow", "_timer", "_since",
-                 "_tunnel_client", "_leftover")
+                 "_tunnel_client", "_leftover", "client", "_preface")
 
-    def __init__(self, pool: "ServerConnections", settings: BackendSettings) -> None:
+    def __init__(self, pool: "ServerConnections", settings: BackendSettings,
+                 preface: bytes = b"", client: object | None = None) -> None:
         self._pool = pool
         self._settings = settings
         self.loop = asyncio.get_running_loop()
@@ -69,6 +70,9 @@ class BackendConnection(asyncio.BufferedProtocol):
         self._since = 0.0
         self._tunnel_client: TunnelClient | None = None
         self._leftover = b""  # read after a 101, before the tunnel started
+        # The client connection a PROXY header tied this connection to (None: any client).
+        self.client = client
+        self._preface = preface
 
     @property
     def state(self) -> BackendState:
@@ -91,6 +95,9 @@ class BackendConnection(asyncio.BufferedProtocol):
     # -- asyncio side ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self._preface:  # before any request byte (the PROXY header)
+            transport.write(self._preface)  # type: ignore[attr-defined]
+            self._preface = b""
 
     def get_buffer(self, sizehint: int) -> memoryview:
         response = self._response

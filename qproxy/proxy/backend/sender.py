@@ -21,6 +21,10 @@ class BackendRequest:
     # The body can be iterated again from its start (buffered whole): a request sent on a
     # kept-alive connection the backend had closed may then be sent again.
     replayable: bool = False
+    # server.send_proxy_protocol: the PROXY header a new connection starts with, and the
+    # client connection it describes; a connection carrying one serves that client only.
+    preface: bytes = b""
+    client: object | None = None
 
 
 class WriteFlow:
