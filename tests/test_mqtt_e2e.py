@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,24 @@ def start_device(stack: OtaStack, ca: Path, tmp_path: Path) -> subprocess.Popen[
     return device
 
 
+def read_stderr_until(process: subprocess.Popen[str], text: str, timeout: float = 30.0) -> str:
+    """What `process` wrote on stderr up to a line holding `text` (bounded wait)."""
+    assert process.stderr is not None
+    # Raw reads on the descriptor: the text wrapper's buffer could hide a line from select().
+    fd = process.stderr.fileno()
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while text.encode() not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise AssertionError(f"no {text!r} on stderr within {timeout}s: {seen!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError(f"stderr ended before {text!r}: {seen!r}")
+        seen += chunk
+    return seen.decode()
+
+
 def finish(device: subprocess.Popen[str]) -> tuple[str, str]:
     try:
         return device.communicate(timeout=90)
@@ -139,10 +159,10 @@ def test_the_device_example_installs_what_is_announced(ota_stack, dev_pki, tmp_p
     # The image alone is announced (and refused: not signed yet), then again with its
     # signature, which the device installs.
     assert stack.backend.upload("1.4.0", image.read_bytes())[0] == 201
+    refused = read_stderr_until(device, "firmware 1.4.0 is not signed by the trusted key")
     assert stack.backend.put_signature("1.4.0", signature.read_bytes(), key_id) == 201
     out, err = finish(device)
-    assert device.returncode == 0, err
-    assert "firmware 1.4.0 is not signed by the trusted key" in err
+    assert device.returncode == 0, refused + err
     report = json.loads(out.strip().splitlines()[-1])
     assert report["status"] == "installed" and report["version"] == "1.4.0"
     assert report["group"] == "X25519MLKEM768"
