@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +43,8 @@ class OtaStack:
 def ota_stack(start_broker, start_server, dev_pki, tmp_path):
     backends: list[OtaBackend] = []
 
-    def start(mqtt_tls: dict | None = None) -> OtaStack:
+    def start(mqtt_tls: dict | None = None,
+              mqtt_certificates: dict | None = None) -> OtaStack:
         broker = start_broker()
         https_port = free_port()
         backend = OtaBackend(tmp_path / "firmware", "--mqtt-host", "127.0.0.1", "--mqtt-port",
@@ -51,6 +54,8 @@ def ota_stack(start_broker, start_server, dev_pki, tmp_path):
                          "listen_port": 0, "upstream": "mosquitto"}
         if mqtt_tls is not None:
             mqtt_listener["tls"] = mqtt_tls
+        if mqtt_certificates is not None:
+            mqtt_listener["certificates"] = mqtt_certificates
         config = make_config(
             dev_pki, f"127.0.0.1:{backend.port}",
             server={"listen_port": https_port},
@@ -122,6 +127,24 @@ def start_device(stack: OtaStack, ca: Path, tmp_path: Path) -> subprocess.Popen[
     return device
 
 
+def read_stderr_until(process: subprocess.Popen[str], text: str, timeout: float = 30.0) -> str:
+    """What `process` wrote on stderr up to a line holding `text` (bounded wait)."""
+    assert process.stderr is not None
+    # Raw reads on the descriptor: the text wrapper's buffer could hide a line from select().
+    fd = process.stderr.fileno()
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while text.encode() not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise AssertionError(f"no {text!r} on stderr within {timeout}s: {seen!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError(f"stderr ended before {text!r}: {seen!r}")
+        seen += chunk
+    return seen.decode()
+
+
 def finish(device: subprocess.Popen[str]) -> tuple[str, str]:
     try:
         return device.communicate(timeout=90)
@@ -139,10 +162,10 @@ def test_the_device_example_installs_what_is_announced(ota_stack, dev_pki, tmp_p
     # The image alone is announced (and refused: not signed yet), then again with its
     # signature, which the device installs.
     assert stack.backend.upload("1.4.0", image.read_bytes())[0] == 201
+    refused = read_stderr_until(device, "firmware 1.4.0 is not signed by the trusted key")
     assert stack.backend.put_signature("1.4.0", signature.read_bytes(), key_id) == 201
     out, err = finish(device)
-    assert device.returncode == 0, err
-    assert "firmware 1.4.0 is not signed by the trusted key" in err
+    assert device.returncode == 0, refused + err
     report = json.loads(out.strip().splitlines()[-1])
     assert report["status"] == "installed" and report["version"] == "1.4.0"
     assert report["group"] == "X25519MLKEM768"
@@ -264,3 +287,38 @@ def test_the_subscribe_command_make_run_prints(ota_stack, dev_pki):
     assert sub.returncode == 0, err
     topic, _, body = out.strip().partition(" ")
     assert topic == TOPIC and json.loads(body)["version"] == "7.0.0"
+
+
+def test_device_certificates_on_the_mqtt_door(ota_stack, dev_pki, subscribers):
+    """The listener's own certificates with verify_client: a device without a certificate is
+    refused before a byte reaches the broker; one with the development client certificate is
+    admitted over X25519MLKEM768, and the session line names it."""
+    stack = ota_stack(mqtt_certificates={
+        "keypairs": [{"cert": str(dev_pki.mldsa_cert), "key": str(dev_pki.mldsa_key)},
+                     {"cert": str(dev_pki.ecdsa_cert), "key": str(dev_pki.ecdsa_key)}],
+        "ca_bundle": str(dev_pki.ca_bundle), "verify_client": True})
+    anonymous = QTLSMqttClient(device_context(str(dev_pki.ca_bundle)),
+                               server_hostname="localhost", client_id="no-cert")
+    with pytest.raises(TimeoutError):
+        Subscriber(anonymous, "127.0.0.1", stack.mqtt_port, timeout=5)
+    refused = stack.server.wait_log(lambda e: e.get("event") == "handshake failed")
+    assert refused is not None and "certificate" in refused["reason"], refused
+    assert stack.broker.wait_log(lambda line: "no-cert" in line, timeout=1) is None
+
+    ctx = device_context(str(dev_pki.ca_bundle))
+    # The development client key is ECDSA P-256: the device signs with it, and still accepts
+    # only an ML-DSA-65 server (the server's certificate is chosen by what it can verify).
+    ctx.set_signature_algorithms(["ML-DSA-65", "ecdsa-p256"])
+    ctx.use_certificate_file(str(dev_pki.client_cert))
+    ctx.use_private_key_file(str(dev_pki.client_key))
+    client = QTLSMqttClient(ctx, server_hostname="localhost", client_id="with-cert")
+    subscribers.append(Subscriber(client, "127.0.0.1", stack.mqtt_port))
+    assert client.tls_socket.negotiated_group == "X25519MLKEM768"
+    assert stack.backend.upload("8.0.0", b"for certified devices")[0] == 201
+    assert subscribers[0].message_for("8.0.0")["qos"] == 1
+    subscribers[0].close()
+    subscribers.clear()
+    session = stack.server.wait_log(lambda e: e.get("event") == "session"
+                                    and e.get("listener") == "mqtt"
+                                    and e.get("ssl_client_subject"))
+    assert session is not None and "qproxy dev client" in session["ssl_client_subject"]

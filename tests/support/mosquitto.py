@@ -123,11 +123,6 @@ def start_broker(tmp_path: Path):
         broker.stop()
 
 
-@pytest.fixture
-def broker(start_broker) -> Broker:
-    return start_broker()
-
-
 class Subscriber:
     """A paho client subscribed to `topic`, its messages collected in a queue. Any paho client
     (plain, or examples.ota_device.mqtt_tls.QTLSMqttClient) connected to `host:port`."""
