@@ -338,3 +338,44 @@ def test_a_valid_block_loads():
                     "rate": {"requests_per_second": 0.5, "burst": 3, "key": "identity"},
                     "max_connections_per_address": 10},
                    ca_bundle="ca.pem", verify_client=True) == []
+
+
+def test_reading_access_settings_does_not_load_openssl():
+    """The master reads the config before it points OPENSSL_CONF at the HSM's provider;
+    anything that loads OpenSSL first (cryptography's bindings) leaves the provider out, and
+    HSM keys then fail in the workers ('DECODER routines::unsupported'). Validating an issuer
+    DN with cryptography did exactly that."""
+    import subprocess
+    import sys
+
+    from tests.support.harness import ROOT, child_env
+
+    script = """
+import sys
+import qproxy.cli
+from qproxy.config.load import parse_config
+parse_config({"certificates": {"server_cert": "c", "server_key": "k", "ca_bundle": "ca",
+                               "verify_client": True},
+              "upstreams": {"app": {"servers": ["127.0.0.1:1"]}},
+              "server": {"access": {"rules": [{"allow": "10.0.0.0/8"}],
+                                    "clients": {"cn": ["x"], "issuer": ["CN=A, O=B"]},
+                                    "rate": {"requests_per_second": 1}}}})
+print(sorted(m for m in sys.modules if m.startswith("cryptography.hazmat.bindings")))
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=child_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_dn_parsing_matches_cryptography():
+    from cryptography import x509
+
+    from qproxy.policy.clients import dn_key
+
+    for text in ("CN=Device CA,O=Example", "O=Example, CN=Device CA", "CN=a\\,b+OU=x",
+                 "1.2.840.113549.1.9.1=ops@example.org,CN=ops", "DC=example,DC=org,CN=ca"):
+        assert parse_dn(text) == dn_key(x509.Name.from_rfc4514_string(text.replace(", ", ","))), text
+    for bad in ("Device CA", "CN=", "XX=1", ""):
+        with pytest.raises(ValueError):
+            parse_dn(bad)

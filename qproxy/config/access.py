@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+# Nothing imported here may load OpenSSL (cryptography): the config is read before
+# OPENSSL_CONF names the HSM's provider (tests/test_access_policy.py checks it).
 from ..policy.access import AccessSpec, RateKey, RateSpec
 from ..policy.cidr import ALL, Action, IpNetwork, Rule
 from ..policy.clients import ClientAllowList, parse_dn

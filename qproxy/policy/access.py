@@ -17,14 +17,15 @@ import enum
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Callable, Hashable
 
 from .cidr import Action, CidrRules, IpAddress, Rule, parse_address
 from .clients import ClientAllowList, identity_of
 from .connections import ConnectionCounter
 from .rate import Limited, TokenBuckets
+
+if TYPE_CHECKING:  # not imported: it loads OpenSSL, and the config imports this module
+    from cryptography import x509
 
 
 class Reason(enum.Enum):

@@ -7,25 +7,49 @@ most-specific-first or OpenSSL's certificate order) does not matter.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+# cryptography loads OpenSSL when imported, and `parse_dn` runs while the config is read,
+# before OPENSSL_CONF (the HSM's provider) is set: cryptography is imported where it is used.
+if TYPE_CHECKING:
+    from cryptography import x509
 
 DnKey = frozenset[tuple[str, str]]
 
+# RFC 4514's attribute names (and OpenSSL's usual ones) -> dotted OIDs.
+_ATTRIBUTE_OIDS = {
+    "CN": "2.5.4.3", "C": "2.5.4.6", "L": "2.5.4.7", "ST": "2.5.4.8", "STREET": "2.5.4.9",
+    "O": "2.5.4.10", "OU": "2.5.4.11", "SERIALNUMBER": "2.5.4.5", "TITLE": "2.5.4.12",
+    "DC": "0.9.2342.19200300.100.1.25", "UID": "0.9.2342.19200300.100.1.1",
+    "EMAILADDRESS": "1.2.840.113549.1.9.1", "E": "1.2.840.113549.1.9.1",
+}
+_DOTTED = re.compile(r"^[0-2](\.[0-9]+)+$")
+_SEPARATOR = re.compile(r"(?<!\\)[,+]")  # a comma or plus not escaped
 
-def dn_key(name: x509.Name) -> DnKey:
+
+def dn_key(name: "x509.Name") -> DnKey:
     return frozenset((attr.oid.dotted_string, str(attr.value)) for attr in name)
 
 
 def parse_dn(text: str) -> DnKey:
-    """'CN=qproxy dev CA, O=qproxy development' (either order) -> its attribute set.
-    Raises ValueError for text that is no distinguished name."""
-    name = x509.Name.from_rfc4514_string(text.replace(", ", ","))
-    if not list(name):
-        raise ValueError("an empty distinguished name")
-    return dn_key(name)
+    """'CN=qproxy dev CA, O=qproxy development' (RFC 4514 order or certificate order: the
+    attributes are compared as a set) -> its (OID, value) pairs. Raises ValueError for text
+    that is no distinguished name."""
+    pairs = set()
+    for part in _SEPARATOR.split(text):
+        kind, sep, value = part.strip().partition("=")
+        kind = kind.strip()
+        oid = _ATTRIBUTE_OIDS.get(kind.upper()) or (kind if _DOTTED.match(kind) else None)
+        if not sep or oid is None:
+            raise ValueError(f"{part.strip()[:40]!r} is not TYPE=value with a known type "
+                             f"({', '.join(list(_ATTRIBUTE_OIDS)[:7])}, ... or a dotted OID)")
+        value = re.sub(r"\\(.)", r"\1", value.strip())
+        if not value:
+            raise ValueError(f"{kind}= has no value")
+        pairs.add((oid, value))
+    return frozenset(pairs)
 
 
 @dataclass(frozen=True)
@@ -36,7 +60,10 @@ class ClientAllowList:
     uri: frozenset[str] = frozenset()
     issuer: frozenset[DnKey] = frozenset()
 
-    def allows(self, cert: x509.Certificate) -> bool:
+    def allows(self, cert: "x509.Certificate") -> bool:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
         subject = cert.subject
         if self.cn and any(str(a.value) in self.cn
                            for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)):
@@ -61,7 +88,7 @@ class ClientAllowList:
         return False
 
 
-def identity_of(cert: x509.Certificate) -> str:
+def identity_of(cert: "x509.Certificate") -> str:
     """The key a client certificate's rate limit is counted under: its subject and issuer
     (two CAs may issue the same subject to different clients)."""
     return cert.subject.rfc4514_string() + "|" + cert.issuer.rfc4514_string()
