@@ -82,14 +82,23 @@ def _strictly(model: type[BaseModel], document: Any) -> Any:
 
 
 def _valid_sections(document: dict[str, Any]) -> dict[str, BaseModel]:
+    """The top-level sections that validate on their own, or once their wrong keys are left
+    out (a wrong `verify_client` does not keep the certificate files from being checked)."""
     sections: dict[str, BaseModel] = {}
     for name, info in ServerConfig.model_fields.items():
         model = info.annotation
-        if name in document and isinstance(model, type) and issubclass(model, BaseModel):
+        if name not in document or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        section = document[name]
+        for _ in range(2):
             try:
-                sections[name] = _strictly(model, document[name])
-            except ValidationError:
-                pass
+                sections[name] = _strictly(model, section)
+                break
+            except ValidationError as exc:
+                wrong = {e["loc"][0] for e in exc.errors() if e["loc"]}
+                if not isinstance(section, dict) or not wrong:
+                    break
+                section = {k: v for k, v in section.items() if k not in wrong}
     return sections
 
 

@@ -207,6 +207,18 @@ def _plain(error: dict[str, Any]) -> tuple[tuple[str, ...] | None, str]:
     return None, error["msg"].replace("Input should be", "expected")
 
 
+def _split_path(path: str) -> tuple[Any, ...]:
+    """'listeners[0].upstream' -> ('listeners', 0, 'upstream')."""
+    parts: list[Any] = []
+    for piece in path.split("."):
+        name, *indexes = piece.split("[")
+        if name:
+            parts.append(name)
+        parts += [int(i.rstrip("]")) if i.rstrip("]").isdigit() else i.rstrip("]")
+                  for i in indexes]
+    return tuple(parts)
+
+
 def plain_errors(errors: list[dict[str, Any]], document: Any,
                  root: type[BaseModel], prefix: tuple[Any, ...] = ()) -> list[ConfigError]:
     """Pydantic's `errors()` -> one ConfigError per JSON path, in the order first seen.
@@ -221,9 +233,17 @@ def plain_errors(errors: list[dict[str, Any]], document: Any,
         kind = error["type"]
         location = clean_location(tuple(error["loc"]), document,
                                   keep_last=kind in ("missing", "extra_forbidden"))
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(getattr(cause, "path", None), str) and cause.path:
+            # A check over several keys that names the one at fault (model.AtPath): reported
+            # there, relative to where the check ran.
+            location = (*location, *_split_path(cause.path))
+            kind = "located"
         if location not in inputs and location not in messages:
             order.append(location)
-        if kind == "extra_forbidden":
+        if kind == "located":
+            messages.setdefault(location, str(cause))
+        elif kind == "extra_forbidden":
             messages[location] = _unknown_key(root, (*prefix, *location))
         elif kind == "missing":
             messages[location] = "required key is missing"

@@ -6,6 +6,7 @@ frozen: a loaded configuration is a value that a reload replaces whole.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from typing import Annotated, Literal
 
@@ -284,9 +285,11 @@ class ServerConfig(Section):
         for index, route in enumerate(self.routes):
             if route.upstream not in self.upstreams:
                 known = ", ".join(sorted(self.upstreams))
+                match = difflib.get_close_matches(route.upstream, list(self.upstreams), n=1)
+                hint = f"; did you mean {match[0]!r}?" if match else ""
                 raise ValueError(
                     f"routes[{index}].upstream: no upstream named {route.upstream!r} "
-                    f"(known: {known})"
+                    f"(known: {known}){hint}"
                 )
         if not self.routes and len(self.upstreams) > 1:
             raise ValueError("routes: several upstreams need routes saying which path goes where")
