@@ -202,6 +202,9 @@ class LoggingSection(Section):
     max_files: Annotated[int, Field(ge=0)] = 10
     console: bool = True
     access_log: bool = True
+    # "console": structlog's human-readable lines; "json": one JSON object a line. Unset:
+    # console when stderr is a terminal, JSON otherwise (journald, files, pipes).
+    format: Literal["console", "json"] | None = None
 
 
 class MetricsSection(Section):

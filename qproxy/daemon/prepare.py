@@ -175,7 +175,7 @@ def hsm_key_problems(config: ServerConfig) -> list[ConfigError]:
 _RESTART_ONLY = {
     "server": ("listen_address", "listen_port", "backlog"),
     "metrics": None, "hsm": None, "openssl": None, "fips": None,
-    "logging": ("file", "console", "level"),
+    "logging": ("file", "console", "level", "format"),
 }
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import aiohttp
 
@@ -143,9 +144,13 @@ class Upstream:
     def session(self) -> aiohttp.ClientSession:
         """For health checks, which are rare enough for a general client."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=0, keepalive_timeout=self.section.idle_timeout,
-                force_close=self.section.keepalive == 0, enable_cleanup_closed=False)
+            # aiohttp refuses a keepalive_timeout together with force_close: with keepalive 0
+            # that ValueError ended the health-check task silently, and no check ever ran.
+            keepalive: dict[str, Any] = (
+                {"force_close": True} if self.section.keepalive == 0
+                else {"keepalive_timeout": self.section.idle_timeout})
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0,
+                                             enable_cleanup_closed=False, **keepalive)
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -216,17 +221,19 @@ class Upstream:
         timeout = aiohttp.ClientTimeout(total=check.timeout)
         while True:
             for server in self.pool.servers:
+                outcome: int | BaseException
                 try:
                     async with self.session.get(server.base_url + check.path,
                                                 timeout=timeout) as response:
-                        healthy = response.status < 500
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    healthy = False
-                if healthy:
-                    self.mark_ok(server, "its health check passed")
+                        outcome = response.status
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    outcome = exc
+                failure = health_check_failure(outcome, check.path, check.timeout)
+                if failure is None:
+                    self.mark_ok(server, f"its health check {check.path} passed")
                 elif server.rotation is Rotation.IN:
                     server.fails = self.pool.max_fails - 1
-                    self.mark_failed(server, f"its health check {check.path} failed")
+                    self.mark_failed(server, failure)
             await asyncio.sleep(check.interval)
 
     async def close(self) -> None:
@@ -237,6 +244,21 @@ class Upstream:
             connections.close()
         if self._session is not None:
             await self._session.close()
+
+
+def health_check_failure(outcome: int | BaseException, path: str, timeout: float) -> str | None:
+    """Why a health check failed, in the words an operator acts on (refused, timed out, which
+    status), or None if it passed: a status below 500 passes."""
+    if isinstance(outcome, int):
+        return None if outcome < 500 else f"its health check {path} answered status {outcome}"
+    if isinstance(outcome, asyncio.TimeoutError):
+        return f"its health check {path} got no answer within {timeout:g} s (timeout)"
+    if isinstance(outcome, aiohttp.ClientConnectorError):
+        error = outcome.os_error
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        return f"its health check {path} could not connect: {reason.lower()}"
+    detail = str(outcome) or type(outcome).__name__
+    return f"its health check {path} failed: {detail[:200]}"
 
 
 class Router:
