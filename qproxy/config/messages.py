@@ -20,7 +20,7 @@ import json
 import re
 import types
 import typing
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 from pydantic import AliasChoices, BaseModel
 
@@ -190,7 +190,7 @@ def _constraint(kind: str, ctx: dict[str, Any], value: Any) -> str | None:
     return None
 
 
-def _plain(error: dict[str, Any]) -> tuple[tuple[str, ...] | None, str]:
+def _plain(error: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, str]:
     """(expected phrases, None) for a type error, else (None, the whole message)."""
     kind = error["type"]
     if kind in _EXPECTED:
@@ -219,7 +219,7 @@ def _split_path(path: str) -> tuple[Any, ...]:
     return tuple(parts)
 
 
-def plain_errors(errors: list[dict[str, Any]], document: Any,
+def plain_errors(errors: Sequence[Mapping[str, Any]], document: Any,
                  root: type[BaseModel], prefix: tuple[Any, ...] = ()) -> list[ConfigError]:
     """Pydantic's `errors()` -> one ConfigError per JSON path, in the order first seen.
     `prefix` is where `document` sits in the whole file (a section validated on its own)."""
@@ -234,10 +234,11 @@ def plain_errors(errors: list[dict[str, Any]], document: Any,
         location = clean_location(tuple(error["loc"]), document,
                                   keep_last=kind in ("missing", "extra_forbidden"))
         cause = (error.get("ctx") or {}).get("error")
-        if isinstance(getattr(cause, "path", None), str) and cause.path:
+        at = getattr(cause, "path", None)
+        if isinstance(at, str) and at:
             # A check over several keys that names the one at fault (model.AtPath): reported
             # there, relative to where the check ran.
-            location = (*location, *_split_path(cause.path))
+            location = (*location, *_split_path(at))
             kind = "located"
         if location not in inputs and location not in messages:
             order.append(location)

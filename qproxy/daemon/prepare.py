@@ -97,7 +97,7 @@ def check_section_files(sections: dict[str, BaseModel]) -> list[ConfigError]:
     """When the schema failed: the files named by the sections that are valid on their own
     (log file, spool directory, libraries, certificates and keys), so the next run does not
     bring a new list."""
-    partial = ServerConfig.model_construct(**sections)
+    partial = ServerConfig.model_construct(None, **sections)
     errors = check_named_files(partial)
     algorithms = sections.get("algorithms")
     if isinstance(algorithms, AlgorithmsSection):
