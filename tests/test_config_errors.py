@@ -239,7 +239,8 @@ def test_shipped_examples_fail_only_on_what_this_machine_lacks(name, tmp_path):
                                                 "is not set")), (path, problem)
     if name == "server.json":
         assert {"logging.file", "hsm.pkcs11_library", "certificates.ca_bundle",
-                "certificates.server_cert", "certificates.keypairs[0].cert"} <= set(found)
+                "certificates.server_cert", "certificates.keypairs[0].cert",
+                "certificates.keypairs[0].key"} <= set(found)
 
 
 # --- junk never crashes the loader ---------------------------------------------------------

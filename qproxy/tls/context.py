@@ -258,7 +258,7 @@ def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy | 
         try:
             item = load_pair(pair, path, warnings, hsm_enabled)
         except ConfigError as exc:
-            errors.append(exc)
+            errors += [exc, *_key_too(pair, path, exc)]
             continue
         slot = _openssl_slot(item.key_kind)
         if slot in slots:
@@ -300,9 +300,21 @@ def check_pair_files(certs: CertificatesSection) -> list[ConfigError]:
             else:
                 load_pair(pair, path, [])
         except ConfigError as exc:
-            errors.append(exc)
+            errors += [exc, *_key_too(pair, path, exc)]
     errors += _check_ca_bundle(certs)
     return errors
+
+
+def _key_too(pair: KeyPair, path: str, failed: ConfigError) -> list[ConfigError]:
+    """When the certificate of a pair failed, whether its key file is readable: both go in
+    the same run's list (a missing certificate usually comes with a missing key)."""
+    if failed.path != member_path(path, "cert") or pkcs11_uri.is_pkcs11_uri(pair.key):
+        return []
+    try:
+        _read(pair.key, member_path(path, "key"), "private key")
+    except ConfigError as exc:
+        return [exc]
+    return []
 
 
 def _check_ca_bundle(certs: CertificatesSection) -> list[ConfigError]:
