@@ -282,3 +282,23 @@ def test_random_junk_only_ever_gives_config_errors_with_paths(plants, top):
     for error in checked.errors:
         assert isinstance(error, ConfigError) and isinstance(error.path, str)
         assert not LIBRARY_WORDS.search(str(error)), str(error)
+
+
+def test_a_check_over_several_keys_is_reported_at_the_key_it_names():
+    """The listeners branch raises model.AtPath(path, problem) from a model validator: the
+    error goes to that key, not to the section (kept working for the merge)."""
+    from pydantic import BaseModel
+
+    from qproxy.config.messages import plain_errors
+
+    class AtPath(ValueError):
+        def __init__(self, path: str, problem: str) -> None:
+            super().__init__(problem)
+            self.path = path
+
+    document = {"listeners": [{"name": "mqtt", "upstream": "mosquito"}]}
+    error = {"type": "value_error", "loc": ("listeners", 0), "msg": "Value error, x",
+             "input": document["listeners"][0],
+             "ctx": {"error": AtPath("upstream", "no upstream named 'mosquito'")}}
+    [found] = plain_errors([error], document, BaseModel)
+    assert str(found) == "listeners[0].upstream: no upstream named 'mosquito'"
