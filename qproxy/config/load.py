@@ -12,23 +12,10 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigErrors
 from .files import CONFIG_LIMIT, read_regular
-from .messages import plain_errors
+from .messages import json_path, plain_errors
 from .model import ServerConfig
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def json_path(location: tuple[Any, ...]) -> str:
-    """('certificates', 'keypairs', 1, 'key') -> 'certificates.keypairs[1].key'."""
-    out = ""
-    for part in location:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and part.isprintable() and part and '"' not in part:
-            out += ("." if out else "") + part
-        else:  # a key with line breaks or control characters: one error stays one line
-            out += f"[{json.dumps(str(part))}]"
-    return out
 
 
 def expand_env(value: Any, environ: dict[str, str], path: tuple[Any, ...] = (),

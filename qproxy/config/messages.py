@@ -48,6 +48,19 @@ _PATTERNS = {
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
 
 
+def json_path(location: tuple[Any, ...]) -> str:
+    """('certificates', 'keypairs', 1, 'key') -> 'certificates.keypairs[1].key'."""
+    out = ""
+    for part in location:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.isprintable() and part and '"' not in part:
+            out += ("." if out else "") + part
+        else:  # a key with line breaks or control characters: one error stays one line
+            out += f"[{json.dumps(str(part))}]"
+    return out
+
+
 def show(value: Any) -> str:
     """A value as the operator wrote it in JSON, short."""
     if isinstance(value, dict):
@@ -223,8 +236,6 @@ def plain_errors(errors: Sequence[Mapping[str, Any]], document: Any,
                  root: type[BaseModel], prefix: tuple[Any, ...] = ()) -> list[ConfigError]:
     """Pydantic's `errors()` -> one ConfigError per JSON path, in the order first seen.
     `prefix` is where `document` sits in the whole file (a section validated on its own)."""
-    from .load import json_path
-
     expected: dict[tuple[Any, ...], list[str]] = {}
     inputs: dict[tuple[Any, ...], Any] = {}
     messages: dict[tuple[Any, ...], str] = {}
