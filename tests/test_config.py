@@ -64,9 +64,9 @@ def test_config_is_frozen():
 
 
 @pytest.mark.parametrize("value,problem", [
-    (70000, "less than or equal to 65535"),
-    (-1, "greater than or equal to 0"),
-    ("eighty", "valid integer"),
+    (70000, "must be at most 65535, got 70000"),
+    (-1, "must be at least 0, got -1"),
+    ("eighty", 'expected a whole number, got "eighty"'),
 ])
 def test_error_names_listen_port(value, problem):
     [error] = errors_of(doc(server={"listen_port": value}))

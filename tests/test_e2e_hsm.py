@@ -183,3 +183,21 @@ def test_four_workers_sign_concurrently_500_handshakes(start_server, dev_pki, ba
                          and 'key_source="hsm"' in line)
     assert hsm_handshakes >= 500
     assert "qtls_hsm_errors_total 0.0" in text
+
+
+def test_test_config_lists_hsm_problems_with_file_and_algorithm_problems(
+        dev_pki, backend, token, hsm_cert, tmp_path):
+    """One run names the missing HSM key, a key file that does not match its certificate and
+    a misspelt algorithm (issue 15: the production example needed a run per stage)."""
+    config = hsm_config(dev_pki, backend, token, hsm_cert, with_mldsa=True)
+    config["certificates"]["server_key_uri"] = \
+        "pkcs11:token=qtls-server;object=no-such-key;type=private"
+    config["certificates"]["keypairs"][0]["key"] = str(dev_pki.ecdsa_key)
+    config["algorithms"] = {"signature": ["dilithum3", "ecdsa-p384"]}
+    result = _check(config, tmp_path)
+    assert result.returncode == 1
+    assert "key missing" in result.stderr or "no-such-key" in result.stderr, result.stderr
+    assert "certificates.keypairs[0].key" in result.stderr
+    assert "does not match the certificate" in result.stderr
+    assert "algorithms.signature[0]: unknown signature algorithm 'dilithum3'; did you mean " \
+           "'dilithium3'?" in result.stderr

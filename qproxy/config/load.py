@@ -5,43 +5,39 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigErrors
 from .files import CONFIG_LIMIT, read_regular
-from .model import AtPath, ServerConfig
+from .messages import json_path, plain_errors
+from .model import ServerConfig
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def json_path(location: tuple[Any, ...]) -> str:
-    """('certificates', 'keypairs', 1, 'key') -> 'certificates.keypairs[1].key'."""
-    out = ""
-    for part in location:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and part.isprintable() and part and '"' not in part:
-            out += ("." if out else "") + part
-        else:  # a key with line breaks or control characters: one error stays one line
-            out += f"[{json.dumps(str(part))}]"
-    return out
-
-
-def expand_env(value: Any, environ: dict[str, str], path: tuple[Any, ...] = ()) -> Any:
-    """Replace ${VAR} in strings (the seed's `"pin": "${QTLS_HSM_PIN}"`)."""
+def expand_env(value: Any, environ: dict[str, str], path: tuple[Any, ...] = (),
+               errors: list[ConfigError] | None = None) -> Any:
+    """Replace ${VAR} in strings (the seed's `"pin": "${QTLS_HSM_PIN}"`). An unset variable
+    raises, or with `errors` given is added there (and left as written) so that every one is
+    reported in one run."""
     if isinstance(value, str):
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in environ:
-                raise ConfigError(json_path(path), f"environment variable {name} is not set")
+                error = ConfigError(json_path(path), f"environment variable {name} is not set")
+                if errors is None:
+                    raise error
+                errors.append(error)
+                return match.group(0)
             return environ[name]
         return _ENV_REF.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, environ, (*path, k)) for k, v in value.items()}
+        return {k: expand_env(v, environ, (*path, k), errors) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, environ, (*path, i)) for i, v in enumerate(value)]
+        return [expand_env(v, environ, (*path, i), errors) for i, v in enumerate(value)]
     return value
 
 
@@ -55,40 +51,72 @@ def _at_most(errors: list[ConfigError], limit: int) -> list[ConfigError]:
     return [*errors[:limit], ConfigError("", f"... and {len(errors) - limit} more problems")]
 
 
-def _pydantic_errors(exc: ValidationError) -> list[ConfigError]:
-    errors = []
-    for err in exc.errors(include_url=False):
-        location = tuple(p for p in err["loc"] if p not in ("function-after",))
-        message = err["msg"].removeprefix("Value error, ")
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, AtPath):  # a check over several keys names the one at fault
-            located = json_path(location)
-            at = f"{located}.{cause.path}" if located else cause.path
-            errors.append(ConfigError(at, str(cause)))
+@dataclass(frozen=True)
+class Checked:
+    """A document checked against the model: the configuration, or every problem found and
+    the top-level sections that are valid on their own (whose files can still be checked)."""
+
+    config: ServerConfig | None
+    errors: list[ConfigError] = field(default_factory=list)
+    sections: dict[str, BaseModel] = field(default_factory=dict)
+
+
+def _strictly(model: type[BaseModel], document: Any) -> Any:
+    # Strict, as JSON: "yes", "3" or 1 are no boolean or number (lax mode took them), while a
+    # JSON array still fills a tuple and an integer a float. The document came from JSON, so
+    # it goes back to JSON losslessly.
+    return model.model_validate_json(json.dumps(document), strict=True)
+
+
+def _valid_sections(document: dict[str, Any]) -> dict[str, BaseModel]:
+    """The top-level sections that validate on their own, or once their wrong keys are left
+    out (a wrong `verify_client` does not keep the certificate files from being checked)."""
+    sections: dict[str, BaseModel] = {}
+    for name, info in ServerConfig.model_fields.items():
+        model = info.annotation
+        if name not in document or not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue
-        if err["type"] == "extra_forbidden":
-            message = "unknown key (misspelt? see the README's configuration reference)"
-        elif err["type"] == "missing":
-            message = "required key is missing"
-        errors.append(ConfigError(json_path(location), message))
-    return errors
+        section = document[name]
+        for _ in range(2):
+            try:
+                sections[name] = _strictly(model, section)
+                break
+            except ValidationError as exc:
+                wrong = {e["loc"][0] for e in exc.errors() if e["loc"]}
+                if not isinstance(section, dict) or not wrong:
+                    break
+                section = {k: v for k, v in section.items() if k not in wrong}
+    return sections
+
+
+def check_document(document: Any, environ: dict[str, str] | None = None) -> Checked:
+    """Every problem of a decoded document in one pass (never raises ConfigError)."""
+    if not isinstance(document, dict):
+        return Checked(None, [ConfigError("", "the top level must be a JSON object")])
+    errors = check_text(document)
+    if errors:
+        return Checked(None, errors)
+    env_errors: list[ConfigError] = []
+    expanded = expand_env(document, dict(os.environ) if environ is None else environ,
+                          errors=env_errors)
+    try:
+        config = _strictly(ServerConfig, expanded)
+    except ValidationError as exc:
+        errors = plain_errors(exc.errors(include_url=False), expanded, ServerConfig)
+    else:
+        if not env_errors:
+            return Checked(config)
+    unset = {e.path for e in env_errors}
+    errors = env_errors + [e for e in errors if e.path not in unset]
+    return Checked(None, _at_most(errors, MAX_ERRORS), _valid_sections(expanded))
 
 
 def parse_config(document: Any, source: str = "<config>",
                  environ: dict[str, str] | None = None) -> ServerConfig:
-    if not isinstance(document, dict):
-        raise ConfigErrors(source, [ConfigError("", "the top level must be a JSON object")])
-    errors = check_text(document)
-    if errors:
-        raise ConfigErrors(source, errors)
-    try:
-        expanded = expand_env(document, dict(os.environ) if environ is None else environ)
-    except ConfigError as exc:
-        raise ConfigErrors(source, [exc]) from None
-    try:
-        return ServerConfig.model_validate(expanded)
-    except ValidationError as exc:
-        raise ConfigErrors(source, _at_most(_pydantic_errors(exc), MAX_ERRORS)) from None
+    checked = check_document(document, environ)
+    if checked.config is None:
+        raise ConfigErrors(source, checked.errors)
+    return checked.config
 
 
 MAX_DEPTH = 32
@@ -170,10 +198,20 @@ def _bad_text(text: str) -> str | None:
     return None
 
 
-def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> ServerConfig:
+def read_document(path: str | os.PathLike[str]) -> Any:
+    """The decoded JSON of a configuration file; ConfigErrors if it cannot be read or decoded
+    (then nothing else about it can be checked)."""
     source = str(path)
     try:
-        document = decode_json(read_regular(source, "", "the file", CONFIG_LIMIT))
+        return decode_json(read_regular(source, "", "the file", CONFIG_LIMIT))
     except ConfigError as exc:
         raise ConfigErrors(source, [exc]) from None
-    return parse_config(document, source, environ)
+
+
+def check_config_file(path: str | os.PathLike[str],
+                      environ: dict[str, str] | None = None) -> Checked:
+    return check_document(read_document(path), environ)
+
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> ServerConfig:
+    return parse_config(read_document(path), str(path), environ)

@@ -6,7 +6,9 @@ frozen: a loaded configuration is a value that a reload replaces whole.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -273,6 +275,9 @@ class LoggingSection(Section):
     max_files: Annotated[int, Field(ge=0)] = 10
     console: bool = True
     access_log: bool = True
+    # "console": structlog's human-readable lines; "json": one JSON object a line. Unset:
+    # console when stderr is a terminal, JSON otherwise (journald, files, pipes).
+    format: Literal["console", "json"] | None = None
 
 
 class MetricsSection(Section):
@@ -329,6 +334,55 @@ class UpstreamSection(Section):
         return servers
 
 
+# Response header hygiene (issue 15): names are RFC 9110 tokens; values one line of visible
+# ASCII; framing and hop-by-hop fields are qproxy's to write, never a route's.
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_NOT_ADDABLE = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive",
+                          "upgrade", "te", "trailer", "proxy-connection", "date"})
+
+
+def check_header_name(name: str) -> str:
+    if not _TOKEN.match(name):
+        raise ValueError(f"{name[:80]!r} is not a header name (letters, digits and "
+                         "!#$%&'*+.^_`|~- only)")
+    return name
+
+
+def check_added_header(name: str) -> str:
+    check_header_name(name)
+    if name.lower() in _NOT_ADDABLE:
+        raise ValueError(f"{name!r} is written by qproxy itself and cannot be added")
+    return name
+
+
+def check_header_value(value: str) -> str:
+    if not all(" " <= c <= "~" or c == "\t" for c in value):
+        raise ValueError(f"{value[:80]!r}: a header value is one line of visible ASCII")
+    return value.strip()
+
+
+HeaderName = Annotated[str, AfterValidator(check_header_name)]
+
+
+class HstsSection(Section):
+    """Strict-Transport-Security (RFC 6797), as the hstspreload.org list wants it."""
+
+    max_age: Annotated[int, Field(ge=0, le=2**31 - 1)] = 31_536_000
+    include_subdomains: bool = False
+    preload: bool = False
+
+    @model_validator(mode="after")
+    def _preloadable(self) -> "HstsSection":
+        if self.preload and not (self.include_subdomains and self.max_age >= 31_536_000):
+            raise ValueError("preload needs include_subdomains: true and max_age of at least "
+                             "31536000 (one year), or browsers' preload lists refuse the site")
+        return self
+
+    def value(self) -> str:
+        return (f"max-age={self.max_age}" + ("; includeSubDomains" if self.include_subdomains
+                                             else "") + ("; preload" if self.preload else ""))
+
+
 class Route(Section):
     host: str | None = None
     path_prefix: UrlPath = "/"
@@ -339,6 +393,24 @@ class Route(Section):
     request_buffering: bool = True
     # Who may use this route, checked after routing (config/access.py).
     access: RouteAccess | None = None
+    # The backend's Server and X-Powered-By (and the ASP.NET version fields) say what runs
+    # behind us and are not passed on unless named here (nginx's proxy_pass_header);
+    # hide_headers drops more (proxy_hide_header).
+    pass_headers: tuple[HeaderName, ...] = ()
+    hide_headers: tuple[HeaderName, ...] = ()
+    # Fields added to responses (replacing the backend's of the same name): on 2xx/3xx
+    # answers as nginx's add_header, on every status with add_headers_always.
+    add_headers: dict[Annotated[str, AfterValidator(check_added_header)],
+                      Annotated[str, AfterValidator(check_header_value)]] = {}
+    add_headers_always: bool = False
+    hsts: HstsSection | None = None
+
+    @model_validator(mode="after")
+    def _one_hsts(self) -> "Route":
+        if self.hsts is not None and any(n.lower() == "strict-transport-security"
+                                         for n in self.add_headers):
+            raise ValueError("give hsts or add_headers' Strict-Transport-Security, not both")
+        return self
 
 
 class ListenerSection(ListenerSettings):
@@ -399,14 +471,18 @@ class ServerConfig(Section):
         known = ", ".join(sorted(self.upstreams))
         for index, listener in enumerate(self.listeners):
             if listener.upstream is not None and listener.upstream not in self.upstreams:
+                match = difflib.get_close_matches(listener.upstream, list(self.upstreams), n=1)
+                hint = f"; did you mean {match[0]!r}?" if match else ""
                 raise AtPath(f"listeners[{index}].upstream", f"no upstream named "
-                             f"{listener.upstream!r} (known: {known})")
+                             f"{listener.upstream!r} (known: {known}){hint}")
         for prefix, routes in [("", self.routes)] + [
                 (f"listeners[{i}].", l.routes) for i, l in enumerate(self.listeners) if l.routes]:
             for index, route in enumerate(routes):
                 if route.upstream not in self.upstreams:
+                    match = difflib.get_close_matches(route.upstream, list(self.upstreams), n=1)
+                    hint = f"; did you mean {match[0]!r}?" if match else ""
                     raise AtPath(f"{prefix}routes[{index}].upstream", f"no upstream named "
-                                 f"{route.upstream!r} (known: {known})")
+                                 f"{route.upstream!r} (known: {known}){hint}")
         if not self.routes and len(self.http_upstreams()) > 1:
             raise AtPath("routes", "several upstreams need routes saying which path goes where")
         if not self.routes and not self.http_upstreams():

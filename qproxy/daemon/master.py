@@ -321,7 +321,8 @@ class Master:
             try:
                 mark_process_dead(pid)  # its live gauges leave the sum
             except OSError as exc:
-                log.error("cannot drop a dead process's metrics", pid=pid, error=str(exc))
+                # Its gauges stay in the sums until the next restart; serving is unaffected.
+                log.warning("cannot drop a dead process's metrics", pid=pid, error=str(exc))
 
     def _child_exited(self, pid: int, status: int, lived: float) -> None:
         how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)

@@ -46,7 +46,8 @@ def _reason_class(reason: str) -> str:
     """A bounded label for the failure metric (OpenSSL's reason strings are open-ended)."""
     text = reason.lower()
     for needle, label in (
-        ("timed out", "timeout"), ("during the handshake", "client_closed"),
+        ("timed out", "timeout"), ("before sending anything", "unused"),
+        ("during the handshake", "client_closed"),
         ("key share", "no_shared_group"), ("no shared", "no_shared_cipher"),
         ("version", "protocol_version"), ("certificate", "certificate"),
         ("application protocol", "alpn"), ("packet length", "not_tls"),
@@ -55,6 +56,22 @@ def _reason_class(reason: str) -> str:
         if needle in text:
             return label
     return "other"
+
+
+# Handshake failures that are no fault of anyone's: a browser's unused pre-connection (closed
+# before its first byte) and a client that went away mid-handshake. Counted, logged at debug.
+QUIET_FAILURES = frozenset({"unused", "client_closed"})
+
+
+def handshake_failure_level(reason_class: str, alert: str | None) -> str:
+    """How loud a failed handshake is: clients that cannot or will not talk to us are the
+    internet's normal noise (info, as nginx logs SSL_do_handshake failures); an internal_error
+    is ours (an HSM that failed to sign, say)."""
+    if reason_class in QUIET_FAILURES:
+        return "debug"
+    if alert == "internal_error":
+        return "error"
+    return "info"
 
 
 @dataclass
@@ -120,30 +137,35 @@ class Observer:
         self._child(m.handshake_seconds, group, sigalg or "-", key_source).observe(seconds)
         if not is_post_quantum(info.group):
             self._child(m.classical_fallbacks, group).inc()
-            self.log.info("classical key exchange", client=peer, ssl_curve=group,
-                          tls_version=info.version)
+            # Counted above (qtls_classical_fallbacks): one line per classical client at info
+            # would be most of the log on a public port.
+            self.log.debug("classical key exchange", client=peer, ssl_curve=group,
+                           tls_version=info.version)
 
     def handshake_failed(self, peer: str, reason: str, alert: str | None, seconds: float) -> None:
         m = self.metrics
+        reason_class = _reason_class(reason)
         self._child(m.handshakes, "failed", "-", "-", "false", self.listener).inc()
-        self._child(m.handshake_failures, _reason_class(reason), alert or "none").inc()
+        self._child(m.handshake_failures, reason_class, alert or "none").inc()
         if alert:
             self._child(m.alerts_sent, alert).inc()
         if alert == "internal_error" and self.server_tls.uses_hsm:
             # With an HSM, an internal error is almost always the token failing to sign.
             m.hsm_errors.inc()
-        self.log.warning("handshake failed", client=peer, reason=reason, alert=alert,
-                         duration_ms=round(seconds * 1000, 2))
+        level = handshake_failure_level(reason_class, alert)
+        getattr(self.log, level)("handshake failed", client=peer, reason=reason, alert=alert,
+                                 duration_ms=round(seconds * 1000, 2))
 
     def tls_error(self, peer: str, reason: str, alert: str | None) -> None:
         if alert:
             self._child(self.metrics.alerts_sent, alert).inc()
-        self.log.warning("TLS error on an established connection", client=peer, reason=reason,
-                         alert=alert)
+        # A client's garbage or broken record: its problem, one line at info (as nginx).
+        self.log.info("TLS error on an established connection", client=peer, reason=reason,
+                      alert=alert)
 
     def plain_http(self, peer: str) -> None:
         self._child(self.metrics.handshake_failures, "plain_http", "none").inc()
-        self.log.warning("plain HTTP request on the TLS port", client=peer, status=400)
+        self.log.info("plain HTTP request on the TLS port", client=peer, status=400)
 
     def preface_refused(self, peer: str, reason: str, detail: str) -> None:
         self._child(self.metrics.proxy_protocol_rejected, reason).inc()
@@ -151,7 +173,7 @@ class Observer:
 
     def request_timeout(self, peer: str, info: HandshakeInfo | None) -> None:
         self._child(self.metrics.requests, "408", "-").inc()
-        self.log.warning("request headers timed out", client=peer, status=408)
+        self.log.info("request headers timed out", client=peer, status=408)
 
     def refused(self, limit: str) -> None:
         self._child(self.metrics.connections_refused, limit).inc()
@@ -182,7 +204,7 @@ class Observer:
 
     def bad_request(self, client: str, status: int, reason: str) -> None:
         self._child(self.metrics.requests, str(status), "-").inc()
-        self.log.warning("bad request", client=client, status=status, reason=reason[:200])
+        self.log.info("bad request", client=client, status=status, reason=reason[:200])
 
     def exchange_done(self, exchange: Exchange, info: HandshakeInfo | None) -> None:
         m = self.metrics
@@ -199,7 +221,10 @@ class Observer:
         if not self.access_log:
             if exchange.error:
                 # Like nginx's error_log: failures are logged even with the access log off.
-                self.log.warning("request failed", client=exchange.request.remote,
+                # A backend's failure is the operator's to look at; a client's is not.
+                level = ("warning" if exchange.error_kind else
+                         "debug" if exchange.status == 499 else "info")
+                getattr(self.log, level)("request failed", client=exchange.request.remote,
                                  method=exchange.request.method, path=exchange.request.raw_path,
                                  status=exchange.status, upstream=exchange.upstream,
                                  upstream_addr=exchange.server, error=exchange.error)

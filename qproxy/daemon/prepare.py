@@ -18,10 +18,12 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
+
 from ..config.files import check_log_file, check_regular, check_temp_dir, read_regular
 from ..config.listeners import Listener, listeners_of, with_listener_tls
-from ..config.load import load_config
-from ..config.model import ServerConfig
+from ..config.load import check_config_file
+from ..config.model import AlgorithmsSection, CertificatesSection, ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError, QProxyError
 from ..keys import provider
 
@@ -71,39 +73,68 @@ def prepare(source: str, purpose: Purpose) -> Prepared:
 
 
 def _prepare(source: str, purpose: Purpose) -> Prepared:
-    config = load_config(source)
+    # Every stage that can run does, so that one run lists every problem (schema, files,
+    # key/certificate mismatches, HSM keys) rather than the first stage's.
+    checked = check_config_file(source)
+    if checked.config is None:
+        raise ConfigErrors(source, checked.errors + check_section_files(checked.sections))
+    config = checked.config
     errors = check_named_files(config)
-    if errors:
-        raise ConfigErrors(source, errors)
-    if purpose is not Purpose.RELOAD:
+    providers_ready = not errors
+    if providers_ready and purpose is not Purpose.RELOAD:
         # OPENSSL_CONF, before OpenSSL is first loaded below. A running daemon's OpenSSL has
         # read it already: on reload, provider changes are reported by `restart_only_changes`.
-        provider.install(config)
+        try:
+            provider.install(config)
+        except ConfigError as exc:
+            errors.append(exc)
+            providers_ready = False
     from ..tls.context import build_server_tls, check_platform
     from ..tls.machine import info_callback
 
     check_platform()
     prepared: list[PreparedListener] = []
-    errors: list[ConfigError] = []
     for listener in listeners_of(config):
         # Each listener's contexts through the same builder, with its own tls and certificates;
-        # errors are reported under the listener when the section at fault is its own.
+        # errors are reported under the listener when the section at fault is its own (a
+        # listener sharing the top-level sections repeats their errors: kept once below).
+        listener_config = with_listener_tls(config, listener)
+        found: list[ConfigError] = []
         try:
-            server_tls = build_server_tls(with_listener_tls(config, listener), source,
-                                          info_callback)
+            server_tls = build_server_tls(listener_config, source, info_callback)
         except ConfigErrors as exc:
-            errors += [ConfigError(listener.config_path(e.path), e.problem) for e in exc.errors]
-            continue
-        prepared.append(PreparedListener(listener, server_tls))
+            found += exc.errors
+        else:
+            prepared.append(PreparedListener(listener, server_tls))
+        if providers_ready and (listener.own_certificates or listener.json_path == "server"):
+            found += hsm_key_problems(listener_config)
+        errors += [ConfigError(listener.config_path(e.path), e.problem) for e in found]
     if errors:
-        raise ConfigErrors(source, errors)
-    for item in prepared:
-        if item.listener.own_certificates or item.listener.json_path == "server":
-            check_hsm_keys(config, item.server_tls, source)
+        unique = {(e.path, e.problem): e for e in errors}
+        raise ConfigErrors(source, list(unique.values()))
     default = prepared[0].server_tls
     warnings = [w for item in prepared for w in item.server_tls.warnings
                 if item.listener.json_path == "server" or item.listener.own_certificates]
     return Prepared(config, default, tuple(dict.fromkeys(warnings)), tuple(prepared))
+
+
+def check_section_files(sections: dict[str, BaseModel]) -> list[ConfigError]:
+    """When the schema failed: the files named by the sections that are valid on their own
+    (log file, spool directory, libraries, certificates and keys), so the next run does not
+    bring a new list."""
+    partial = ServerConfig.model_construct(None, **sections)
+    errors = check_named_files(partial)
+    algorithms = sections.get("algorithms")
+    if isinstance(algorithms, AlgorithmsSection):
+        from ..tls.context import policy_word_errors
+
+        errors += policy_word_errors(algorithms)
+    certificates = sections.get("certificates")
+    if isinstance(certificates, CertificatesSection):
+        from ..tls.context import check_pair_files
+
+        errors += check_pair_files(certificates)
+    return errors
 
 
 def check_named_files(config: ServerConfig) -> list[ConfigError]:
@@ -139,23 +170,33 @@ def check_named_files(config: ServerConfig) -> list[ConfigError]:
     return errors
 
 
-def check_hsm_keys(config: ServerConfig, server_tls: "ServerTls", source: str) -> None:
+def hsm_key_problems(config: ServerConfig) -> list[ConfigError]:
     """Every HSM key exists, is non-extractable and matches its certificate; checked with
-    python-pkcs11 in a short-lived child so this process never initialises the module."""
+    python-pkcs11 in a short-lived child so this process never initialises the module. Pairs
+    whose URI or certificate is wrong were reported by the certificate checks already."""
+    from ..keys import uri as pkcs11_uri
     from ..keys.pkcs11 import KeyCheck, check_keys_in_child
-    from ..tls.context import member_path
+    from ..tls.context import member_path, named_pairs
 
-    checks = [KeyCheck(p.json_path, p.key_uri,
-                       read_regular(p.cert_path, member_path(p.json_path, "cert"), "certificate"))
-              for p in server_tls.pairs if p.key_uri is not None]
-    if not checks:
-        return
-    assert config.hsm.pkcs11_library is not None
-    problems = check_keys_in_child(config.hsm.pkcs11_library, config.hsm.token_label,
-                                   provider.resolve_pin(config.hsm), checks,
-                                   timeout=HSM_CHECK_TIMEOUT)
-    if problems:
-        raise ConfigErrors(source, [ConfigError("", problem) for problem in problems])
+    checks = []
+    for pair, json_path in named_pairs(config.certificates):
+        if not pkcs11_uri.is_pkcs11_uri(pair.key):
+            continue
+        try:
+            uri = pkcs11_uri.parse(pair.key)
+            cert = read_regular(pair.cert, member_path(json_path, "cert"), "certificate")
+        except (pkcs11_uri.UriError, ConfigError):
+            continue
+        checks.append(KeyCheck(json_path, uri, cert))
+    if not checks or not config.hsm.enabled or not config.hsm.pkcs11_library:
+        return []
+    try:
+        pin = provider.resolve_pin(config.hsm)
+    except ConfigError as exc:
+        return [exc]
+    problems = check_keys_in_child(config.hsm.pkcs11_library, config.hsm.token_label, pin,
+                                   checks, timeout=HSM_CHECK_TIMEOUT)
+    return [ConfigError("", problem) for problem in problems]
 
 
 # Settings the running master cannot change: its sockets, its metrics process, the OpenSSL it
@@ -165,7 +206,7 @@ def check_hsm_keys(config: ServerConfig, server_tls: "ServerTls", source: str) -
 _RESTART_ONLY = {
     "server": ("backlog",),
     "metrics": None, "hsm": None, "openssl": None, "fips": None,
-    "logging": ("file", "console", "level"),
+    "logging": ("file", "console", "level", "format"),
 }
 
 

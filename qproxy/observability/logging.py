@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import structlog
 
@@ -24,12 +25,35 @@ def _add_pid(_logger, _method, event_dict):
     return event_dict
 
 
-def _formatter() -> structlog.stdlib.ProcessorFormatter:
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or closed
+        return False
+
+
+def console_format(section: LoggingSection, stream: Any) -> str:
+    """The format of the console output: the configured one, else "console" for a person at a
+    terminal and "json" for whatever reads a pipe (journald, a container runtime)."""
+    if section.format is not None:
+        return section.format
+    return "console" if _is_terminal(stream) else "json"
+
+
+def _formatter(fmt: str = "json", colors: bool = False) -> structlog.stdlib.ProcessorFormatter:
+    renderer: Any
+    if fmt == "console":
+        # Colors only for a terminal: escape codes in a file or the journal are noise.
+        renderer = structlog.dev.ConsoleRenderer(colors=colors, sort_keys=False)
+        exc_info: list[Any] = []  # the console renderer formats tracebacks itself
+    else:
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+        exc_info = [structlog.processors.format_exc_info]
     return structlog.stdlib.ProcessorFormatter(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            *exc_info,
+            renderer,
         ],
         foreign_pre_chain=[
             structlog.stdlib.add_log_level,
@@ -47,8 +71,11 @@ def configure_logging(section: LoggingSection, *, stream=None) -> None:
         handler.close()
     formatter = _formatter()
     if section.console:
-        console = logging.StreamHandler(stream or sys.stderr)
-        console.setFormatter(formatter)
+        out = stream or sys.stderr
+        console = logging.StreamHandler(out)
+        fmt = console_format(section, out)
+        console.setFormatter(formatter if fmt == "json" else
+                             _formatter(fmt, colors=_is_terminal(out)))
         root.addHandler(console)
     # A handler that cannot write says nothing per record (no "--- Logging error ---"
     # traceback on stderr); the file handler counts and reports its own failures.
@@ -58,7 +85,9 @@ def configure_logging(section: LoggingSection, *, stream=None) -> None:
         # back) and reopens the file when it is moved away; the master rotates by size, or
         # logrotate does and sends SIGUSR1.
         file_handler = LineFileHandler(section.file)
-        file_handler.setFormatter(formatter)
+        # A file is read by programs: JSON unless console lines were asked for by name.
+        file_handler.setFormatter(_formatter("console") if section.format == "console"
+                                  else formatter)
         root.addHandler(file_handler)
     level = _LEVELS.get(section.level, section.level).upper()
     root.setLevel(level)
@@ -73,7 +102,6 @@ def configure_logging(section: LoggingSection, *, stream=None) -> None:
             structlog.stdlib.add_log_level,
             _add_pid,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -16,7 +16,9 @@ from ..policy.access import Denial
 from ..tls.machine import HandshakeInfo
 from .access import RequestAccess
 from .backend import BackendError, BackendRequest
-from .headers import encode_request_head, is_websocket_upgrade, upstream_request_headers
+from ..config.model import Route
+from .headers import (ResponseHeaders, encode_request_head, is_websocket_upgrade,
+                      response_headers, upstream_request_headers)
 from .http import PHRASES, SERVER_SHUTDOWN, BadRequest, HttpProtocol, HttpRequest, error_body
 from .relay import CLIENT_CLOSED_REQUEST, relay
 from .upstream import Router, Upstream
@@ -63,9 +65,10 @@ _DENIAL_TEXT = {
 
 
 def _short(responder: HttpProtocol, request: HttpRequest, exchange: Exchange, status: int,
-           text: str) -> None:
+           text: str, headers: ResponseHeaders | None = None) -> None:
     exchange.status = status
-    responder.send_response(request, status, PHRASES.get(status, "Error"), _TEXT,
+    fields = _TEXT if headers is None else headers.apply(status, _TEXT)
+    responder.send_response(request, status, PHRASES.get(status, "Error"), fields,
                             error_body(status, text))
 
 
@@ -82,6 +85,14 @@ class ProxyHandler:
         self._identity = identity
         self._access = access
         self._denial_logger = denial_logger
+        self._response_headers: dict[int, ResponseHeaders] = {}
+
+    def _headers_of(self, route: Route) -> ResponseHeaders:
+        # Built once per route (routes live as long as the configuration that holds them).
+        found = self._response_headers.get(id(route))
+        if found is None:
+            found = self._response_headers[id(route)] = response_headers(route)
+        return found
 
     async def __call__(self, request: HttpRequest, responder: HttpProtocol) -> None:
         info: HandshakeInfo | None = request.transport.get_extra_info("tls")
@@ -118,6 +129,7 @@ class ProxyHandler:
                 return self._refuse(responder, request, exchange, denial, "route")
         upstream = self._upstreams[route.upstream]
         exchange.upstream = route.upstream
+        headers = self._headers_of(route)
         body = request.body
         if body is not None and route.request_buffering:
             try:
@@ -125,7 +137,7 @@ class ProxyHandler:
             except BadRequest as exc:  # 413, 408, 400: no backend is involved
                 exchange.error = str(exc)
                 return _short(responder, request, exchange, exc.status,
-                              f"{PHRASES.get(exc.status, 'Error')}: {exc}")
+                              f"{PHRASES.get(exc.status, 'Error')}: {exc}", headers)
             except ConnectionError:
                 exchange.status = CLIENT_CLOSED_REQUEST
                 exchange.error = "client closed the connection while sending its body"
@@ -133,7 +145,7 @@ class ProxyHandler:
         try:
             backend_request = self._backend_request(request, info, upstream, exchange)
         except ValueError as exc:
-            return _short(responder, request, exchange, 400, f"Bad Request: {exc}")
+            return _short(responder, request, exchange, 400, f"Bad Request: {exc}", headers)
         try:
             sent = await upstream.send(backend_request)
         except BackendError as error:
@@ -143,17 +155,17 @@ class ProxyHandler:
                 exchange.status = error.status  # nobody left to answer
                 return
             return _short(responder, request, exchange, error.status,
-                          f"{PHRASES.get(error.status, 'Error')}: {error}")
+                          f"{PHRASES.get(error.status, 'Error')}: {error}", headers)
         exchange.server = sent.server
         exchange.upstream_seconds = sent.seconds
         try:
             await relay(request, responder, sent.response, exchange,
-                        lambda error: upstream.report(sent.server, error))
+                        lambda error: upstream.report(sent.server, error), headers)
         except BackendError as error:  # before anything was sent to the client
             upstream.report(sent.server, error)
             exchange.failed(error)
             _short(responder, request, exchange, error.status,
-                   f"{PHRASES.get(error.status, 'Error')}: {error}")
+                   f"{PHRASES.get(error.status, 'Error')}: {error}", headers)
 
     def _refuse(self, responder: HttpProtocol, request: HttpRequest, exchange: Exchange,
                 denial: Denial, scope: str) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from multidict import CIMultiDict
+
+from ..config.model import Route
 
 # RFC 9110 section 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset({
@@ -129,3 +132,46 @@ def encode_response_head(status: int, reason: str, fields: Fields, *,
         parts += (b"Connection: ", connection, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+# Response header hygiene (nginx's defaults, issue 15). What software and version answers
+# behind qproxy is for its operator, not for every client: these backend fields are dropped
+# unless a route's `pass_headers` names them. qproxy sends no Server field of its own either
+# (HAProxy's choice; nginx's "Server: nginx" tells a scanner which exploits to try).
+HIDDEN_BY_DEFAULT = frozenset({b"server", b"x-powered-by", b"x-aspnet-version",
+                               b"x-aspnetmvc-version"})
+# nginx's add_header adds only to these unless `always`: an error page is not the resource
+# whose policy the fields describe.
+ADD_HEADER_STATUSES = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
+STRICT_TRANSPORT_SECURITY = b"Strict-Transport-Security"
+
+
+@dataclass(frozen=True)
+class ResponseHeaders:
+    """What one route does to response header fields: drop `hide`, then add `add` (replacing
+    fields of the same name) on ADD_HEADER_STATUSES, or on every status if `always`."""
+
+    hide: frozenset[bytes] = HIDDEN_BY_DEFAULT
+    add: tuple[tuple[bytes, bytes], ...] = ()
+    always: bool = False
+
+    def apply(self, status: int, fields: Fields) -> Fields:
+        out = [(name, value) for name, value in fields if name.lower() not in self.hide]
+        if self.add and (self.always or status in ADD_HEADER_STATUSES):
+            added = {name.lower() for name, _ in self.add}
+            out = [(name, value) for name, value in out if name.lower() not in added]
+            out.extend(self.add)
+        return out
+
+
+DEFAULT_RESPONSE_HEADERS = ResponseHeaders()
+
+
+def response_headers(route: Route) -> ResponseHeaders:
+    """A route's response header settings as the bytes the HTTP layer writes."""
+    passed = {name.lower().encode() for name in route.pass_headers}
+    hide = (HIDDEN_BY_DEFAULT - passed) | {name.lower().encode() for name in route.hide_headers}
+    add = [(name.encode(), value.encode()) for name, value in route.add_headers.items()]
+    if route.hsts is not None:
+        add.append((STRICT_TRANSPORT_SECURITY, route.hsts.value().encode()))
+    return ResponseHeaders(frozenset(hide), tuple(add), route.add_headers_always)

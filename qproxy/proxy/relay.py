@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from .backend import BackendError, BackendResponse, FailureKind, Framing
-from .headers import downstream_response_fields
+from .headers import DEFAULT_RESPONSE_HEADERS, ResponseHeaders, downstream_response_fields
 from .http import HttpProtocol, HttpRequest
 
 if TYPE_CHECKING:
@@ -19,20 +19,22 @@ PIECE = 16 * 1024
 
 
 async def relay(request: HttpRequest, responder: HttpProtocol, response: BackendResponse,
-                exchange: "Exchange", cut: Callable[[BackendError], None]) -> None:
+                exchange: "Exchange", cut: Callable[[BackendError], None],
+                headers: ResponseHeaders = DEFAULT_RESPONSE_HEADERS) -> None:
     """Raises BackendError only while nothing has been sent to the client (it can still be
     answered 502/504); a failure after that cuts the client's connection, as nginx does, and
     is reported to `cut`."""
     try:
-        await _relay(request, responder, response, exchange, cut)
+        await _relay(request, responder, response, exchange, cut, headers)
     finally:
         response.release()
 
 
 async def _relay(request: HttpRequest, responder: HttpProtocol, response: BackendResponse,
-                 exchange: "Exchange", cut: Callable[[BackendError], None]) -> None:
+                 exchange: "Exchange", cut: Callable[[BackendError], None],
+                 headers: ResponseHeaders) -> None:
     head = response.head
-    fields = downstream_response_fields(head.fields)
+    fields = headers.apply(head.status, downstream_response_fields(head.fields))
     if response.upgraded:
         fields.append((b"Connection", b"upgrade"))
         fields.append((b"Upgrade", response.headers.get("Upgrade", "websocket").encode(

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import aiohttp
 
@@ -158,9 +159,13 @@ class Upstream:
     def session(self) -> aiohttp.ClientSession:
         """For health checks, which are rare enough for a general client."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=0, keepalive_timeout=self.section.idle_timeout,
-                force_close=self.section.keepalive == 0, enable_cleanup_closed=False)
+            # aiohttp refuses a keepalive_timeout together with force_close: with keepalive 0
+            # that ValueError ended the health-check task silently, and no check ever ran.
+            keepalive: dict[str, Any] = (
+                {"force_close": True} if self.section.keepalive == 0
+                else {"keepalive_timeout": self.section.idle_timeout})
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0,
+                                             enable_cleanup_closed=False, **keepalive)
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -229,49 +234,51 @@ class Upstream:
         check = self.section.health_check
         assert check is not None
         timeout = aiohttp.ClientTimeout(total=check.timeout)
-        what = "a TCP connect" if self.stream else check.path
+        what = "(TCP connect)" if self.stream else check.path
         while True:
             for server in self.pool.servers:
+                outcome: int | BaseException
                 if self.stream:
-                    healthy = await self._connects(server, check.timeout)
+                    outcome = await self._connects(server, check.timeout)
                 elif self._health_preface:
                     try:
-                        healthy = await self._check_with_preface(server, check.path,
+                        outcome = await self._check_with_preface(server, check.path,
                                                                  check.timeout)
-                    except (asyncio.TimeoutError, BackendError):
-                        healthy = False
+                    except (asyncio.TimeoutError, BackendError) as exc:
+                        outcome = exc
                 else:
-                    healthy = await self._answers(server, check.path, timeout)
-                if healthy:
-                    self.mark_ok(server, "its health check passed")
+                    outcome = await self._answers(server, check.path, timeout)
+                failure = health_check_failure(outcome, what, check.timeout)
+                if failure is None:
+                    self.mark_ok(server, f"its health check {what} passed")
                 elif server.rotation is Rotation.IN:
                     server.fails = self.pool.max_fails - 1
-                    self.mark_failed(server, f"its health check ({what}) failed")
+                    self.mark_failed(server, failure)
             await asyncio.sleep(check.interval)
 
     async def _answers(self, server: ServerState, path: str,
-                       timeout: aiohttp.ClientTimeout) -> bool:
+                       timeout: aiohttp.ClientTimeout) -> int | BaseException:
         try:
             async with self.session.get(server.base_url + path, timeout=timeout) as response:
-                return response.status < 500
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return False
+                return response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return exc
 
-    async def _connects(self, server: ServerState, timeout: float) -> bool:
+    async def _connects(self, server: ServerState, timeout: float) -> int | BaseException:
         """A tcp upstream's health check: it takes a connection (which, when it wants PROXY
         headers, starts with a LOCAL one)."""
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(server.host, server.port),
                                                timeout)
-        except (OSError, asyncio.TimeoutError):
-            return False
+        except (OSError, asyncio.TimeoutError) as exc:
+            return exc
         if self._health_preface:
             writer.write(self._health_preface)
         writer.close()
-        return True
+        return 0  # connected: as good as a 2xx
 
     async def _check_with_preface(self, server: ServerState, path: str, timeout: float
-                                  ) -> bool:
+                                  ) -> int:
         """One health check on a connection of its own that starts with the preface; the
         connection is closed after the response head (it is tied to no client)."""
         connections = self._connections[server.address]
@@ -282,7 +289,7 @@ class Upstream:
             connection = await connections.connect(self._health_preface, _HEALTH_CHECK)
             try:
                 response = await connection.exchange(BackendRequest(head))
-                return response.status < 500
+                return response.status
             finally:
                 connection.close()
 
@@ -294,6 +301,21 @@ class Upstream:
             connections.close()
         if self._session is not None:
             await self._session.close()
+
+
+def health_check_failure(outcome: int | BaseException, path: str, timeout: float) -> str | None:
+    """Why a health check failed, in the words an operator acts on (refused, timed out, which
+    status), or None if it passed: a status below 500 passes."""
+    if isinstance(outcome, int):
+        return None if outcome < 500 else f"its health check {path} answered status {outcome}"
+    if isinstance(outcome, asyncio.TimeoutError):
+        return f"its health check {path} got no answer within {timeout:g} s (timeout)"
+    error = outcome.os_error if isinstance(outcome, aiohttp.ClientConnectorError) else outcome
+    if isinstance(error, OSError):
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        return f"its health check {path} could not connect: {reason.lower()}"
+    detail = str(outcome) or type(outcome).__name__
+    return f"its health check {path} failed: {detail[:200]}"
 
 
 class Router:

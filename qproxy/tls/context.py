@@ -20,14 +20,14 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from ..config.files import read_regular
-from ..config.model import KeyPair, ServerConfig
+from ..config.model import AlgorithmsSection, CertificatesSection, KeyPair, ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError
 from ..keys import uri as pkcs11_uri
 from ..keys.provider import memory_file, pem_uri
 from ..keys.uri import Pkcs11Uri
 from . import openssl_ext
 from .certinfo import describe_key
-from .policy import PolicyError, TlsPolicy, build_policy, key_usable
+from .policy import PolicyError, TlsPolicy, build_policy, key_usable, unknown_words
 
 ALPN_HTTP1 = b"http/1.1"
 SESSION_ID_CONTEXT = b"qproxy"
@@ -262,7 +262,7 @@ def _install_pairs(ctx: SSL.Context, pairs: list[LoadedPair],
                               f"{pair.key_path!r}: {exc}") from None
 
 
-def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy,
+def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy | None,
               errors: list[ConfigError], warnings: list[str], hsm_enabled: bool,
               ) -> list[LoadedPair]:
     loaded: list[LoadedPair] = []
@@ -271,7 +271,7 @@ def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy,
         try:
             item = load_pair(pair, path, warnings, hsm_enabled)
         except ConfigError as exc:
-            errors.append(exc)
+            errors += [exc, *_key_too(pair, path, exc)]
             continue
         slot = _openssl_slot(item.key_kind)
         if slot in slots:
@@ -279,7 +279,7 @@ def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy,
                                       f"would replace {slots[slot]}; one per key type (use "
                                       "certificates.sni for per-name certificates)"))
             continue
-        if not key_usable(item.key_kind, policy.sigalgs):
+        if policy is not None and not key_usable(item.key_kind, policy.sigalgs):
             errors.append(ConfigError(path, f"{item.key_kind} certificate can never be used: "
                                       f"algorithms.signature allows only {policy.sigalgs}"))
             continue
@@ -288,15 +288,83 @@ def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy,
     return loaded
 
 
+def named_pairs(certs: CertificatesSection) -> list[tuple[KeyPair, str]]:
+    """Every certificate pair with the JSON path errors about it name: the default set (the
+    seed's pair, then `keypairs`), then each `sni` name's."""
+    pairs = certs.default_pairs()
+    offset = 1 if certs.server_cert else 0
+    seed_path = "certificates.server_key" if certs.server_key else "certificates.server_key_uri"
+    paths = ([seed_path] if certs.server_cert else []) + [
+        f"certificates.keypairs[{i}]" for i in range(len(pairs) - offset)]
+    named = list(zip(pairs, paths))
+    for name, sni_pairs in certs.sni.items():
+        named += [(pair, f"certificates.sni.{name}[{i}]") for i, pair in enumerate(sni_pairs)]
+    return named
+
+
+def check_pair_files(certs: CertificatesSection) -> list[ConfigError]:
+    """Certificates, keys and the CA bundle read, parsed and matched, without building a
+    context (for a configuration whose other sections are wrong)."""
+    errors = []
+    for pair, path in named_pairs(certs):
+        try:
+            if pkcs11_uri.is_pkcs11_uri(pair.key):
+                _load_leaf(pair, path)
+            else:
+                load_pair(pair, path, [])
+        except ConfigError as exc:
+            errors += [exc, *_key_too(pair, path, exc)]
+    errors += _check_ca_bundle(certs)
+    return errors
+
+
+def _key_too(pair: KeyPair, path: str, failed: ConfigError) -> list[ConfigError]:
+    """When the certificate of a pair failed, whether its key file is readable: both go in
+    the same run's list (a missing certificate usually comes with a missing key)."""
+    if failed.path != member_path(path, "cert") or pkcs11_uri.is_pkcs11_uri(pair.key):
+        return []
+    try:
+        _read(pair.key, member_path(path, "key"), "private key")
+    except ConfigError as exc:
+        return [exc]
+    return []
+
+
+def _check_ca_bundle(certs: CertificatesSection) -> list[ConfigError]:
+    if not certs.ca_bundle:
+        return []
+    try:
+        x509.load_pem_x509_certificates(_read(certs.ca_bundle, "certificates.ca_bundle",
+                                              "CA bundle"))
+    except ConfigError as exc:
+        return [exc]
+    except ValueError:
+        return [ConfigError("certificates.ca_bundle",
+                            f"{certs.ca_bundle!r} holds no PEM certificate")]
+    return []
+
+
+def _policy_path(exc: PolicyError) -> str:
+    return f"algorithms.{exc.field}" + (f"[{exc.index}]" if exc.index is not None else "")
+
+
+def policy_word_errors(algorithms: AlgorithmsSection) -> list[ConfigError]:
+    """Every algorithm name no table knows, each at its JSON path."""
+    return [ConfigError(_policy_path(e), str(e))
+            for e in unknown_words(algorithms.kem, algorithms.signature, algorithms.cipher)]
+
+
 def _policy(config: ServerConfig) -> TlsPolicy:
     algorithms, tls = config.algorithms, config.tls
+    unknown = policy_word_errors(algorithms)
+    if unknown:
+        raise ConfigErrors("", unknown)
     try:
         return build_policy(algorithms.kem, algorithms.signature, algorithms.cipher,
                             hybrid_mode=tls.hybrid_mode, pqc_only=tls.pqc_only,
                             require_pq=tls.require_pq)
     except PolicyError as exc:
-        path = f"algorithms.{exc.field}" + (f"[{exc.index}]" if exc.index is not None else "")
-        raise ConfigError(path, str(exc)) from None
+        raise ConfigError(_policy_path(exc), str(exc)) from None
 
 
 def _unsupported_sections(config: ServerConfig) -> list[ConfigError]:
@@ -313,26 +381,20 @@ def build_server_tls(config: ServerConfig, source: str = "<config>",
     """All contexts for the listener, or ConfigErrors listing every problem found."""
     errors = _unsupported_sections(config)
     warnings: list[str] = []
+    # A policy problem does not stop the certificates from being checked: one run of
+    # --test-config lists both.
+    policy: TlsPolicy | None = None
     try:
         policy = _policy(config)
     except ConfigError as exc:
-        raise ConfigErrors(source, [*errors, exc]) from None
+        errors.append(exc)
+    except ConfigErrors as exc:
+        errors += exc.errors
     certs = config.certificates
-    if certs.ca_bundle:
-        try:
-            x509.load_pem_x509_certificates(_read(certs.ca_bundle, "certificates.ca_bundle",
-                                                  "CA bundle"))
-        except ConfigError as exc:
-            errors.append(exc)
-        except ValueError:
-            errors.append(ConfigError("certificates.ca_bundle",
-                                      f"{certs.ca_bundle!r} holds no PEM certificate"))
+    errors += _check_ca_bundle(certs)
 
     default_pairs = certs.default_pairs()
-    offset = 1 if certs.server_cert else 0
-    seed_path = "certificates.server_key" if certs.server_key else "certificates.server_key_uri"
-    default_paths = ([seed_path] if certs.server_cert else []) + [
-        f"certificates.keypairs[{i}]" for i in range(len(default_pairs) - offset)]
+    default_paths = [path for _, path in named_pairs(certs)][:len(default_pairs)]
     hsm = config.hsm.enabled
     loaded_default = _load_set(default_pairs, default_paths, policy, errors, warnings, hsm)
     loaded_sni: dict[str, list[LoadedPair]] = {}
@@ -341,6 +403,7 @@ def build_server_tls(config: ServerConfig, source: str = "<config>",
         loaded_sni[name.lower()] = _load_set(pairs, paths, policy, errors, warnings, hsm)
     if errors:
         raise ConfigErrors(source, errors)
+    assert policy is not None  # else _policy had added to errors
 
     deferred: list[tuple[SSL.Context, LoadedPair]] = []
     try:

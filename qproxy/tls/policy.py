@@ -11,6 +11,7 @@ X25519MLKEM768 but sends an X25519 key share first would be served classical X25
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 # Canonical OpenSSL names of the hybrid groups, and the standard pairing of each ML-KEM
@@ -195,6 +196,37 @@ def build_ciphers(words: tuple[str, ...]) -> tuple[str | None, str | None]:
         suites.append(found[0])
         families.append("ECDHE+" + found[1])
     return ":".join(_unique(suites)), ":".join(_unique(families))
+
+
+def _suggest(word: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(word.strip().lower(), [k.lower() for k in known], n=1,
+                                      cutoff=0.6)
+    if not match:
+        return ""
+    return f"; did you mean {next(k for k in known if k.lower() == match[0])!r}?"
+
+
+def unknown_words(kem: tuple[str, ...], signature: tuple[str, ...],
+                  cipher: tuple[str, ...]) -> list[PolicyError]:
+    """Every algorithm word no table knows, each with the closest known one: build_policy
+    stops at the first problem, a configuration test should name them all."""
+    kem_known = sorted({*KEM_WORDS, *CURVE_WORDS, *GROUP_NAMES.values()})
+    lists = (
+        ("kem", kem, lambda w: "+" in w or w in KEM_WORDS or w in CURVE_WORDS or w in GROUP_NAMES,
+         kem_known, "key-exchange algorithm"),
+        ("signature", signature, lambda w: w in SIGNATURE_WORDS, sorted(SIGNATURE_WORDS),
+         "signature algorithm"),
+        ("cipher", cipher, lambda w: w in CIPHER_WORDS,
+         sorted(w for w in CIPHER_WORDS if not w.startswith("tls_")), "cipher"),
+    )
+    errors = []
+    for field_name, words, known, names, what in lists:
+        for index, raw in enumerate(words):
+            if not known(raw.strip().lower()):
+                errors.append(PolicyError(field_name, index, f"unknown {what} {raw!r}"
+                                          + (_suggest(raw, names) or
+                                             f"; known: {', '.join(names)}")))
+    return errors
 
 
 def build_policy(kem: tuple[str, ...], signature: tuple[str, ...], cipher: tuple[str, ...], *,

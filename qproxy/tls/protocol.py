@@ -309,6 +309,7 @@ class TlsServerProtocol(asyncio.Protocol):
         still has something to say, as after a TLS half-close."""
         if self._phase in (Phase.LINGERING, Phase.CLOSED):
             return False
+        silent = self._phase is Phase.NEW
         if self._phase is Phase.PREFACE:
             if self._preface is not None:
                 self._refuse_preface(self._preface.ended())
@@ -321,8 +322,11 @@ class TlsServerProtocol(asyncio.Protocol):
         handshaking = self._machine is not None and self._machine.info is None
         if handshaking:
             self._cancel_timer()
-            self._observer.handshake_failed(self._peer, "client closed the connection during "
-                                            "the handshake", None, self._elapsed())
+            # Closed before its first byte: a browser's unused pre-connection, not a failure
+            # of anything (the observer counts it and logs it at debug).
+            reason = ("client closed the connection before sending anything" if silent else
+                      "client closed the connection during the handshake")
+            self._observer.handshake_failed(self._peer, reason, None, self._elapsed())
             return False
         if self._app is None:
             return False  # nothing was asked: nothing to answer
