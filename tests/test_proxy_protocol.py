@@ -3,6 +3,7 @@ vectors from HAProxy's doc/proxy-protocol.txt, and fuzzing."""
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 import google_crc32c
@@ -282,6 +283,14 @@ def valid_headers(draw):
                                      client_cn=text, verify=st.integers(0, 2**32 - 1)))
     return pp.build_v2(src, dst, alpn=draw(st.none() | st.binary(max_size=10)),
                        authority=draw(st.none() | text), ssl=ssl, crc32c=draw(st.booleans()))
+
+
+def test_v1_with_mixed_families_says_both_in_v6():
+    # An IPv4-mapped IPv6 address is taken as IPv4: the line must still be of one family.
+    header = pp.build_v1(("::", 0), ("::ffff:0.0.0.0", 0))
+    assert header.startswith(b"PROXY TCP6 :: ::ffff:0")
+    host, port = parse_all(header).destination
+    assert ipaddress.ip_address(host) == ipaddress.ip_address("::ffff:0.0.0.0") and port == 0
 
 
 @FUZZ

@@ -190,6 +190,9 @@ def build_v1(source: Address | None, destination: Address | None) -> bytes:
     if source is None or destination is None:
         return b"PROXY UNKNOWN\r\n"
     src, dst = _ip(source[0]), _ip(destination[0])
+    if src.version != dst.version:  # one family per line: say both in v6, as build_v2 does
+        src, dst = (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a
+                    for a in (src, dst))
     proto = "TCP4" if src.version == 4 else "TCP6"
     return f"PROXY {proto} {src} {dst} {source[1]} {destination[1]}\r\n".encode()
 
