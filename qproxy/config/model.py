@@ -134,6 +134,8 @@ class CertificatesSection(Section):
     ca_bundle: str | None = None
     verify_client: bool | Literal["optional"] = False
     verify_depth: Annotated[int, Field(ge=0, le=100)] = 3
+    # Days before notAfter from which start, reload and --test-config warn.
+    warn_days: Annotated[int, Field(ge=0, le=3650)] = 30
 
     @model_validator(mode="after")
     def _one_key_name(self) -> "CertificatesSection":

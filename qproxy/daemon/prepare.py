@@ -23,6 +23,7 @@ from ..config.load import load_config
 from ..config.model import ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError, QProxyError
 from ..keys import provider
+from ..observability import cert_expiry
 
 if TYPE_CHECKING:  # OpenSSL must not load before provider.install() has set OPENSSL_CONF
     from ..tls.context import ServerTls
@@ -74,7 +75,9 @@ def _prepare(source: str, purpose: Purpose) -> Prepared:
     check_platform()
     server_tls = build_server_tls(config, source, info_callback)
     check_hsm_keys(config, server_tls, source)
-    return Prepared(config, server_tls, tuple(server_tls.warnings))
+    expiring = cert_expiry.expiry_warnings(cert_expiry.expiry_of(server_tls.pairs),
+                                           config.certificates.warn_days)
+    return Prepared(config, server_tls, (*server_tls.warnings, *expiring))
 
 
 def check_named_files(config: ServerConfig) -> list[ConfigError]:

@@ -11,6 +11,7 @@ from OpenSSL import SSL
 
 from ..config.model import ServerConfig
 from ..observability.logging import get_logger, reopen_log_files
+from ..observability import cert_expiry
 from ..observability.metrics import Metrics
 from ..proxy.handler import ProxyHandler
 from ..proxy.http import HttpServer
@@ -191,6 +192,7 @@ def worker_main(number: int, config: ServerConfig, server_tls: ServerTls, metric
 
     # Only now, in the worker, does the PKCS#11 module get loaded (it is not fork-safe).
     server_tls.load_hsm_keys()
+    cert_expiry.publish(metrics.certificate_not_after, cert_expiry.expiry_of(server_tls.pairs))
 
     async def main() -> int:
         # aiohttp's server objects bind to the running loop: build them inside it.

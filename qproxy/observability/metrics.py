@@ -68,6 +68,10 @@ class Metrics:
                                 registry=r, multiprocess_mode="livemax")
         self.workers = Gauge("qtls_workers", "Worker processes of the serving generation",
                              registry=r, multiprocess_mode="livemax")
+        self.certificate_not_after = Gauge(
+            "qtls_certificate_not_after_seconds",
+            "notAfter of each served certificate, as a Unix time", ["listener", "cert", "key_type"],
+            registry=r, multiprocess_mode="livemax")
         self.worker_restarts = Counter("qtls_worker_restarts",
                                        "Workers that died unexpectedly and were respawned",
                                        registry=r)

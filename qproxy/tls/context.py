@@ -8,7 +8,6 @@ certificate usable under the configured signature algorithms.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import stat
 from dataclasses import dataclass, field
@@ -186,10 +185,7 @@ def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
     if mode & 0o077:
         warnings.append(f"{member_path(json_path, 'key')}: {pair.key!r} is readable by others (mode {mode:04o}); "
                         "chmod 600 it")
-    now = dt.datetime.now(dt.timezone.utc)
-    if leaf.not_valid_after_utc < now:
-        warnings.append(f"{member_path(json_path, 'cert')}: {pair.cert!r} expired on "
-                        f"{leaf.not_valid_after_utc:%Y-%m-%d}; clients will refuse it")
+    # Expiry (past or near) is warned about by observability.cert_expiry, for every pair.
     return LoadedPair(pair.cert, pair.key, describe_key(leaf.public_key()), leaf,
                       leaf.public_bytes(serialization.Encoding.DER), json_path)
 
