@@ -30,8 +30,8 @@ def _check(path: str) -> int:
         return 1
     for warning in prepared.warnings:
         click.echo(f"warning: {warning}", err=True)
-    for line in _served_summary(prepared):
-        click.echo(line)
+    for line in _served_summary(prepared):  # stderr, with the verdict, as `nginx -t` does
+        click.echo(line, err=True)
     click.echo(f"qtls-server: configuration file {path} test is successful", err=True)
     return 0
 

@@ -35,6 +35,7 @@ class Purpose(enum.Enum):
     START = "start"
     TEST = "test"
     RELOAD = "reload"
+    ROTATE = "rotate"  # new ticket keys: the running configuration again, not the file
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,15 @@ class Prepared:
     config: ServerConfig
     server_tls: "ServerTls"
     warnings: tuple[str, ...]
+    self_tests: tuple[str, ...] = ()
+    """FIPS known-answer tests that passed (fips.enabled only)."""
 
 
-def prepare(source: str, purpose: Purpose) -> Prepared:
-    """Everything checkable without binding a socket; raises ConfigErrors or PlatformError."""
+def prepare(source: str, purpose: Purpose, running: ServerConfig | None = None) -> Prepared:
+    """Everything checkable without binding a socket; raises ConfigErrors or PlatformError.
+    Purpose.ROTATE builds from `running` (the serving configuration) instead of the file."""
     try:
-        return _prepare(source, purpose)
+        return _prepare(source, purpose, running)
     except (ConfigErrors, PlatformError):
         raise
     except ConfigError as exc:
@@ -60,12 +64,12 @@ def prepare(source: str, purpose: Purpose) -> Prepared:
                 f"{str(exc)[:300]} (please report this)")]) from None
 
 
-def _prepare(source: str, purpose: Purpose) -> Prepared:
-    config = load_config(source)
+def _prepare(source: str, purpose: Purpose, running: ServerConfig | None) -> Prepared:
+    config = running if purpose is Purpose.ROTATE and running else load_config(source)
     errors = check_named_files(config)
     if errors:
         raise ConfigErrors(source, errors)
-    if purpose is not Purpose.RELOAD:
+    if purpose in (Purpose.START, Purpose.TEST):
         # OPENSSL_CONF, before OpenSSL is first loaded below. A running daemon's OpenSSL has
         # read it already: on reload, provider changes are reported by `restart_only_changes`.
         provider.install(config)
@@ -75,9 +79,12 @@ def _prepare(source: str, purpose: Purpose) -> Prepared:
     check_platform()
     server_tls = build_server_tls(config, source, info_callback)
     check_hsm_keys(config, server_tls, source)
+    from ..tls.fips import run_self_tests
+
+    self_tests = tuple(run_self_tests(config, server_tls.policy))
     expiring = cert_expiry.expiry_warnings(cert_expiry.expiry_of(server_tls.pairs),
                                            config.certificates.warn_days)
-    return Prepared(config, server_tls, (*server_tls.warnings, *expiring))
+    return Prepared(config, server_tls, (*server_tls.warnings, *expiring), self_tests)
 
 
 def check_named_files(config: ServerConfig) -> list[ConfigError]:

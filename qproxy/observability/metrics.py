@@ -64,6 +64,9 @@ class Metrics:
                                   "error while HSM keys are in use", registry=r)
         self.reloads = Counter("qtls_config_reloads", "Configuration reloads (SIGHUP) by result",
                                ["result"], registry=r)
+        self.ticket_key_rotations = Counter(
+            "qtls_ticket_key_rotations", "New generations started to renew session-ticket keys "
+            "(tls.ticket_key_lifetime), by result", ["result"], registry=r)
         self.generation = Gauge("qtls_config_generation", "Configuration generation serving",
                                 registry=r, multiprocess_mode="livemax")
         self.workers = Gauge("qtls_workers", "Worker processes of the serving generation",

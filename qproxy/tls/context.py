@@ -19,12 +19,12 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from ..config.files import read_regular
-from ..config.model import KeyPair, ServerConfig
+from ..config.model import AlgorithmsSection, KeyPair, ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError
 from ..keys import uri as pkcs11_uri
 from ..keys.provider import memory_file, pem_uri
 from ..keys.uri import Pkcs11Uri
-from . import openssl_ext
+from . import fips, openssl_ext
 from .certinfo import describe_key
 from .policy import PolicyError, TlsPolicy, build_policy, key_usable
 
@@ -247,7 +247,7 @@ def _install_pairs(ctx: SSL.Context, pairs: list[LoadedPair],
 
 def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy,
               errors: list[ConfigError], warnings: list[str], hsm_enabled: bool,
-              ) -> list[LoadedPair]:
+              fips_mode: bool = False) -> list[LoadedPair]:
     loaded: list[LoadedPair] = []
     slots: dict[str, str] = {}
     for pair, path in zip(pairs, paths):
@@ -262,6 +262,10 @@ def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy,
                                       f"would replace {slots[slot]}; one per key type (use "
                                       "certificates.sni for per-name certificates)"))
             continue
+        refusal = fips.key_refusal(item.key_kind) if fips_mode else None
+        if refusal:
+            errors.append(ConfigError(member_path(path, "cert"), refusal))
+            continue
         if not key_usable(item.key_kind, policy.sigalgs):
             errors.append(ConfigError(path, f"{item.key_kind} certificate can never be used: "
                                       f"algorithms.signature allows only {policy.sigalgs}"))
@@ -271,8 +275,8 @@ def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy,
     return loaded
 
 
-def _policy(config: ServerConfig) -> TlsPolicy:
-    algorithms, tls = config.algorithms, config.tls
+def _policy(config: ServerConfig, algorithms: AlgorithmsSection) -> TlsPolicy:
+    tls = config.tls
     try:
         return build_policy(algorithms.kem, algorithms.signature, algorithms.cipher,
                             hybrid_mode=tls.hybrid_mode, pqc_only=tls.pqc_only,
@@ -282,22 +286,16 @@ def _policy(config: ServerConfig) -> TlsPolicy:
         raise ConfigError(path, str(exc)) from None
 
 
-def _unsupported_sections(config: ServerConfig) -> list[ConfigError]:
-    errors = []
-    if config.fips.enabled:
-        errors.append(ConfigError("fips.enabled", "the bundled OpenSSL has no FIPS provider; "
-                                  "set it to false"))
-    return errors
 
 
 def build_server_tls(config: ServerConfig, source: str = "<config>",
                      info_callback: Callable[[SSL.Connection, int, int], None] | None = None,
                      ) -> ServerTls:
     """All contexts for the listener, or ConfigErrors listing every problem found."""
-    errors = _unsupported_sections(config)
+    algorithms, errors = fips.effective_algorithms(config)
     warnings: list[str] = []
     try:
-        policy = _policy(config)
+        policy = _policy(config, algorithms)
     except ConfigError as exc:
         raise ConfigErrors(source, [*errors, exc]) from None
     certs = config.certificates
@@ -317,11 +315,14 @@ def build_server_tls(config: ServerConfig, source: str = "<config>",
     default_paths = ([seed_path] if certs.server_cert else []) + [
         f"certificates.keypairs[{i}]" for i in range(len(default_pairs) - offset)]
     hsm = config.hsm.enabled
-    loaded_default = _load_set(default_pairs, default_paths, policy, errors, warnings, hsm)
+    fips_mode = config.fips.enabled
+    loaded_default = _load_set(default_pairs, default_paths, policy, errors, warnings, hsm,
+                               fips_mode)
     loaded_sni: dict[str, list[LoadedPair]] = {}
     for name, pairs in certs.sni.items():
         paths = [f"certificates.sni.{name}[{i}]" for i in range(len(pairs))]
-        loaded_sni[name.lower()] = _load_set(pairs, paths, policy, errors, warnings, hsm)
+        loaded_sni[name.lower()] = _load_set(pairs, paths, policy, errors, warnings, hsm,
+                                             fips_mode)
     if errors:
         raise ConfigErrors(source, errors)
 
