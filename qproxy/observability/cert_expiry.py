@@ -44,8 +44,15 @@ class CertificateExpiry:
         return (self.not_after - now).total_seconds()
 
     def days_left(self, now: dt.datetime) -> int:
-        """Whole days, rounded down: 'expires in 0 days' means within 24 hours."""
+        """Whole days, rounded down."""
         return int(self.seconds_left(now) // SECONDS_PER_DAY)
+
+    def time_left(self, now: dt.datetime) -> str:
+        """'in 364 day(s)', or in hours on the last day ('in 0 days' would read as expired)."""
+        seconds = self.seconds_left(now)
+        if seconds >= SECONDS_PER_DAY:
+            return f"in {self.days_left(now)} day(s)"
+        return f"in {max(0, int(seconds // 3600))} hour(s)"
 
 
 def cert_label(cert_path: str) -> str:
@@ -82,8 +89,8 @@ def expiry_warnings(entries: Iterable[CertificateExpiry], warn_days: int,
                          f"{when}; it is still served, but clients that check dates refuse it: "
                          "renew it and reload (SIGHUP)")
         elif entry.days_left(now) < warn_days:
-            lines.append(f"{where}: certificate {entry.cert!r} ({entry.subject}) expires in "
-                         f"{entry.days_left(now)} day(s), on {when} (certificates.warn_days is "
+            lines.append(f"{where}: certificate {entry.cert!r} ({entry.subject}) expires "
+                         f"{entry.time_left(now)}, on {when} (certificates.warn_days is "
                          f"{warn_days}): renew it and reload (SIGHUP)")
     return lines
 
@@ -93,8 +100,7 @@ def describe(entries: Iterable[CertificateExpiry], now: dt.datetime | None = Non
     now = now or dt.datetime.now(dt.timezone.utc)
     lines = []
     for entry in entries:
-        days = entry.days_left(now)
-        left = "EXPIRED" if entry.seconds_left(now) <= 0 else f"in {days} day(s)"
+        left = "EXPIRED" if entry.seconds_left(now) <= 0 else entry.time_left(now)
         lines.append(f"certificate {entry.cert} [{entry.listener}]: {entry.subject}; "
                      f"key {entry.key_type}; expires {entry.not_after:%Y-%m-%d %H:%M} UTC "
                      f"({left})")
