@@ -243,3 +243,26 @@ def test_fips_daemon_refuses_x25519_and_serves_secp384r1mlkem1024_with_ecdsa_p38
     assert "TLS_AES_256_GCM_SHA384" in served.stdout
     mldsa = probe_cli(server.port, ca, "--groups", "SecP384r1MLKEM1024", "--sigalgs", "mldsa65")
     assert mldsa.returncode == 0 and "mldsa65" in mldsa.stdout, mldsa.stderr
+
+
+def test_a_reload_turns_fips_mode_on_and_a_bad_one_keeps_the_old(start_server, dev_pki,
+                                                                 backend):
+    import signal
+
+    plain = make_config(dev_pki, backend["address"])
+    server = start_server(plain)
+    ca = str(dev_pki.ca_bundle)
+    assert probe_cli(server.port, ca, "--groups", "X25519").returncode == 0
+
+    wrong = fips_config(dev_pki, backend["address"], algorithms={"kem": ["x25519"]})
+    server.config_path.write_text(json.dumps(wrong))
+    server.proc.send_signal(signal.SIGHUP)
+    failed = server.wait_log(lambda e: e.get("event", "").startswith("reload failed"), 30)
+    assert failed and any("algorithms.kem[0]" in p for p in failed["errors"]), failed
+    assert probe_cli(server.port, ca, "--groups", "X25519").returncode == 0
+
+    server.config_path.write_text(json.dumps(fips_config(dev_pki, backend["address"])))
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.wait_log(lambda e: e.get("event") == "reloaded", 30)
+    assert not any(e.get("event", "").startswith("changed settings") for e in server.lines)
+    assert probe_cli(server.port, ca, "--groups", "X25519").returncode == 1

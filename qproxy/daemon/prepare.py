@@ -136,10 +136,12 @@ def check_hsm_keys(config: ServerConfig, server_tls: "ServerTls", source: str) -
 
 
 # Settings the running master cannot change: its sockets, its metrics process, the OpenSSL it
-# initialised at start (providers, HSM module and PIN) and its log outputs.
+# initialised at start (providers, HSM module and PIN) and its log outputs. `fips` is not one:
+# its algorithm lists and self-tests are part of building a generation; a FIPS provider is
+# `openssl`, loaded at start.
 _RESTART_ONLY = {
     "server": ("listen_address", "listen_port", "backlog"),
-    "metrics": None, "hsm": None, "openssl": None, "fips": None,
+    "metrics": None, "hsm": None, "openssl": None,
     "logging": ("file", "console", "level"),
 }
 
