@@ -17,9 +17,9 @@ Pure data and functions over the configuration; no OpenSSL calls.
 
 from __future__ import annotations
 
-from ..config.model import AlgorithmsSection, ServerConfig
+from ..config.model import AlgorithmsSection, ProviderSpec, ServerConfig
 from ..errors import ConfigError
-from .policy import PolicyError, build_ciphers, build_groups, build_sigalgs, classify_kem_words
+from .policy import PolicyError, TlsPolicy, build_ciphers, build_groups, build_sigalgs, classify_kem_words
 
 X25519_HYBRID = "X25519MLKEM768"
 APPROVED_GROUPS = frozenset({
@@ -147,7 +147,7 @@ def self_test_names(groups: list[str], sigalgs: list[str], suites: list[str]) ->
     return list(dict.fromkeys(names))
 
 
-def fips_provider(config: ServerConfig):
+def fips_provider(config: ServerConfig) -> ProviderSpec | None:
     """The operator's provider named "fips" in openssl.providers, if any."""
     return next((p for p in config.openssl.providers if p.name == FIPS_PROVIDER), None)
 
@@ -166,7 +166,7 @@ def fips_status(config: ServerConfig) -> str:
             "provider's version: `openssl list -providers` with the same configuration shows it)")
 
 
-def run_self_tests(config: ServerConfig, policy) -> list[str]:
+def run_self_tests(config: ServerConfig, policy: TlsPolicy) -> list[str]:
     """The known-answer tests of every algorithm `policy` enables; raises kat.SelfTestError."""
     from .kat import run_self_tests as run
 

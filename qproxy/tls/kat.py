@@ -14,6 +14,7 @@ test can show that a failing self-test stops the start.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -57,12 +58,11 @@ def _check(name: str, got: bytes, want: bytes, what: str) -> None:
 
 
 # -- ML-KEM (FIPS 203): keygen from seed, decapsulation, implicit rejection -------------------
-_MLKEM = {"mlkem768": mlkem.MLKEM768PrivateKey, "mlkem1024": mlkem.MLKEM1024PrivateKey}
+_MLKEM: dict[str, type[mlkem.MLKEM768PrivateKey] | type[mlkem.MLKEM1024PrivateKey]] = {
+    "mlkem768": mlkem.MLKEM768PrivateKey, "mlkem1024": mlkem.MLKEM1024PrivateKey}
 
 
 def _mlkem(name: str) -> None:
-    import hashlib
-
     key = _MLKEM[name].from_seed_bytes(_field(name, "seed"))
     ek = key.public_key().public_bytes_raw()
     if hashlib.sha256(ek).hexdigest() != VECTORS[name]["ek_sha256"]:
@@ -75,7 +75,8 @@ def _mlkem(name: str) -> None:
 
 
 # -- ML-DSA (FIPS 204): keygen from seed, verify a fixed signature, refuse a modified one ----
-_MLDSA = {"mldsa44": mldsa.MLDSA44PrivateKey, "mldsa65": mldsa.MLDSA65PrivateKey,
+_MLDSA: dict[str, type[mldsa.MLDSA44PrivateKey] | type[mldsa.MLDSA65PrivateKey]
+             | type[mldsa.MLDSA87PrivateKey]] = {"mldsa44": mldsa.MLDSA44PrivateKey, "mldsa65": mldsa.MLDSA65PrivateKey,
           "mldsa87": mldsa.MLDSA87PrivateKey}
 
 
