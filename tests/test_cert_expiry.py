@@ -172,3 +172,19 @@ def test_reload_warns_and_the_old_certificates_leave_the_gauge(tmp_path, start_s
         time.sleep(0.1)
     assert "soon-cert.pem" in text
     assert "server-mldsa65-cert.pem" not in text
+
+
+def test_prepare_and_this_module_load_no_openssl_before_openssl_conf_is_set():
+    """prepare() sets OPENSSL_CONF (HSM and FIPS providers) before OpenSSL initialises; a
+    module-level cryptography import in cert_expiry broke every HSM start (the worker could not
+    decode the key's pkcs11 URI: 'DECODER routines::unsupported')."""
+    import subprocess
+    import sys
+
+    from tests.support.harness import ROOT, child_env
+
+    code = ("import sys, qproxy.daemon.prepare, qproxy.observability.cert_expiry; "
+            "print(sorted(m for m in ('cryptography', 'OpenSSL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

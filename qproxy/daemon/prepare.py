@@ -23,7 +23,6 @@ from ..config.load import load_config
 from ..config.model import ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError, QProxyError
 from ..keys import provider
-from ..observability import cert_expiry
 
 if TYPE_CHECKING:  # OpenSSL must not load before provider.install() has set OPENSSL_CONF
     from ..tls.context import ServerTls
@@ -79,6 +78,7 @@ def _prepare(source: str, purpose: Purpose, running: ServerConfig | None) -> Pre
     check_platform()
     server_tls = build_server_tls(config, source, info_callback)
     check_hsm_keys(config, server_tls, source)
+    from ..observability import cert_expiry
     from ..tls.fips import run_self_tests
 
     self_tests = tuple(run_self_tests(config, server_tls.policy))

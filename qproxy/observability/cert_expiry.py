@@ -14,9 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol
 
-from cryptography import x509
+if TYPE_CHECKING:  # importing cryptography initialises OpenSSL: not before OPENSSL_CONF is set
+    from cryptography import x509
 
 DEFAULT_LISTENER = "default"
 SECONDS_PER_DAY = 86400
