@@ -146,8 +146,8 @@ def test_enabled_algorithms_choose_the_self_tests(dev_pki):
     tls = build_server_tls(loaded(fips_config(dev_pki)))
     names = fips.self_test_names(tls.policy.group_names(), tls.policy.sigalgs.split(":"),
                                  tls.policy.ciphersuites.split(":"))
-    assert {"mlkem768", "mlkem1024", "mldsa65", "ecdsa-p256", "ecdsa-p384", "aes-256-gcm",
-            "aes-128-gcm", "hkdf-sha256"} <= set(names)
+    assert {"mlkem768", "mlkem1024", "mldsa65", "ecdsa-p256", "ecdsa-p384", "rsa-pss-2048",
+            "aes-256-gcm", "aes-128-gcm", "hkdf-sha256"} <= set(names)
     only = fips.self_test_names(["SecP384r1MLKEM1024"], ["ecdsa_secp384r1_sha384"],
                                 ["TLS_AES_256_GCM_SHA384"])
     assert only == ["hkdf-sha256", "mlkem1024", "ecdsa-p384", "aes-256-gcm"]
@@ -158,6 +158,23 @@ def test_committed_pq_vectors_are_what_the_independent_implementations_give():
 
     for name, fields in kat_vectors.vectors().items():
         assert VECTORS[name] == fields, name
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="Debian's openssl is not installed")
+def test_the_rsa_pss_answer_verifies_with_debians_openssl(tmp_path):
+    from qproxy.tls.kat_vectors import MESSAGE, VECTORS
+
+    public = serialization.load_der_public_key(bytes.fromhex(VECTORS["rsa-pss-2048"]["public"]))
+    (tmp_path / "pub.pem").write_bytes(public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "sig").write_bytes(bytes.fromhex(VECTORS["rsa-pss-2048"]["signature"]))
+    (tmp_path / "msg").write_bytes(MESSAGE)
+    proc = subprocess.run(["openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss",
+                           "-sigopt", "rsa_pss_saltlen:32", "-verify", str(tmp_path / "pub.pem"),
+                           "-signature", str(tmp_path / "sig"), str(tmp_path / "msg")],
+                          capture_output=True, text=True, timeout=30,
+                          env={k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"})
+    assert proc.returncode == 0 and "Verified OK" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="Debian's openssl is not installed")

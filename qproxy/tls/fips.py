@@ -143,6 +143,8 @@ def self_test_names(groups: list[str], sigalgs: list[str], suites: list[str]) ->
             names.append("ecdsa-p256")
         elif sigalg.startswith("ecdsa_secp384r1"):
             names.append("ecdsa-p384")
+        elif sigalg.startswith("rsa_pss"):
+            names.append("rsa-pss-2048")
     names += ["aes-256-gcm" if "AES_256" in suite else "aes-128-gcm" for suite in suites if suite]
     return list(dict.fromkeys(names))
 

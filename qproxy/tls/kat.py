@@ -3,7 +3,8 @@
 Each test runs the OpenSSL the daemon serves with (cryptography's bundled OpenSSL, the same
 library pyOpenSSL's TLS uses) on fixed inputs and compares with answers from elsewhere:
 ML-KEM and ML-DSA answers from independent implementations (kat_vectors.py, see
-tests/support/kat_vectors.py), ECDSA P-256 from RFC 6979, AES-GCM from the GCM
+tests/support/kat_vectors.py), ECDSA P-256 from RFC 6979, ECDSA P-384 and RSA-PSS made once and checked with Debian's
+OpenSSL, AES-GCM from the GCM
 specification's test cases, HKDF from RFC 5869. They run in the master before any worker is
 forked and in --test-config; a failure stops the start (FIPS 140-3 asks a module to run its
 self-tests before first use; this is the same idea, not a validated module's self-test).
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, mldsa, mlkem
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa, mlkem, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -132,6 +133,20 @@ def _ecdsa_p384(name: str) -> None:
         raise SelfTestError(name, "the known signature does not verify") from None
 
 
+# -- RSA-PSS (FIPS 186-5), the scheme every TLS 1.3 RSA certificate signs with ----------------
+def _rsa_pss(name: str) -> None:
+    public = serialization.load_der_public_key(_field(name, "public"))
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise SelfTestError(name, "the known public key is not RSA")
+    signature = _expected(name, _field(name, "signature"))
+    pss = padding.PSS(padding.MGF1(hashes.SHA256()), 32)
+    try:
+        public.verify(signature, MESSAGE, pss, hashes.SHA256())
+    except InvalidSignature:
+        raise SelfTestError(name, "the known signature does not verify") from None
+    _must_not_verify(name, lambda: public.verify(signature, MESSAGE + b"!", pss, hashes.SHA256()))
+
+
 # -- AES-GCM (SP 800-38D): the GCM specification's test cases 2 (AES-128) and 14 (AES-256) ----
 _GCM = {
     "aes-128-gcm": (bytes(16), "0388dace60b6a392f328c2b971b2fe78ab6e47d42cec13bdf53a67b21257bddf"),
@@ -167,6 +182,7 @@ SELF_TESTS: dict[str, SelfTest] = {t.name: t for t in (
     SelfTest("mlkem768", _mlkem), SelfTest("mlkem1024", _mlkem),
     SelfTest("mldsa44", _mldsa), SelfTest("mldsa65", _mldsa), SelfTest("mldsa87", _mldsa),
     SelfTest("ecdsa-p256", _ecdsa_p256), SelfTest("ecdsa-p384", _ecdsa_p384),
+    SelfTest("rsa-pss-2048", _rsa_pss),
     SelfTest("aes-128-gcm", _aes_gcm), SelfTest("aes-256-gcm", _aes_gcm),
     SelfTest("hkdf-sha256", _hkdf_sha256),
 )}
