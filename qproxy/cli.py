@@ -30,8 +30,19 @@ def _check(path: str) -> int:
         return 1
     for warning in prepared.warnings:
         click.echo(f"warning: {warning}", err=True)
+    for line in _served_summary(prepared):  # stderr, with the verdict, as `nginx -t` does
+        click.echo(line, err=True)
     click.echo(f"qtls-server: configuration file {path} test is successful", err=True)
     return 0
+
+
+def _served_summary(prepared) -> list[str]:
+    """What --test-config shows of a good configuration: each chain's subject, key type and
+    expiry, and the FIPS mode in force."""
+    from .observability.cert_expiry import describe, expiry_of
+    from .tls.fips import fips_status
+
+    return [*describe(expiry_of(prepared.server_tls.pairs)), fips_status(prepared.config)]
 
 
 def _serve(path: str) -> int:

@@ -178,6 +178,10 @@ class TlsSection(Section):
     # session-ID cache only.
     session_cache_size: Annotated[int, Field(ge=0)] = 10000
     session_tickets: bool = True
+    # Seconds a generation's session-ticket keys are used before the master starts a new
+    # generation with fresh keys (0: as long as the generation lives). Bounds how long a
+    # recorded resumed session stays decryptable by whoever later steals a worker's memory.
+    ticket_key_lifetime: Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)] = 43200
     alpn: tuple[str, ...] = ("http/1.1",)
 
     @field_validator("alpn")
@@ -209,6 +213,8 @@ class CertificatesSection(Section):
     ca_bundle: str | None = None
     verify_client: bool | Literal["optional"] = False
     verify_depth: Annotated[int, Field(ge=0, le=100)] = 3
+    # Days before notAfter from which start, reload and --test-config warn.
+    warn_days: Annotated[int, Field(ge=0, le=3650)] = 30
 
     @model_validator(mode="after")
     def _one_key_name(self) -> "CertificatesSection":
@@ -299,8 +305,19 @@ class MetricsSection(Section):
 
 
 class FipsSection(Section):
+    # FIPS-approved algorithms only, each checked by a known-answer test at start
+    # (qproxy/tls/fips.py); not a validated module unless a validated "fips" provider is named.
     enabled: bool = False
     self_test_on_load: bool = True
+    # X25519MLKEM768 in FIPS mode, on the strength of its approved ML-KEM half.
+    allow_x25519_hybrid: bool = False
+
+    @model_validator(mode="after")
+    def _self_tests_stay_on(self) -> "FipsSection":
+        if self.enabled and not self.self_test_on_load:
+            raise ValueError("self_test_on_load cannot be false in FIPS mode: the known-answer "
+                             "tests are part of what the mode is")
+        return self
 
 
 class HealthCheck(Section):

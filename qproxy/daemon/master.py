@@ -28,6 +28,7 @@ from . import systemd
 from .lifeline import die_with_parent
 from .prepare import Prepared, PreparedListener, Purpose, prepare, restart_only_changes
 from .respawn import METRICS_SLOT, RespawnQueue
+from .ticket_keys import TicketKeyClock
 from .worker import worker_main
 
 log = get_logger("qproxy.master")
@@ -120,6 +121,7 @@ class Master:
         self._step_failures = Throttle(10.0)
         self._started: dict[int, float] = {}  # pid -> start time
         self._stopping = False
+        self._ticket_keys = TicketKeyClock()
 
     # -- setup ---------------------------------------------------------------------------
     @property
@@ -371,15 +373,16 @@ class Master:
                 log.error("cannot start a child process; trying again", slot=slot,
                           error=str(exc), retry_in_s=delay)
 
-    def _reload(self) -> None:
+    def _reload(self, purpose: Purpose = Purpose.RELOAD) -> None:
         """SIGHUP: the new configuration through the same `prepare()` a start uses; on any
-        failure the old generation keeps serving."""
+        failure the old generation keeps serving. Purpose.ROTATE: the same with the running
+        configuration, for fresh session-ticket keys."""
         systemd.reloading()
         old = self.current
         try:
-            prepared = prepare(self.source, Purpose.RELOAD)
+            prepared = prepare(self.source, purpose, old.config)
         except QProxyError as exc:
-            self._reload_failed(old, exc)
+            self._reload_failed(old, exc, purpose)
             return
         config, server_tls = prepared.config, prepared.server_tls
         unapplied = restart_only_changes(old.config, config)
@@ -392,7 +395,7 @@ class Master:
             # fails the reload while the old generation serves on.
             added = self._bind_new(new)
         except ConfigError as exc:
-            self._reload_failed(old, ConfigErrors(self.source, [exc]))
+            self._reload_failed(old, ConfigErrors(self.source, [exc]), purpose)
             return
         try:
             started = self._start_generation(new)
@@ -400,14 +403,15 @@ class Master:
             self._terminate(new, signal.SIGKILL)
             self.old.append(new)  # reaped like any finishing generation
             self._close_sockets(added)
-            self._reload_failed(old, QProxyError(f"cannot start the new workers: {exc}"))
+            self._reload_failed(old, QProxyError(f"cannot start the new workers: {exc}"), purpose)
             return
         if not started:  # its workers were killed: reaped (and their pipes closed) as an old one
             self.old.append(new)
             self._close_sockets(added)
-            self._reload_failed(old, QProxyError("the new workers did not start"))
+            self._reload_failed(old, QProxyError("the new workers did not start"), purpose)
             return
         self.current = new
+        self._ticket_keys.renewed(config.tls, time.monotonic())
         self._respawns.new_generation()
         self._stop_accepting(old)
         self.old.append(old)
@@ -416,23 +420,34 @@ class Master:
         kept = {socket_key(item.listener) for item in new.prepared}
         removed = [key for key in self.sockets if key not in kept]
         self._close_sockets(removed)
-        self.metrics.reloads.labels("ok").inc()
+        if purpose is Purpose.ROTATE:
+            self.metrics.ticket_key_rotations.labels("ok").inc()
+        else:
+            self.metrics.reloads.labels("ok").inc()
         self.metrics.generation.set(new.number)
         self.metrics.workers.set(new.size)
         for warning in prepared.warnings:
             log.warning("configuration warning", detail=warning)
-        log.info("reloaded", generation=new.number, workers=list(new.workers.values()),
+        log.info("session-ticket keys rotated" if purpose is Purpose.ROTATE else "reloaded",
+                 generation=new.number, workers=list(new.workers.values()),
                  listeners=self._ports(new),
                  groups=server_tls.policy.groups,
                  certificates=[p.key_kind for p in server_tls.pairs])
         systemd.notify("READY=1")
 
-    def _reload_failed(self, old: ServingGeneration, error: QProxyError) -> None:
-        self.metrics.reloads.labels("failed").inc()
+    def _reload_failed(self, old: ServingGeneration, error: QProxyError,
+                       purpose: Purpose = Purpose.RELOAD) -> None:
         problems = ([str(e) for e in error.errors] if isinstance(error, ConfigErrors)
                     else [str(error)])
-        log.error("reload failed; still serving the previous configuration",
-                  generation=old.number, error=str(error), errors=problems)
+        if purpose is Purpose.ROTATE:
+            self._ticket_keys.failed(time.monotonic())
+            self.metrics.ticket_key_rotations.labels("failed").inc()
+            log.error("session-ticket key rotation failed; the current keys stay in use and "
+                      "it is tried again", generation=old.number, errors=problems)
+        else:
+            self.metrics.reloads.labels("failed").inc()
+            log.error("reload failed; still serving the previous configuration",
+                      generation=old.number, error=str(error), errors=problems)
         systemd.notify("READY=1")
 
     def _dispatch(self, signum: int) -> None:
@@ -481,6 +496,7 @@ class Master:
             self._shutdown()
             return 1
         generation = self.current
+        self._ticket_keys.renewed(generation.config.tls, time.monotonic())
         self.metrics.generation.set(generation.number)
         self.metrics.workers.set(generation.size)
         log.info("listening", address=generation.config.server.listen_address,
@@ -499,6 +515,9 @@ class Master:
                 timeout = min(timeout, next_respawn)
             if watchdog:
                 timeout = min(timeout, max(0.0, next_ping - time.monotonic()))
+            rotation = self._ticket_keys.seconds_left(time.monotonic())
+            if rotation is not None:
+                timeout = min(timeout, rotation)
             try:
                 select.select([self._wake_r], [], [], timeout)
             except InterruptedError:
@@ -514,7 +533,8 @@ class Master:
                     if signum == signal.SIGHUP:  # counted, and READY=1 for systemd
                         self._reload_failed(self.current, QProxyError(
                             f"unexpected {type(exc).__name__}: {exc}"))
-            for step in (self._reap, self._respawn_due, self._rotate_log):
+            for step in (self._reap, self._respawn_due, self._rotate_log,
+                         self._rotate_ticket_keys):
                 self._safely(step)
             if watchdog and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
@@ -529,6 +549,12 @@ class Master:
         except Exception:  # noqa: BLE001 - a supervisor that dies takes every worker's clients
             if self._step_failures.hit() is not None:
                 log.exception("master loop step failed; still serving", step=step.__name__)
+
+    def _rotate_ticket_keys(self) -> None:
+        now = time.monotonic()
+        if self._ticket_keys.due(now) and not self._stopping:
+            self._ticket_keys.failed(now)  # the next try, unless this one renews the clock
+            self._reload(Purpose.ROTATE)
 
     def _rotate_log(self) -> None:
         """The file written is the one configured at start (logging.file needs a restart); the

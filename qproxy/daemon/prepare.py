@@ -37,6 +37,7 @@ class Purpose(enum.Enum):
     START = "start"
     TEST = "test"
     RELOAD = "reload"
+    ROTATE = "rotate"  # new ticket keys: the running configuration again, not the file
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,18 @@ class Prepared:
     server_tls: "ServerTls"  # the default listener's
     warnings: tuple[str, ...]
     listeners: tuple[PreparedListener, ...] = ()
+    self_tests: tuple[str, ...] = ()
+    """FIPS known-answer tests that passed (fips.enabled only)."""
 
     def all_tls(self) -> list["ServerTls"]:
         return [p.server_tls for p in self.listeners] or [self.server_tls]
 
 
-def prepare(source: str, purpose: Purpose) -> Prepared:
-    """Everything checkable without binding a socket; raises ConfigErrors or PlatformError."""
+def prepare(source: str, purpose: Purpose, running: ServerConfig | None = None) -> Prepared:
+    """Everything checkable without binding a socket; raises ConfigErrors or PlatformError.
+    Purpose.ROTATE builds from `running` (the serving configuration) instead of the file."""
     try:
-        return _prepare(source, purpose)
+        return _prepare(source, purpose, running)
     except (ConfigErrors, PlatformError):
         raise
     except ConfigError as exc:
@@ -72,16 +76,20 @@ def prepare(source: str, purpose: Purpose) -> Prepared:
                 f"{str(exc)[:300]} (please report this)")]) from None
 
 
-def _prepare(source: str, purpose: Purpose) -> Prepared:
+def _prepare(source: str, purpose: Purpose, running: ServerConfig | None) -> Prepared:
     # Every stage that can run does, so that one run lists every problem (schema, files,
-    # key/certificate mismatches, HSM keys) rather than the first stage's.
-    checked = check_config_file(source)
-    if checked.config is None:
-        raise ConfigErrors(source, checked.errors + check_section_files(checked.sections))
-    config = checked.config
+    # key/certificate mismatches, HSM keys) rather than the first stage's. A ticket-key
+    # rotation builds from the running configuration: a half-edited file is never applied.
+    if purpose is Purpose.ROTATE and running is not None:
+        config = running
+    else:
+        checked = check_config_file(source)
+        if checked.config is None:
+            raise ConfigErrors(source, checked.errors + check_section_files(checked.sections))
+        config = checked.config
     errors = check_named_files(config)
     providers_ready = not errors
-    if providers_ready and purpose is not Purpose.RELOAD:
+    if providers_ready and purpose in (Purpose.START, Purpose.TEST):
         # OPENSSL_CONF, before OpenSSL is first loaded below. A running daemon's OpenSSL has
         # read it already: on reload, provider changes are reported by `restart_only_changes`.
         try:
@@ -112,10 +120,21 @@ def _prepare(source: str, purpose: Purpose) -> Prepared:
     if errors:
         unique = {(e.path, e.problem): e for e in errors}
         raise ConfigErrors(source, list(unique.values()))
+    from ..observability import cert_expiry
+    from ..tls.fips import run_self_tests
+
     default = prepared[0].server_tls
-    warnings = [w for item in prepared for w in item.server_tls.warnings
-                if item.listener.json_path == "server" or item.listener.own_certificates]
-    return Prepared(config, default, tuple(dict.fromkeys(warnings)), tuple(prepared))
+    warnings: list[str] = []
+    self_tests: list[str] = []
+    for item in prepared:
+        self_tests += run_self_tests(config, item.server_tls.policy)
+        if item.listener.json_path == "server" or item.listener.own_certificates:
+            expiring = cert_expiry.expiry_warnings(
+                cert_expiry.expiry_of(item.server_tls.pairs, listener=item.listener.name),
+                item.listener.certificates.warn_days)
+            warnings += [*item.server_tls.warnings, *expiring]
+    return Prepared(config, default, tuple(dict.fromkeys(warnings)), tuple(prepared),
+                    tuple(dict.fromkeys(self_tests)))
 
 
 def check_section_files(sections: dict[str, BaseModel]) -> list[ConfigError]:
@@ -200,12 +219,14 @@ def hsm_key_problems(config: ServerConfig) -> list[ConfigError]:
 
 
 # Settings the running master cannot change: its sockets, its metrics process, the OpenSSL it
-# initialised at start (providers, HSM module and PIN) and its log outputs.
+# initialised at start (providers, HSM module and PIN) and its log outputs. `fips` is not one:
+# its algorithm lists and self-tests are part of building a generation; a FIPS provider is
+# `openssl`, loaded at start.
 # A listener's address and port are not here: the master binds a new one before the swap
 # (and closes a removed one after it). Its backlog is fixed when its socket is first bound.
 _RESTART_ONLY = {
     "server": ("backlog",),
-    "metrics": None, "hsm": None, "openssl": None, "fips": None,
+    "metrics": None, "hsm": None, "openssl": None,
     "logging": ("file", "console", "level", "format"),
 }
 

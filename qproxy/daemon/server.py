@@ -6,6 +6,7 @@ from ..keys.provider import needs_providers
 from ..observability.logging import get_logger
 from ..observability.metrics import Metrics
 from ..tls.context import check_platform
+from ..tls.fips import fips_status
 from .master import Master
 from .prepare import Prepared
 
@@ -16,7 +17,8 @@ def serve(prepared: Prepared, source: str) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     version = check_platform()
     log.info("starting qtls-server", openssl=version, config=source,
-             openssl_conf="generated" if needs_providers(prepared.config) else "default")
+             openssl_conf="generated" if needs_providers(prepared.config) else "default",
+             fips=fips_status(prepared.config), fips_self_tests=list(prepared.self_tests))
     for warning in prepared.warnings:
         log.warning("configuration warning", detail=warning)
     return Master(prepared, source, Metrics()).run()

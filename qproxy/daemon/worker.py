@@ -12,6 +12,7 @@ from OpenSSL import SSL
 from ..config.listeners import Listener
 from ..config.model import ServerConfig
 from ..observability.logging import get_logger, reopen_log_files
+from ..observability import cert_expiry
 from ..observability.metrics import Metrics
 from ..proxy.access import StreamGate, access_for
 from ..proxy.handler import ProxyHandler
@@ -285,6 +286,10 @@ def worker_main(number: int, config: ServerConfig, prepared: list[PreparedListen
     # Only now, in the worker, does the PKCS#11 module get loaded (it is not fork-safe).
     for item in prepared:
         item.server_tls.load_hsm_keys()
+        if item.listener.json_path == "server" or item.listener.own_certificates:
+            cert_expiry.publish(metrics.certificate_not_after,
+                                cert_expiry.expiry_of(item.server_tls.pairs,
+                                                      listener=item.listener.name))
 
     async def main() -> int:
         # aiohttp's server objects bind to the running loop: build them inside it.

@@ -76,7 +76,7 @@ def memory_file(name: str, data: bytes) -> str:
 
 
 def openssl_config(hsm: HsmSection, openssl: OpensslSection, pin_path: str | None,
-                   module: str | None) -> str:
+                   module: str | None, fips_properties: bool = False) -> str:
     """The OpenSSL config text: default provider kept active, pkcs11 and any other providers."""
     sections = {"default": ["activate = 1"]}
     if hsm.enabled:
@@ -96,12 +96,22 @@ def openssl_config(hsm: HsmSection, openssl: OpensslSection, pin_path: str | Non
         lines += [f"{key} = {value}" for key, value in provider.settings.items()]
         lines.append(f"activate = {1 if provider.activate else 0}")
         sections[provider.name] = lines
-    out = ["openssl_conf = openssl_init", "", "[openssl_init]", "providers = provider_sect", "",
-           "[provider_sect]"]
+    out = ["openssl_conf = openssl_init", "", "[openssl_init]", "providers = provider_sect"]
+    if fips_properties:
+        # Every algorithm fetch (TLS included) must then come from a provider with fips=yes.
+        out.append("alg_section = algorithm_sect")
+    out += ["", "[provider_sect]"]
     out += [f"{name} = {name}_sect" for name in sections]
     for name, lines in sections.items():
         out += ["", f"[{name}_sect]", *lines]
+    if fips_properties:
+        out += ["", "[algorithm_sect]", "default_properties = fips=yes"]
     return "\n".join(out) + "\n"
+
+
+def uses_fips_provider(config: ServerConfig) -> bool:
+    """fips.enabled with a provider named "fips" (the operator's validated module)."""
+    return config.fips.enabled and any(p.name == "fips" for p in config.openssl.providers)
 
 
 def needs_providers(config: ServerConfig) -> bool:
@@ -131,6 +141,7 @@ def install(config: ServerConfig) -> str | None:
                               f"${PIN_ENV}")
         pin_path = memory_file("qtls-hsm-pin", pin.encode())
     path = memory_file("qtls-openssl.cnf",
-                       openssl_config(hsm, config.openssl, pin_path, module).encode())
+                       openssl_config(hsm, config.openssl, pin_path, module,
+                                      uses_fips_provider(config)).encode())
     os.environ["OPENSSL_CONF"] = path
     return path

@@ -82,10 +82,17 @@ class Metrics:
                                   "error while HSM keys are in use", registry=r)
         self.reloads = Counter("qtls_config_reloads", "Configuration reloads (SIGHUP) by result",
                                ["result"], registry=r)
+        self.ticket_key_rotations = Counter(
+            "qtls_ticket_key_rotations", "New generations started to renew session-ticket keys "
+            "(tls.ticket_key_lifetime), by result", ["result"], registry=r)
         self.generation = Gauge("qtls_config_generation", "Configuration generation serving",
                                 registry=r, multiprocess_mode="livemax")
         self.workers = Gauge("qtls_workers", "Worker processes of the serving generation",
                              registry=r, multiprocess_mode="livemax")
+        self.certificate_not_after = Gauge(
+            "qtls_certificate_not_after_seconds",
+            "notAfter of each served certificate, as a Unix time", ["listener", "cert", "key_type"],
+            registry=r, multiprocess_mode="livemax")
         self.worker_restarts = Counter("qtls_worker_restarts",
                                        "Workers that died unexpectedly and were respawned",
                                        registry=r)

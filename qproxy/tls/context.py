@@ -8,7 +8,6 @@ certificate usable under the configured signature algorithms.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import stat
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from ..errors import ConfigError, ConfigErrors, PlatformError
 from ..keys import uri as pkcs11_uri
 from ..keys.provider import memory_file, pem_uri
 from ..keys.uri import Pkcs11Uri
-from . import openssl_ext
+from . import fips, openssl_ext
 from .certinfo import describe_key
 from .policy import PolicyError, TlsPolicy, build_policy, key_usable, unknown_words
 
@@ -199,10 +198,7 @@ def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
     if mode & 0o077:
         warnings.append(f"{member_path(json_path, 'key')}: {pair.key!r} is readable by others (mode {mode:04o}); "
                         "chmod 600 it")
-    now = dt.datetime.now(dt.timezone.utc)
-    if leaf.not_valid_after_utc < now:
-        warnings.append(f"{member_path(json_path, 'cert')}: {pair.cert!r} expired on "
-                        f"{leaf.not_valid_after_utc:%Y-%m-%d}; clients will refuse it")
+    # Expiry (past or near) is warned about by observability.cert_expiry, for every pair.
     return LoadedPair(pair.cert, pair.key, describe_key(leaf.public_key()), leaf,
                       leaf.public_bytes(serialization.Encoding.DER), json_path)
 
@@ -264,7 +260,7 @@ def _install_pairs(ctx: SSL.Context, pairs: list[LoadedPair],
 
 def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy | None,
               errors: list[ConfigError], warnings: list[str], hsm_enabled: bool,
-              ) -> list[LoadedPair]:
+              fips_mode: bool = False) -> list[LoadedPair]:
     loaded: list[LoadedPair] = []
     slots: dict[str, str] = {}
     for pair, path in zip(pairs, paths):
@@ -278,6 +274,10 @@ def _load_set(pairs: tuple[KeyPair, ...], paths: list[str], policy: TlsPolicy | 
             errors.append(ConfigError(path, f"a second {slot} certificate on the same listener "
                                       f"would replace {slots[slot]}; one per key type (use "
                                       "certificates.sni for per-name certificates)"))
+            continue
+        refusal = fips.key_refusal(item.key_kind) if fips_mode else None
+        if refusal:
+            errors.append(ConfigError(member_path(path, "cert"), refusal))
             continue
         if policy is not None and not key_usable(item.key_kind, policy.sigalgs):
             errors.append(ConfigError(path, f"{item.key_kind} certificate can never be used: "
@@ -354,8 +354,8 @@ def policy_word_errors(algorithms: AlgorithmsSection) -> list[ConfigError]:
             for e in unknown_words(algorithms.kem, algorithms.signature, algorithms.cipher)]
 
 
-def _policy(config: ServerConfig) -> TlsPolicy:
-    algorithms, tls = config.algorithms, config.tls
+def _policy(config: ServerConfig, algorithms: AlgorithmsSection) -> TlsPolicy:
+    tls = config.tls
     unknown = policy_word_errors(algorithms)
     if unknown:
         raise ConfigErrors("", unknown)
@@ -367,25 +367,19 @@ def _policy(config: ServerConfig) -> TlsPolicy:
         raise ConfigError(_policy_path(exc), str(exc)) from None
 
 
-def _unsupported_sections(config: ServerConfig) -> list[ConfigError]:
-    errors = []
-    if config.fips.enabled:
-        errors.append(ConfigError("fips.enabled", "the bundled OpenSSL has no FIPS provider; "
-                                  "set it to false"))
-    return errors
 
 
 def build_server_tls(config: ServerConfig, source: str = "<config>",
                      info_callback: Callable[[SSL.Connection, int, int], None] | None = None,
                      ) -> ServerTls:
     """All contexts for the listener, or ConfigErrors listing every problem found."""
-    errors = _unsupported_sections(config)
+    algorithms, errors = fips.effective_algorithms(config)
     warnings: list[str] = []
     # A policy problem does not stop the certificates from being checked: one run of
     # --test-config lists both.
     policy: TlsPolicy | None = None
     try:
-        policy = _policy(config)
+        policy = _policy(config, algorithms)
     except ConfigError as exc:
         errors.append(exc)
     except ConfigErrors as exc:
@@ -396,11 +390,14 @@ def build_server_tls(config: ServerConfig, source: str = "<config>",
     default_pairs = certs.default_pairs()
     default_paths = [path for _, path in named_pairs(certs)][:len(default_pairs)]
     hsm = config.hsm.enabled
-    loaded_default = _load_set(default_pairs, default_paths, policy, errors, warnings, hsm)
+    fips_mode = config.fips.enabled
+    loaded_default = _load_set(default_pairs, default_paths, policy, errors, warnings, hsm,
+                               fips_mode)
     loaded_sni: dict[str, list[LoadedPair]] = {}
     for name, pairs in certs.sni.items():
         paths = [f"certificates.sni.{name}[{i}]" for i in range(len(pairs))]
-        loaded_sni[name.lower()] = _load_set(pairs, paths, policy, errors, warnings, hsm)
+        loaded_sni[name.lower()] = _load_set(pairs, paths, policy, errors, warnings, hsm,
+                                             fips_mode)
     if errors:
         raise ConfigErrors(source, errors)
     assert policy is not None  # else _policy had added to errors

@@ -136,6 +136,11 @@ def _hybrids_from_words(words: tuple[str, ...]) -> tuple[list[str], list[str], l
     return explicit, _unique(kems), _unique(curves)
 
 
+def classify_kem_words(words: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
+    """The `kem` words as (named hybrid groups, pure ML-KEM sets, classical curves)."""
+    return _hybrids_from_words(words)
+
+
 def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
