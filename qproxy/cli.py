@@ -1,7 +1,8 @@
 """Command line: `qtls-server` (the daemon, as systemd runs it) and `qproxy` (tools).
 
 Only this module decides exit codes: 0 success, 1 a problem the operator must fix
-(configuration, platform), 2 wrong usage (click's own).
+(configuration, platform, a reload the master refused), 2 wrong usage (click's own); the
+control commands (`qproxy reload|stop|quit|reopen-logs|status`) add EXIT_* below.
 """
 
 from __future__ import annotations
@@ -18,6 +19,52 @@ from .errors import QProxyError
 from .keys import provider
 
 DEFAULT_CONFIG = "/etc/qtls/config/server.json"
+
+# Exit codes of the control commands, for scripts (README, "Controlling a running daemon").
+EXIT_NOT_RUNNING = 3  # the pid file does not exist
+EXIT_STALE_PID = 4  # the pid file names a process that is gone
+EXIT_NO_PERMISSION = 5  # the pid file or the master is not this user's to read or signal
+EXIT_NO_PID_FILE = 6  # neither --pid-file nor server.pid_file
+EXIT_NO_ANSWER = 7  # the master did not report in time (reload result, exit)
+
+
+def _print_version(config_path: str | None) -> None:
+    from .version_info import report
+
+    config = None
+    if config_path and os.path.exists(config_path):
+        from .config.load import load_config
+
+        try:
+            config = load_config(config_path)
+        except QProxyError:
+            config = None  # --version reports the software; --test-config judges the file
+    click.echo(report(config))
+
+
+def _version_option(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        _print_version(DEFAULT_CONFIG)
+        ctx.exit(0)
+
+
+def _dump(path: str) -> int:
+    """nginx -T: the checks of --test-config, then the effective configuration on stdout."""
+    from .config.dump import dump
+    from .daemon.prepare import Purpose, prepare
+
+    try:
+        prepared = prepare(path, Purpose.TEST)
+    except QProxyError as exc:
+        click.echo(f"qtls-server: configuration test failed\n{exc}", err=True)
+        return 1
+    for warning in prepared.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"qtls-server: configuration file {path} test is successful", err=True)
+    click.echo(f"# effective configuration of {path} (defaults filled in, ${{VAR}} expanded, "
+               "secrets masked)", err=True)
+    click.echo(dump(prepared.config), nl=False)
+    return 0
 
 
 def _check(path: str) -> int:
@@ -81,12 +128,28 @@ config_option = click.option(
 @config_option
 @click.option("--test-config", "-t", is_flag=True,
               help="Check the configuration (JSON, keys, certificates, algorithms) and exit.")
-def qtls_server(config_path: str, test_config: bool) -> None:
+@click.option("--dump-config", "-T", is_flag=True,
+              help="Check the configuration, then print it as in force (defaults filled in, "
+                   "${VAR} expanded, secrets masked) as JSON, and exit.")
+@click.option("--version", "-V", "version", is_flag=True,
+              help="Print the version, Python, the OpenSSL inside cryptography, the "
+                   "post-quantum groups and signature algorithms it has, whether "
+                   "pkcs11-provider loads, and FIPS mode, then exit.")
+def qtls_server(config_path: str, test_config: bool, dump_config: bool, version: bool) -> None:
     """Terminate hybrid post-quantum TLS and reverse-proxy HTTP to backends."""
+    if version:
+        _print_version(config_path)
+        sys.exit(0)
+    if dump_config:
+        sys.exit(_dump(config_path))
     sys.exit(_check(config_path) if test_config else _serve(config_path))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", "-V", is_flag=True, expose_value=False, is_eager=True,
+              callback=_version_option,
+              help="Print the version, OpenSSL, post-quantum algorithms, pkcs11-provider and "
+                   "FIPS status, then exit.")
 def main() -> None:
     """qproxy: post-quantum TLS terminator tools."""
 
@@ -103,6 +166,107 @@ def serve(config_path: str) -> None:
 def check_config(config_path: str) -> None:
     """Check a configuration without starting (same as qtls-server --test-config)."""
     sys.exit(_check(config_path))
+
+
+# -- qproxy reload|stop|quit|reopen-logs|status (nginx -s) -----------------------------------
+
+def _control_errors(func):
+    """The control errors as one line on stderr and the exit code scripts can test."""
+    import functools
+
+    from .daemon import control
+
+    codes = ((control.NotRunning, EXIT_NOT_RUNNING), (control.StalePidFile, EXIT_STALE_PID),
+             (control.NoPermission, EXIT_NO_PERMISSION), (control.NoPidFile, EXIT_NO_PID_FILE),
+             (control.NoAnswer, EXIT_NO_ANSWER), (QProxyError, 1))
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except QProxyError as exc:
+            code = next(code for kind, code in codes if isinstance(exc, kind))
+            click.echo(f"qproxy: {exc}", err=True)
+            sys.exit(code)
+    return wrapper
+
+
+def _pid_file(config_path: str, pid_file: str | None) -> str:
+    from .daemon import control
+
+    return pid_file or control.pid_file_from_config(config_path)
+
+
+pid_file_option = click.option(
+    "--pid-file", type=click.Path(dir_okay=False),
+    help="The master's pid file (default: server.pid_file of --config)")
+
+
+def _signal_command(name: str, summary: str):
+    @main.command(name, help=summary)
+    @config_option
+    @pid_file_option
+    @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None,
+                  metavar="SECONDS",
+                  help="Wait up to SECONDS for the master to exit (exit 7 if it has not)."
+                  if name in ("stop", "quit") else "Not used by this command.",
+                  hidden=name not in ("stop", "quit"))
+    @_control_errors
+    def command(config_path: str, pid_file: str | None, wait_s: float | None) -> None:
+        from .daemon import control
+
+        path = _pid_file(config_path, pid_file)
+        pid = control.master_pid(path)
+        control.send(pid, control.SIGNALS[name])
+        if wait_s is not None and not control.wait_exit(pid, wait_s):
+            raise control.NoAnswer(f"qtls-server (pid {pid}) is still running after "
+                                   f"{wait_s:g} s")
+        click.echo(f"qproxy: sent {control.SIGNALS[name].name} to qtls-server (pid {pid})")
+    return command
+
+
+_signal_command("stop", "Fast stop (SIGINT): close the listeners and cut connections in "
+                        "flight after 1 s. Exit 0, or 3 not running, 4 stale pid file, 5 "
+                        "permission denied, 6 no pid file configured, 7 --wait timed out.")
+_signal_command("quit", "Graceful stop (SIGTERM, as systemctl stop): stop accepting, let "
+                        "requests in flight finish (server.shutdown_timeout). Exit codes as "
+                        "for stop.")
+_signal_command("reopen-logs", "Every process reopens its log file (SIGUSR1), after "
+                               "logrotate moved it. Exit codes as for stop.")
+
+
+@main.command("reload")
+@config_option
+@pid_file_option
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for the master to report the reload's result")
+@_control_errors
+def reload_command(config_path: str, pid_file: str | None, timeout: float) -> None:
+    """Re-read the configuration and certificates (SIGHUP) and wait for the result: exit 0 when
+    the new generation serves, 1 when the master refused the new configuration and keeps the
+    old one (the problems are printed), 7 when it did not answer in time; 3-6 as for stop."""
+    from .daemon import control
+
+    path = _pid_file(config_path, pid_file)
+    outcome = control.reload(path, timeout)
+    click.echo(f"qproxy: reloaded: generation {outcome.generation} serving "
+               f"({outcome.seconds:.1f} s)")
+
+
+@main.command("status")
+@config_option
+@pid_file_option
+@click.option("--json", "as_json", is_flag=True, help="Print the master's status document")
+@_control_errors
+def status_command(config_path: str, pid_file: str | None, as_json: bool) -> None:
+    """The running master as it reports itself: pid, workers, generation, listeners, uptime,
+    the last reload's result. Exit 0 running; 3-7 as for stop (7: no status published yet)."""
+    import json
+
+    from .daemon import control
+
+    document = control.current_status(_pid_file(config_path, pid_file))
+    click.echo(json.dumps(document, indent=2) if as_json else control.format_status(document))
 
 
 @main.group()
@@ -188,10 +352,19 @@ def pki_sign_csr(directory: str, csr: str, out: str, names: tuple[str, ...]) -> 
 # -- qproxy hsm ----------------------------------------------------------------------------
 
 class HsmTarget:
-    def __init__(self, library: str, token: str | None, pin_file: str | None) -> None:
-        self.library = library
+    def __init__(self, library: str | None, token: str | None, pin_file: str | None) -> None:
+        # Checked when a command uses it, not by the group: `qproxy hsm keygen --help` must
+        # work without a library.
+        self._library = library
         self.token = token
         self.pin_file = pin_file
+
+    @property
+    def library(self) -> str:
+        if not self._library:
+            raise click.UsageError("give the PKCS#11 module: qproxy hsm --library PATH ... "
+                                   "(or set QTLS_PKCS11_LIBRARY)")
+        return self._library
 
     def pin(self) -> str | None:
         from .config.model import HsmSection
@@ -205,13 +378,14 @@ class HsmTarget:
 
 
 @main.group()
-@click.option("--library", envvar="QTLS_PKCS11_LIBRARY", required=True,
-              help="PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so); env QTLS_PKCS11_LIBRARY")
+@click.option("--library", envvar="QTLS_PKCS11_LIBRARY",
+              help="PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so); env "
+                   "QTLS_PKCS11_LIBRARY; required by every command")
 @click.option("--token", envvar="QTLS_HSM_TOKEN", help="Token label; env QTLS_HSM_TOKEN")
 @click.option("--pin-file", envvar="QTLS_HSM_PIN_FILE", type=click.Path(dir_okay=False),
               help="File holding the user PIN; env QTLS_HSM_PIN_FILE (or QTLS_HSM_PIN)")
 @click.pass_context
-def hsm(ctx: click.Context, library: str, token: str | None, pin_file: str | None) -> None:
+def hsm(ctx: click.Context, library: str | None, token: str | None, pin_file: str | None) -> None:
     """Keys in a PKCS#11 token (Luna, SoftHSM2, ...). The PIN is never taken on the command line."""
     ctx.obj = HsmTarget(library, token, pin_file)
 

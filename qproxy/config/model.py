@@ -91,6 +91,9 @@ class ServerSection(Section):
     client_max_body_size: Annotated[int, Field(ge=0)] = 1 << 30
     client_body_buffer_size: Annotated[int, Field(ge=0)] = 16 * 1024
     client_body_temp_path: str | None = None
+    # The master's pid (written atomically, removed on a clean exit) and, next to it, its
+    # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
+    pid_file: str | None = None
 
 
 class TlsSection(Section):

@@ -27,13 +27,18 @@ from . import systemd
 from .lifeline import die_with_parent
 from .prepare import Prepared, Purpose, prepare, restart_only_changes
 from .respawn import METRICS_SLOT, RespawnQueue
+from .status import StatusBoard, describe_listener
 from .worker import worker_main
 
 log = get_logger("qproxy.master")
 
 READY_TIMEOUT = 30.0
 KILL_GRACE = 5.0
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
+# A fast stop (SIGINT) gives workers this long to close before they are killed.
+FAST_STOP_GRACE = 1.0
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                   signal.SIGCHLD)
+GRACEFUL_STOP = (signal.SIGTERM, signal.SIGQUIT)
 
 
 def bind_listeners(address: str, port: int, backlog: int) -> list[socket.socket]:
@@ -90,9 +95,11 @@ class ServingGeneration:
 
 
 class Master:
-    def __init__(self, prepared: Prepared, source: str, metrics: Metrics) -> None:
+    def __init__(self, prepared: Prepared, source: str, metrics: Metrics,
+                 status: StatusBoard | None = None) -> None:
         self.source = source
         self.metrics = metrics
+        self.status = status or StatusBoard(None, source)
         self.pid = os.getpid()
         self.current = ServingGeneration(1, prepared.config, prepared.server_tls)
         self._log_file = prepared.config.logging.file
@@ -107,6 +114,7 @@ class Master:
         self._step_failures = Throttle(10.0)
         self._started: dict[int, float] = {}  # pid -> start time
         self._stopping = False
+        self._fast_stop = False
 
     # -- setup ---------------------------------------------------------------------------
     def _bind(self) -> None:
@@ -349,6 +357,7 @@ class Master:
         self._stop_accepting(old)
         self.old.append(old)
         self.metrics.reloads.labels("ok").inc()
+        self.status.reload_done(True, new.number)
         self.metrics.generation.set(new.number)
         self.metrics.workers.set(new.size)
         for warning in prepared.warnings:
@@ -362,13 +371,16 @@ class Master:
         self.metrics.reloads.labels("failed").inc()
         problems = ([str(e) for e in error.errors] if isinstance(error, ConfigErrors)
                     else [str(error)])
+        self.status.reload_done(False, old.number, problems)
         log.error("reload failed; still serving the previous configuration",
                   generation=old.number, error=str(error), errors=problems)
         systemd.notify("READY=1")
 
     def _dispatch(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum in GRACEFUL_STOP:
             self._stopping = True
+        elif signum == signal.SIGINT:  # nginx's fast stop (qproxy stop); also Ctrl-C
+            self._stopping = self._fast_stop = True
         elif signum == signal.SIGHUP:
             self._reload()
         elif signum == signal.SIGUSR1:
@@ -420,6 +432,7 @@ class Master:
                  workers=list(generation.workers.values()), groups=generation.server_tls.policy.groups,
                  certificates=[p.key_kind for p in generation.server_tls.pairs],
                  upstreams={n: list(u.servers) for n, u in generation.config.upstreams.items()})
+        self._safely(self._publish)
         systemd.notify("READY=1", f"MAINPID={os.getpid()}")
         watchdog = systemd.watchdog_interval()
         next_ping = time.monotonic()
@@ -445,7 +458,7 @@ class Master:
                     if signum == signal.SIGHUP:  # counted, and READY=1 for systemd
                         self._reload_failed(self.current, QProxyError(
                             f"unexpected {type(exc).__name__}: {exc}"))
-            for step in (self._reap, self._respawn_due, self._rotate_log):
+            for step in (self._reap, self._respawn_due, self._rotate_log, self._publish):
                 self._safely(step)
             if watchdog and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
@@ -460,6 +473,17 @@ class Master:
         except Exception:  # noqa: BLE001 - a supervisor that dies takes every worker's clients
             if self._step_failures.hit() is not None:
                 log.exception("master loop step failed; still serving", step=step.__name__)
+
+    def _publish(self) -> None:
+        """The status file (`qproxy status`), rewritten only when what it says changed."""
+        self.status.publish(
+            state="stopping" if self._stopping else "running",
+            generation=self.current.number,
+            workers=[pid for _, pid in sorted(self.current.workers.items())],
+            draining={g.number: sorted(g.workers.values()) for g in self.old if g.workers},
+            listeners=[describe_listener(sock) for sock in self.listeners],
+            metrics=(describe_listener(self.metrics_socket, "metrics", "metrics")
+                     if self.metrics_socket else None))
 
     def _rotate_log(self) -> None:
         """The file written is the one configured at start (logging.file needs a restart); the
@@ -479,13 +503,19 @@ class Master:
     def _shutdown(self) -> None:
         self._stopping = True
         systemd.notify("STOPPING=1")
+        self._safely(self._publish)
         timeout = self.current.config.server.shutdown_timeout
-        log.info("stopping: no new connections, finishing requests in flight", timeout_s=timeout)
+        if self._fast_stop:
+            log.info("stopping fast: connections in flight are cut", grace_s=FAST_STOP_GRACE)
+        else:
+            log.info("stopping: no new connections, finishing requests in flight",
+                     timeout_s=timeout)
         for listener in self.listeners:
             listener.close()
         for generation in (self.current, *self.old):
             self._terminate(generation)
-        deadline = time.monotonic() + timeout + KILL_GRACE
+        deadline = time.monotonic() + (FAST_STOP_GRACE if self._fast_stop
+                                       else timeout + KILL_GRACE)
         while self._workers_alive() and time.monotonic() < deadline:
             try:
                 select.select([self._wake_r], [], [], 0.1)

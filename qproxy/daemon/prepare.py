@@ -128,7 +128,7 @@ def check_hsm_keys(config: ServerConfig, server_tls: "ServerTls", source: str) -
 # Settings the running master cannot change: its sockets, its metrics process, the OpenSSL it
 # initialised at start (providers, HSM module and PIN) and its log outputs.
 _RESTART_ONLY = {
-    "server": ("listen_address", "listen_port", "backlog"),
+    "server": ("listen_address", "listen_port", "backlog", "pid_file"),
     "metrics": None, "hsm": None, "openssl": None, "fips": None,
     "logging": ("file", "console", "level"),
 }

@@ -1,0 +1,122 @@
+"""`server.pid_file`: the master's process id, for `qproxy reload|stop|quit|reopen-logs|status`.
+
+Written atomically (a temp file in the same directory, then rename): a reader sees the old
+file or the whole new one, never a half-written number. A live master that owns the file
+already is a refusal, not an overwrite: two masters on one pid file would leave `qproxy stop`
+signalling the wrong one. A pid file whose process is gone (or is no qtls-server: the pid was
+reused after a crash) is stale and taken over. Removed on a clean exit, and only if it still
+names this process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import QProxyError
+
+MAX_PID_FILE = 64
+"""Bytes read from a pid file: a number and a newline; anything longer is not ours."""
+
+
+class PidFileError(QProxyError):
+    """The pid file cannot be taken, read or written; the message says which and why."""
+
+
+class PidFileBusy(PidFileError):
+    """Another live master owns the pid file."""
+
+
+def read_pid(path: str | os.PathLike[str]) -> int:
+    """The pid in `path`. FileNotFoundError and PermissionError pass through (the caller says
+    what they mean); a file that holds no pid is a PidFileError."""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_PID_FILE + 1)
+    text = data.decode("ascii", "replace").strip()
+    if len(data) > MAX_PID_FILE or not text.isdigit() or int(text) <= 0:
+        raise PidFileError(f"{os.fspath(path)!r} holds no process id ({text[:20]!r})")
+    return int(text)
+
+
+def is_master_process(pid: int) -> bool:
+    """Whether `pid` is alive and looks like a qtls-server master (not a reused pid).
+
+    A process we may not signal (EPERM) is alive; its command line decides whether it is
+    ours. Where /proc cannot tell (another user's process under hidepid), alive is enough."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return b"qtls-server" in cmdline or b"qproxy" in cmdline
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """`data` into `path` through a temp file in the same directory and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class PidFile:
+    """The master's hold on `server.pid_file`: `acquire()` at start, `release()` on exit."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.pid = os.getpid()
+
+    def acquire(self) -> None:
+        try:
+            owner = read_pid(self.path)
+        except FileNotFoundError:
+            owner = None
+        except PidFileError:
+            owner = None  # garbage: no master owns it
+        except OSError as exc:
+            raise PidFileError(f"server.pid_file: cannot read {str(self.path)!r}: "
+                               f"{exc.strerror}") from None
+        if owner is not None and owner != self.pid and is_master_process(owner):
+            raise PidFileBusy(
+                f"server.pid_file: {str(self.path)!r} belongs to qtls-server process {owner}, "
+                "which is running: stop it first (qproxy stop), or give this instance a pid "
+                "file of its own")
+        try:
+            write_atomically(self.path, f"{self.pid}\n".encode())
+        except OSError as exc:
+            raise PidFileError(f"server.pid_file: cannot write {str(self.path)!r}: "
+                               f"{exc.strerror}") from None
+
+    def release(self) -> None:
+        """Remove the file if it still names this process (a successor's file stays)."""
+        if os.getpid() != self.pid:
+            return  # a forked child leaving: the file is the master's
+        try:
+            if read_pid(self.path) == self.pid:
+                self.path.unlink()
+        except (OSError, PidFileError):
+            pass
+
+    def __enter__(self) -> "PidFile":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
