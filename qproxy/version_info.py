@@ -64,7 +64,7 @@ def report(config: Any | None = None) -> str:
     sigalgs = capabilities.pq_sigalgs()
     lines = [
         f"qproxy {__version__} (qtls-server)",
-        f"Python {platform.python_version()} ({platform.python_implementation()}, "
+        f"Python: {platform.python_version()} ({platform.python_implementation()}, "
         f"{Path(sys.executable)})",
         f"OpenSSL: {openssl_version()} (inside cryptography {cryptography.__version__})",
         f"post-quantum groups: {' '.join(groups) or 'none'}",
