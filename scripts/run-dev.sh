@@ -18,11 +18,13 @@ trap 'kill "$backend" 2>/dev/null || true' EXIT
 cat <<EOT
 
 qtls-server is starting on https://localhost:8443 (OTA backend on 127.0.0.1:5000).
-Try it:
-  $venv/bin/qproxy probe https://localhost:8443/api/firmware/latest --cafile $QTLS_DEV_DIR/pki/ca-bundle.pem
-  curl --cacert $QTLS_DEV_DIR/pki/ca-bundle.pem -T firmware.bin https://localhost:8443/api/firmware/1.0.0
-  curl --cacert $QTLS_DEV_DIR/pki/ca-bundle.pem https://localhost:8443/api/firmware/latest
+Try it (another terminal, in $PWD):
+  export QTLS_DEV_DIR=$QTLS_DEV_DIR
+  head -c 1048576 /dev/urandom > firmware.bin
+  curl --cacert \$QTLS_DEV_DIR/pki/ca-bundle.pem -T firmware.bin https://localhost:8443/api/firmware/1.0.0
+  $venv/bin/qproxy probe https://localhost:8443/api/firmware/latest --cafile \$QTLS_DEV_DIR/pki/ca-bundle.pem
   curl http://127.0.0.1:9091/metrics
+  $venv/bin/qproxy status --config $config
 Ctrl-C stops both.
 
 EOT
