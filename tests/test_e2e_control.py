@@ -83,10 +83,10 @@ def test_quit_drains_and_removes_the_pid_and_status_files(controlled):
 
 
 def test_stop_is_fast_and_cuts_requests_in_flight(controlled):
-    """stop (SIGINT) does not wait for a 30 s request; quit would (server.shutdown_timeout)."""
+    """stop (SIGINT) does not wait for a 30 s response; quit would (server.shutdown_timeout)."""
     server, pid_file = controlled
     conn = tls_connect(server.port)
-    wait_first_bytes(conn, "/slow?delay=30")
+    wait_first_bytes(conn, f"/trickle?id=stop-{os.getpid()}-{time.monotonic_ns()}")
     started = time.monotonic()
     result = qproxy("stop", "--pid-file", str(pid_file), "--wait", "15")
     assert result.returncode == 0, result.stderr
@@ -94,6 +94,26 @@ def test_stop_is_fast_and_cuts_requests_in_flight(controlled):
     assert server.proc.wait(10) == 0
     assert server.events("stopping fast: connections in flight are cut")
     assert not pid_file.exists()
+    conn.close()
+
+
+def test_stop_cuts_short_a_graceful_drain(start_server, dev_pki, backend, tmp_path):
+    """quit drains (a 30 s response, shutdown_timeout 60 s); a stop sent meanwhile ends it within
+    a second or so, as a second Ctrl-C would."""
+    pid_file = tmp_path / "qtls-server.pid"
+    server = start_server(make_config(dev_pki, backend["address"],
+                                      server={"pid_file": str(pid_file),
+                                              "shutdown_timeout": 60}))
+    conn = tls_connect(server.port)
+    wait_first_bytes(conn, f"/trickle?id=drain-{os.getpid()}-{time.monotonic_ns()}")
+    assert qproxy("quit", "--pid-file", str(pid_file)).returncode == 0
+    assert server.wait_log(lambda e: e.get("event", "").startswith("stopping: no new")) is not None
+    started = time.monotonic()
+    result = qproxy("stop", "--pid-file", str(pid_file), "--wait", "20")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20
+    assert server.proc.wait(10) == 0
+    assert server.events("stopping fast: connections in flight are cut")
     conn.close()
 
 

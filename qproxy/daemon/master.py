@@ -523,6 +523,11 @@ class Master:
                 pass
             self._drain_wakeups()
             self._reap()
+            if signal.SIGINT in self._signals and not self._fast_stop:
+                # `qproxy stop` (or a second Ctrl-C) during a graceful drain: cut it short.
+                self._fast_stop = True
+                deadline = min(deadline, time.monotonic() + FAST_STOP_GRACE)
+                log.info("stopping fast: connections in flight are cut", grace_s=FAST_STOP_GRACE)
         for generation in (self.current, *self.old):
             self._terminate(generation, signal.SIGKILL)
         if self.metrics_pid is not None:
