@@ -71,6 +71,9 @@ class ServerSection(Section):
     )
     max_connections: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
     backlog: Annotated[int, Field(ge=1, le=65535)] = 511
+    # The master's pid (written atomically, removed on a clean exit) and, next to it, its
+    # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
+    pid_file: str | None = None
     handshake_timeout: PositiveFloat = 10.0
     client_header_timeout: PositiveFloat = 30.0
     keepalive_timeout: PositiveFloat = 75.0
@@ -91,9 +94,6 @@ class ServerSection(Section):
     client_max_body_size: Annotated[int, Field(ge=0)] = 1 << 30
     client_body_buffer_size: Annotated[int, Field(ge=0)] = 16 * 1024
     client_body_temp_path: str | None = None
-    # The master's pid (written atomically, removed on a clean exit) and, next to it, its
-    # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
-    pid_file: str | None = None
 
 
 class TlsSection(Section):

@@ -426,13 +426,13 @@ class Master:
         generation = self.current
         self.metrics.generation.set(generation.number)
         self.metrics.workers.set(generation.size)
+        self._safely(self._publish)  # before "listening": whoever saw that line finds the status
         log.info("listening", address=generation.config.server.listen_address,
                  port=self.listeners[0].getsockname()[1],
                  metrics_port=self.metrics_socket.getsockname()[1] if self.metrics_socket else None,
                  workers=list(generation.workers.values()), groups=generation.server_tls.policy.groups,
                  certificates=[p.key_kind for p in generation.server_tls.pairs],
                  upstreams={n: list(u.servers) for n, u in generation.config.upstreams.items()})
-        self._safely(self._publish)
         systemd.notify("READY=1", f"MAINPID={os.getpid()}")
         watchdog = systemd.watchdog_interval()
         next_ping = time.monotonic()
