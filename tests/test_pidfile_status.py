@@ -36,8 +36,11 @@ def test_acquire_writes_this_pid_and_leaves_no_temp_file(tmp_path):
 
 def test_a_live_master_keeps_its_pid_file(tmp_path):
     """A process whose command line names qproxy, alive: the file is its, not ours."""
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "qproxy"])
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)", "qproxy"],
+        stdout=subprocess.PIPE, text=True)
     try:
+        assert owner.stdout is not None and owner.stdout.readline() == "up\n"  # exec'd
         path = tmp_path / "q.pid"
         path.write_text(f"{owner.pid}\n")
         with pytest.raises(PidFileBusy, match=f"belongs to qtls-server process {owner.pid}"):
