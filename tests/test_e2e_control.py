@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from qproxy import cli
+from qproxy import control_commands as cli
 
 from .conftest import make_config
 from .support.harness import ROOT, child_env, tls_connect, wait_first_bytes
