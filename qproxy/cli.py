@@ -25,15 +25,15 @@ from .control_commands import DEFAULT_CONFIG
 def _print_version(config_path: str | None) -> None:
     from .version_info import report
 
-    config = None
+    config, unreadable = None, None
     if config_path and os.path.exists(config_path):
         from .config.load import load_config
 
         try:
             config = load_config(config_path)
-        except QProxyError:
-            config = None  # --version reports the software; --test-config judges the file
-    click.echo(report(config))
+        except QProxyError:  # --version reports the software; --test-config judges the file
+            unreadable = config_path
+    click.echo(report(config, unreadable))
 
 
 def _version_option(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

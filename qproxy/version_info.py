@@ -29,9 +29,12 @@ if not hasattr(module, "OSSL_provider_init"):
 """
 
 
-def fips_status(config: Any | None) -> str:
+def fips_status(config: Any | None, unreadable: str | None = None) -> str:
     """The FIPS line. One function so that FIPS mode (wip-certs) has one place to report from:
-    a configuration with `fips.enabled` gets the approved-only line, anything else "off"."""
+    a configuration with `fips.enabled` gets the approved-only line, anything else "off"; a
+    configuration that exists but cannot be read leaves it unknown rather than "off"."""
+    if config is None and unreadable:
+        return f"unknown ({unreadable} could not be read; qtls-server -t says why)"
     fips = getattr(config, "fips", None)
     if fips is not None and getattr(fips, "enabled", False):
         return FIPS_APPROVED_ONLY
@@ -54,7 +57,7 @@ def pkcs11_provider_status() -> str:
     return f"{module} loads (used when hsm.enabled is true)"
 
 
-def report(config: Any | None = None) -> str:
+def report(config: Any | None = None, unreadable: str | None = None) -> str:
     from .tls import capabilities
     from .tls.openssl_ext import openssl_version
 
@@ -70,6 +73,6 @@ def report(config: Any | None = None) -> str:
         f"post-quantum groups: {' '.join(groups) or 'none'}",
         f"post-quantum signature algorithms: {' '.join(sigalgs) or 'none'}",
         f"pkcs11-provider: {pkcs11_provider_status()}",
-        f"FIPS: {fips_status(config)}",
+        f"FIPS: {fips_status(config, unreadable)}",
     ]
     return "\n".join(lines)

@@ -73,6 +73,14 @@ def test_fips_line_follows_the_configuration():
     assert fips_status(None) == "off"
 
 
+def test_version_with_an_unreadable_configuration_says_fips_is_unknown(tmp_path):
+    broken = tmp_path / "server.json"
+    broken.write_text("{")
+    result = run("qtls_server", "--version", "--config", str(broken))
+    assert result.returncode == 0, result.stderr
+    assert f"FIPS: unknown ({broken} could not be read" in result.stdout
+
+
 def test_dump_config_shows_defaults_expanded_and_secrets_masked(tmp_path, dev_pki):
     config = make_config(dev_pki, "127.0.0.1:5000")
     config["certificates"]["keypairs"][0]["cert"] = "${PKI_DIR}/server-mldsa65-cert.pem"
