@@ -236,3 +236,16 @@ def test_another_users_master_is_permission_denied(controlled):
     assert result.returncode == cli.EXIT_NO_PERMISSION, result.stdout + result.stderr
     assert "not allowed to signal" in result.stderr
     assert server.proc.poll() is None
+
+
+def test_test_config_checks_the_pid_file_directory(tmp_path, dev_pki, backend):
+    """A pid file in a missing directory passed --test-config, then the start failed."""
+    config = tmp_path / "server.json"
+    config.write_text(json.dumps(make_config(
+        dev_pki, backend["address"], server={"pid_file": str(tmp_path / "nope" / "q.pid")})))
+    result = subprocess.run([sys.executable, "-m", "qproxy", "check-config", "--config",
+                             str(config)], capture_output=True, text=True, timeout=60,
+                            env=child_env(), cwd=ROOT)
+    assert result.returncode == 1
+    assert "server.pid_file: the directory of" in result.stderr
+    assert "does not exist" in result.stderr

@@ -76,6 +76,25 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+def check_location(path: str, json_path: str = "server.pid_file") -> None:
+    """For --test-config and a start: the pid file's directory exists and takes a new file
+    (the temp file renamed over it). Whether a live master owns it is not checked here: the
+    running daemon does, whenever its configuration is tested before a reload."""
+    from ..errors import ConfigError
+
+    directory = Path(path).absolute().parent
+    if Path(path).name in ("", ".", ".."):
+        raise ConfigError(json_path, f"{path!r} names no file")
+    if not directory.is_dir():
+        raise ConfigError(json_path, f"the directory of {path!r} does not exist (create it, "
+                          "e.g. /run/qtls with systemd's RuntimeDirectory=qtls)")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(json_path, f"cannot create {path!r}: its directory is not "
+                          "writable by this user")
+    if Path(path).is_dir():
+        raise ConfigError(json_path, f"{path!r} is a directory; give a file name")
+
+
 class PidFile:
     """The master's hold on `server.pid_file`: `acquire()` at start, `release()` on exit."""
 

@@ -22,6 +22,7 @@ from ..config.files import check_log_file, check_regular, check_temp_dir, read_r
 from ..config.load import load_config
 from ..config.model import ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError, QProxyError
+from .pidfile import check_location as check_pid_location
 from ..keys import provider
 
 if TYPE_CHECKING:  # OpenSSL must not load before provider.install() has set OPENSSL_CONF
@@ -86,6 +87,8 @@ def check_named_files(config: ServerConfig) -> list[ConfigError]:
         checks.append(lambda: check_log_file(config.logging.file))
     if config.server.client_body_temp_path is not None:
         checks.append(lambda: check_temp_dir(config.server.client_body_temp_path))
+    if config.server.pid_file is not None:
+        checks.append(lambda: check_pid_location(config.server.pid_file))
     hsm = config.hsm
     if hsm.enabled and hsm.pkcs11_library:
         checks.append(lambda: check_regular(hsm.pkcs11_library, "hsm.pkcs11_library",
