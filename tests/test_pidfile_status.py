@@ -143,3 +143,23 @@ def test_pid_file_from_config_reads_only_that_key(tmp_path, monkeypatch):
     config.write_text(json.dumps({"server": {}}))
     with pytest.raises(control.NoPidFile):
         control.pid_file_from_config(str(config))
+
+
+def test_a_fifo_as_pid_file_does_not_hang(tmp_path):
+    fifo = tmp_path / "q.pid"
+    os.mkfifo(fifo)
+    with pytest.raises(PidFileError, match="not a regular file"):
+        read_pid(fifo)
+    with pytest.raises(PidFileError):  # exit 1 from the commands
+        control.master_pid(str(fifo))
+
+
+def test_a_file_planted_under_the_temp_name_is_not_written_into(tmp_path):
+    path = tmp_path / "q.pid"
+    planted = tmp_path / f".q.pid.{os.getpid()}.tmp"
+    target = tmp_path / "elsewhere"
+    target.write_text("keep\n")
+    os.link(target, planted)  # a hard link: writing through it would change `elsewhere`
+    PidFile(path).acquire()
+    assert target.read_text() == "keep\n"
+    assert read_pid(path) == os.getpid()

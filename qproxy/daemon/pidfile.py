@@ -11,6 +11,7 @@ names this process.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from ..errors import QProxyError
@@ -30,8 +31,14 @@ class PidFileBusy(PidFileError):
 def read_pid(path: str | os.PathLike[str]) -> int:
     """The pid in `path`. FileNotFoundError and PermissionError pass through (the caller says
     what they mean); a file that holds no pid is a PidFileError."""
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_PID_FILE + 1)
+    # Non-blocking and regular only: a FIFO named as the pid file must not hang `qproxy stop`.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PidFileError(f"{os.fspath(path)!r} is not a regular file")
+        data = os.read(fd, MAX_PID_FILE + 1)
+    finally:
+        os.close(fd)
     text = data.decode("ascii", "replace").strip()
     if len(data) > MAX_PID_FILE or not text.isdigit() or int(text) <= 0:
         raise PidFileError(f"{os.fspath(path)!r} holds no process id ({text[:20]!r})")
@@ -61,7 +68,13 @@ def is_master_process(pid: int) -> bool:
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     """`data` into `path` through a temp file in the same directory and a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    # O_EXCL: never write into a file someone else left (or planted) under the temp name.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:
+        os.unlink(tmp)  # ours from a crashed run with the same pid, or planted: not used
+        fd = os.open(tmp, flags, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
