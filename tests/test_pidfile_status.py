@@ -152,6 +152,10 @@ def test_a_fifo_as_pid_file_does_not_hang(tmp_path):
         read_pid(fifo)
     with pytest.raises(PidFileError):  # exit 1 from the commands
         control.master_pid(str(fifo))
+    status = tmp_path / "s.status.json"
+    os.mkfifo(status)
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_status(status)
 
 
 def test_a_file_planted_under_the_temp_name_is_not_written_into(tmp_path):

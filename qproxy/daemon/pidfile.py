@@ -28,17 +28,26 @@ class PidFileBusy(PidFileError):
     """Another live master owns the pid file."""
 
 
-def read_pid(path: str | os.PathLike[str]) -> int:
-    """The pid in `path`. FileNotFoundError and PermissionError pass through (the caller says
-    what they mean); a file that holds no pid is a PidFileError."""
-    # Non-blocking and regular only: a FIFO named as the pid file must not hang `qproxy stop`.
+def read_small_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """Up to `limit` bytes of a regular file, opened non-blocking: a FIFO named as the pid or
+    status file must not hang `qproxy stop` or the master's start. OSError passes through."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise PidFileError(f"{os.fspath(path)!r} is not a regular file")
-        data = os.read(fd, MAX_PID_FILE + 1)
+        chunks, size = [], 0
+        while size < limit and (chunk := os.read(fd, limit - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_pid(path: str | os.PathLike[str]) -> int:
+    """The pid in `path`. FileNotFoundError and PermissionError pass through (the caller says
+    what they mean); a file that holds no pid is a PidFileError."""
+    data = read_small_file(path, MAX_PID_FILE + 1)
     text = data.decode("ascii", "replace").strip()
     if len(data) > MAX_PID_FILE or not text.isdigit() or int(text) <= 0:
         raise PidFileError(f"{os.fspath(path)!r} holds no process id ({text[:20]!r})")

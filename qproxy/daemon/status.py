@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .pidfile import write_atomically
+from .pidfile import PidFileError, read_small_file, write_atomically
 
 FORMAT = 1
 MAX_STATUS_FILE = 1 << 20
@@ -100,8 +100,10 @@ class StatusBoard:
 
 def read_status(path: Path) -> dict[str, Any]:
     """The status document; OSError passes through, a damaged file is a ValueError."""
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_STATUS_FILE)
+    try:
+        data = read_small_file(path, MAX_STATUS_FILE)
+    except PidFileError as exc:
+        raise ValueError(str(exc)) from None
     document = json.loads(data)
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a qtls-server status file")
