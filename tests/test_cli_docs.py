@@ -134,3 +134,16 @@ def test_make_run_installs_no_test_extras():
     installs = [line for line in result.stdout.splitlines() if " -e " in line]
     assert installs == ["/nonexistent/venv/bin/pip install --quiet --disable-pip-version-check "
                         "-e '.[examples]'"]
+
+
+def test_readme_commands_table_names_every_command_and_flag():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    ctx = click.Context(main, info_name="qproxy")
+    for name in main.list_commands(ctx):
+        assert f"qproxy {name}" in table or f"\\|{name}" in table or f"|{name}" in table, name
+    for flag in ("--version", "-T", "--dump-config", "--test-config"):
+        assert flag in table, flag
+    exit_codes = readme.split("### Controlling a running daemon", 1)[1].split("\n## ", 1)[0]
+    for code in range(3, 8):
+        assert f"`{code}`" in exit_codes, code
