@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 
 .PHONY: run test dev-install system-deps system-deps-test clean fuzz
-.PHONY: install uninstall check-packaging packaging-tools bench mutate
+.PHONY: install uninstall check-packaging packaging-tools bench mutate man
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,16 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# The development environment (.venv) that `make run` and `make test` use.
-dev-install: system-deps $(VENV)/.installed
+# What running needs (the daemon and the example OTA backend's Flask), not the test tools:
+# `make run` installs only this; `make test` adds the test extras on top.
+$(VENV)/.installed-run: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[examples]'
+	touch $@
+
+# The development environment (.venv) that `make run` uses.
+dev-install: system-deps $(VENV)/.installed-run
 
 system-deps:
 	scripts/install-system-deps.sh run
@@ -40,13 +48,22 @@ clean:
 PREFIX ?= /usr/local
 DESTDIR ?=
 QPROXY_SKIP_VENV ?=
+# The service's venv is built on the system Python: a user-local one (pyenv, ~/.local) sits in
+# a home directory that the unit's ProtectHome=yes hides. `make install INSTALL_PYTHON=...`
+# picks another (install.sh refuses one under /home, /root or /run/user).
+INSTALL_PYTHON ?= /usr/bin/python3
 
 install:
 	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" QPROXY_SKIP_VENV="$(QPROXY_SKIP_VENV)" \
-		PYTHON="$(PYTHON)" scripts/install.sh
+		PYTHON="$(INSTALL_PYTHON)" scripts/install.sh
 
 uninstall:
 	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" scripts/uninstall.sh
+
+# Man pages qtls-server(8) and qproxy(1) from the click commands (committed in man/; a test
+# fails when they are out of date, and make install installs them).
+man: $(VENV)/.installed
+	$(VENV)/bin/python scripts/make-man.py --out man
 
 # Tools that check the unit, AppArmor and SELinux policies, logrotate, audit and sysctl files.
 packaging-tools:

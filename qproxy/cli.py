@@ -1,7 +1,9 @@
 """Command line: `qtls-server` (the daemon, as systemd runs it) and `qproxy` (tools).
 
 Only this module decides exit codes: 0 success, 1 a problem the operator must fix
-(configuration, platform), 2 wrong usage (click's own).
+(configuration, platform, a reload the master refused), 2 wrong usage (click's own); the
+control commands (`qproxy reload|stop|quit|reopen-logs|status`, control_commands.py) add
+3 to 7 for scripts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,46 @@ from .command_errors import one_line_errors
 from .errors import QProxyError
 from .keys import provider
 
-DEFAULT_CONFIG = "/etc/qtls/config/server.json"
+from .control_commands import DEFAULT_CONFIG
+
+
+def _print_version(config_path: str | None) -> None:
+    from .version_info import report
+
+    config, unreadable = None, None
+    if config_path and os.path.exists(config_path):
+        from .config.load import load_config
+
+        try:
+            config = load_config(config_path)
+        except QProxyError:  # --version reports the software; --test-config judges the file
+            unreadable = config_path
+    click.echo(report(config, unreadable))
+
+
+def _version_option(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        _print_version(DEFAULT_CONFIG)
+        ctx.exit(0)
+
+
+def _dump(path: str) -> int:
+    """nginx -T: the checks of --test-config, then the effective configuration on stdout."""
+    from .config.dump import dump
+    from .daemon.prepare import Purpose, prepare
+
+    try:
+        prepared = prepare(path, Purpose.TEST)
+    except QProxyError as exc:
+        click.echo(f"qtls-server: configuration test failed\n{exc}", err=True)
+        return 1
+    for warning in prepared.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"qtls-server: configuration file {path} test is successful", err=True)
+    click.echo(f"# effective configuration of {path} (defaults filled in, ${{VAR}} expanded, "
+               "secrets masked)", err=True)
+    click.echo(dump(prepared.config), nl=False)
+    return 0
 
 
 def _check(path: str) -> int:
@@ -92,12 +133,28 @@ config_option = click.option(
 @config_option
 @click.option("--test-config", "-t", is_flag=True,
               help="Check the configuration (JSON, keys, certificates, algorithms) and exit.")
-def qtls_server(config_path: str, test_config: bool) -> None:
+@click.option("--dump-config", "-T", is_flag=True,
+              help="Check the configuration, then print it as in force (defaults filled in, "
+                   "${VAR} expanded, secrets masked) as JSON, and exit.")
+@click.option("--version", "-V", "version", is_flag=True,
+              help="Print the version, Python, the OpenSSL inside cryptography, the "
+                   "post-quantum groups and signature algorithms it has, whether "
+                   "pkcs11-provider loads, and FIPS mode, then exit.")
+def qtls_server(config_path: str, test_config: bool, dump_config: bool, version: bool) -> None:
     """Terminate hybrid post-quantum TLS and reverse-proxy HTTP to backends."""
+    if version:
+        _print_version(config_path)
+        sys.exit(0)
+    if dump_config:
+        sys.exit(_dump(config_path))
     sys.exit(_check(config_path) if test_config else _serve(config_path))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", "-V", is_flag=True, expose_value=False, is_eager=True,
+              callback=_version_option,
+              help="Print the version, OpenSSL, post-quantum algorithms, pkcs11-provider and "
+                   "FIPS status, then exit.")
 def main() -> None:
     """qproxy: post-quantum TLS terminator tools."""
 
@@ -199,10 +256,19 @@ def pki_sign_csr(directory: str, csr: str, out: str, names: tuple[str, ...]) -> 
 # -- qproxy hsm ----------------------------------------------------------------------------
 
 class HsmTarget:
-    def __init__(self, library: str, token: str | None, pin_file: str | None) -> None:
-        self.library = library
+    def __init__(self, library: str | None, token: str | None, pin_file: str | None) -> None:
+        # Checked when a command uses it, not by the group: `qproxy hsm keygen --help` must
+        # work without a library.
+        self._library = library
         self.token = token
         self.pin_file = pin_file
+
+    @property
+    def library(self) -> str:
+        if not self._library:
+            raise click.UsageError("give the PKCS#11 module: qproxy hsm --library PATH ... "
+                                   "(or set QTLS_PKCS11_LIBRARY)")
+        return self._library
 
     def pin(self) -> str | None:
         from .config.model import HsmSection
@@ -216,13 +282,14 @@ class HsmTarget:
 
 
 @main.group()
-@click.option("--library", envvar="QTLS_PKCS11_LIBRARY", required=True,
-              help="PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so); env QTLS_PKCS11_LIBRARY")
+@click.option("--library", envvar="QTLS_PKCS11_LIBRARY",
+              help="PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so); env "
+                   "QTLS_PKCS11_LIBRARY; required by every command")
 @click.option("--token", envvar="QTLS_HSM_TOKEN", help="Token label; env QTLS_HSM_TOKEN")
 @click.option("--pin-file", envvar="QTLS_HSM_PIN_FILE", type=click.Path(dir_okay=False),
               help="File holding the user PIN; env QTLS_HSM_PIN_FILE (or QTLS_HSM_PIN)")
 @click.pass_context
-def hsm(ctx: click.Context, library: str, token: str | None, pin_file: str | None) -> None:
+def hsm(ctx: click.Context, library: str | None, token: str | None, pin_file: str | None) -> None:
     """Keys in a PKCS#11 token (Luna, SoftHSM2, ...). The PIN is never taken on the command line."""
     ctx.obj = HsmTarget(library, token, pin_file)
 
@@ -344,6 +411,9 @@ def hsm_uri(target: HsmTarget, label: str, pem_out: str | None) -> None:
         Path(pem_out).write_bytes(provider.pem_uri(str(uri)))
 
 
+from .control_commands import CONTROL_COMMANDS  # noqa: E402  (after main: added to it)
 from .firmware import firmware as _firmware  # noqa: E402
 
 main.add_command(_firmware)
+for _command in CONTROL_COMMANDS:
+    main.add_command(_command)

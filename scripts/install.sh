@@ -10,7 +10,9 @@
 #   DESTDIR=                    staging root
 #   QPROXY_VENV_DIR=/opt/qproxy the service's own virtualenv (built from this checkout)
 #   SYSTEMD_UNIT_DIR=/etc/systemd/system
-#   PYTHON=python3              interpreter for the venv (>= 3.11)
+#   PYTHON=/usr/bin/python3     interpreter for the venv (>= 3.11): the system's, never one in a
+#                               home directory (pyenv, ~/.local), which the unit's
+#                               ProtectHome=yes hides from the service
 #   QPROXY_SKIP_VENV=1          skip the venv (slow: builds and downloads); for tests
 #
 # Owners and modes are those of the deployment guide: /etc/qtls and its config/ and certs/ are
@@ -26,7 +28,7 @@ PREFIX=${PREFIX:-/usr/local}
 DESTDIR=${DESTDIR:-}
 VENV_DIR=${QPROXY_VENV_DIR:-/opt/qproxy}
 UNIT_DIR=${SYSTEMD_UNIT_DIR:-/etc/systemd/system}
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-/usr/bin/python3}
 SKIP_VENV=${QPROXY_SKIP_VENV:-0}
 SHARE_DIR=$PREFIX/share/qproxy
 MANIFEST=$SHARE_DIR/install-manifest
@@ -109,7 +111,8 @@ dir /etc/qtls/secrets 0700 qtls:qtls
 dir /var/lib/qtls 0750 qtls:qtls
 dir /var/log/qtls 0750 qtls:qtls
 for d in "$PREFIX/bin" "$SHARE_DIR" "$SHARE_DIR/selinux" "$UNIT_DIR" /etc/logrotate.d \
-         /etc/audit/rules.d /etc/sysctl.d /etc/apparmor.d; do
+         /etc/audit/rules.d /etc/sysctl.d /etc/apparmor.d "$PREFIX/share/man/man1" \
+         "$PREFIX/share/man/man8"; do
   install -d -m 0755 "$DESTDIR$d"
 done
 
@@ -124,9 +127,27 @@ fi
 record file 0600 root:root /etc/qtls/secrets/hsm-pin keep
 
 # --- the program: its own venv, built from this checkout ----------------------------------------
+# The venv's python links to this interpreter for good: one under /home or /root (pyenv,
+# ~/.local) is invisible to the service (ProtectHome=yes) and it would not start.
+check_python() {
+  local where
+  if ! where=$("$PYTHON" -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11); print(sys.base_prefix)' 2>/dev/null); then
+    echo "install: $PYTHON is not a Python >= 3.11 with the venv module (Debian: apt-get install python3-venv; or PYTHON=...)" >&2
+    exit 1
+  fi
+  for path in "$(realpath -m "$(command -v "$PYTHON" || echo "$PYTHON")")" "$where"; do
+    case $path in
+      /home/*|/root/*|/run/user/*)
+        echo "install: $PYTHON lives in $path, a home directory the service cannot see (ProtectHome=yes); use the system's Python: PYTHON=/usr/bin/python3" >&2
+        exit 1 ;;
+    esac
+  done
+}
+
 if [ "$SKIP_VENV" = 1 ]; then
   echo "  QPROXY_SKIP_VENV=1: not building $VENV_DIR"
 else
+  check_python
   venv=$DESTDIR$VENV_DIR
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
@@ -154,6 +175,9 @@ for name in qtls.te qtls.if; do
   file "$src/selinux/$name" "$SHARE_DIR/selinux/$name" 0644 root:root
 done
 generated "$src/selinux/qtls.fc" "$SHARE_DIR/selinux/qtls.fc" 0644 root:root
+# Man pages, generated from the click commands (make man) and committed.
+file "$src/man/qtls-server.8" "$PREFIX/share/man/man8/qtls-server.8" 0644 root:root
+file "$src/man/qproxy.1" "$PREFIX/share/man/man1/qproxy.1" 0644 root:root
 
 # --- manifest -----------------------------------------------------------------------------------
 record file 0644 root:root "$MANIFEST"

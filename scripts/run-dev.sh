@@ -51,12 +51,14 @@ cat <<EOT
 
 qtls-server is starting on https://localhost:8443 (OTA backend on 127.0.0.1:5000) and on
 localhost:8883 for MQTT (Mosquitto on 127.0.0.1:$mqtt_port).
-Try it:
-  $venv/bin/qproxy probe https://localhost:8443/api/firmware/latest --cafile $ca
-  $venv/bin/python -m examples.ota_device.subscribe --mqtt localhost:8883 --ca $ca
-  curl --cacert $ca -T firmware.bin https://localhost:8443/api/firmware/1.0.0
-  curl --cacert $ca https://localhost:8443/api/firmware/latest
+Try it (another terminal, in $PWD):
+  export QTLS_DEV_DIR=$QTLS_DEV_DIR
+  $venv/bin/python -m examples.ota_device.subscribe --mqtt localhost:8883 --ca \$QTLS_DEV_DIR/pki/ca-bundle.pem &
+  head -c 1048576 /dev/urandom > firmware.bin
+  curl --cacert \$QTLS_DEV_DIR/pki/ca-bundle.pem -T firmware.bin https://localhost:8443/api/firmware/1.0.0
+  $venv/bin/qproxy probe https://localhost:8443/api/firmware/latest --cafile \$QTLS_DEV_DIR/pki/ca-bundle.pem
   curl http://127.0.0.1:9091/metrics
+  $venv/bin/qproxy status --config $config
 The subscriber prints each upload's announcement, received over X25519MLKEM768; a classical
 MQTT client gets it too: mosquitto_sub -h localhost -p 8883 --cafile $ca -t ota/update/available
 Ctrl-C stops them all.

@@ -32,6 +32,7 @@ else
            "file /etc/audit/rules.d/qtls.rules" "file /etc/sysctl.d/99-qtls.conf"
            "file /etc/apparmor.d/$APPARMOR_NAME" "file $SHARE_DIR/selinux/qtls.te"
            "file $SHARE_DIR/selinux/qtls.if" "file $SHARE_DIR/selinux/qtls.fc"
+           "file $PREFIX/share/man/man8/qtls-server.8" "file $PREFIX/share/man/man1/qproxy.1"
            "dir /var/lib/qtls")
 fi
 

@@ -29,13 +29,18 @@ from .lifeline import die_with_parent
 from .prepare import Prepared, PreparedListener, Purpose, prepare, restart_only_changes
 from .respawn import METRICS_SLOT, RespawnQueue
 from .ticket_keys import TicketKeyClock
+from .status import StatusBoard, describe_listener
 from .worker import worker_main
 
 log = get_logger("qproxy.master")
 
 READY_TIMEOUT = 30.0
 KILL_GRACE = 5.0
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
+# A fast stop (SIGINT) gives workers this long to close before they are killed.
+FAST_STOP_GRACE = 1.0
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                   signal.SIGCHLD)
+GRACEFUL_STOP = (signal.SIGTERM, signal.SIGQUIT)
 
 
 def bind_listeners(address: str, port: int, backlog: int) -> list[socket.socket]:
@@ -102,9 +107,11 @@ class ServingGeneration:
 
 
 class Master:
-    def __init__(self, prepared: Prepared, source: str, metrics: Metrics) -> None:
+    def __init__(self, prepared: Prepared, source: str, metrics: Metrics,
+                 status: StatusBoard | None = None) -> None:
         self.source = source
         self.metrics = metrics
+        self.status = status or StatusBoard(None, source)
         self.pid = os.getpid()
         self.current = ServingGeneration(1, prepared.config, prepared.server_tls,
                                          list(prepared.listeners))
@@ -122,6 +129,7 @@ class Master:
         self._started: dict[int, float] = {}  # pid -> start time
         self._stopping = False
         self._ticket_keys = TicketKeyClock()
+        self._fast_stop = False
 
     # -- setup ---------------------------------------------------------------------------
     @property
@@ -424,6 +432,7 @@ class Master:
             self.metrics.ticket_key_rotations.labels("ok").inc()
         else:
             self.metrics.reloads.labels("ok").inc()
+        self.status.reload_done(True, new.number)
         self.metrics.generation.set(new.number)
         self.metrics.workers.set(new.size)
         for warning in prepared.warnings:
@@ -445,14 +454,17 @@ class Master:
             log.error("session-ticket key rotation failed; the current keys stay in use and "
                       "it is tried again", generation=old.number, errors=problems)
         else:
+            self.status.reload_done(False, old.number, problems)
             self.metrics.reloads.labels("failed").inc()
             log.error("reload failed; still serving the previous configuration",
                       generation=old.number, error=str(error), errors=problems)
         systemd.notify("READY=1")
 
     def _dispatch(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum in GRACEFUL_STOP:
             self._stopping = True
+        elif signum == signal.SIGINT:  # nginx's fast stop (qproxy stop); also Ctrl-C
+            self._stopping = self._fast_stop = True
         elif signum == signal.SIGHUP:
             self._reload()
         elif signum == signal.SIGUSR1:
@@ -499,6 +511,7 @@ class Master:
         self._ticket_keys.renewed(generation.config.tls, time.monotonic())
         self.metrics.generation.set(generation.number)
         self.metrics.workers.set(generation.size)
+        self._safely(self._publish)  # before "listening": whoever saw that line finds the status
         log.info("listening", address=generation.config.server.listen_address,
                  port=self.listeners[0].getsockname()[1], listeners=self._ports(generation),
                  metrics_port=self.metrics_socket.getsockname()[1] if self.metrics_socket else None,
@@ -534,7 +547,7 @@ class Master:
                         self._reload_failed(self.current, QProxyError(
                             f"unexpected {type(exc).__name__}: {exc}"))
             for step in (self._reap, self._respawn_due, self._rotate_log,
-                         self._rotate_ticket_keys):
+                         self._rotate_ticket_keys, self._publish):
                 self._safely(step)
             if watchdog and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
@@ -556,6 +569,19 @@ class Master:
             self._ticket_keys.failed(now)  # the next try, unless this one renews the clock
             self._reload(Purpose.ROTATE)
 
+    def _publish(self) -> None:
+        """The status file (`qproxy status`), rewritten only when what it says changed."""
+        self.status.publish(
+            state="stopping" if self._stopping else "running",
+            generation=self.current.number,
+            workers=[pid for _, pid in sorted(self.current.workers.items())],
+            draining={g.number: sorted(g.workers.values()) for g in self.old if g.workers},
+            listeners=[describe_listener(sock, item.listener.mode, item.listener.name)
+                       for item in self.current.prepared
+                       for sock in self.sockets.get(socket_key(item.listener), [])],
+            metrics=(describe_listener(self.metrics_socket, "metrics", "metrics")
+                     if self.metrics_socket else None))
+
     def _rotate_log(self) -> None:
         """The file written is the one configured at start (logging.file needs a restart); the
         rotation size and count follow reloads. A rotation that fails is logged (once a
@@ -574,13 +600,19 @@ class Master:
     def _shutdown(self) -> None:
         self._stopping = True
         systemd.notify("STOPPING=1")
+        self._safely(self._publish)
         timeout = self.current.config.server.shutdown_timeout
-        log.info("stopping: no new connections, finishing requests in flight", timeout_s=timeout)
+        if self._fast_stop:
+            log.info("stopping fast: connections in flight are cut", grace_s=FAST_STOP_GRACE)
+        else:
+            log.info("stopping: no new connections, finishing requests in flight",
+                     timeout_s=timeout)
         for listener in self.listeners:
             listener.close()
         for generation in (self.current, *self.old):
             self._terminate(generation)
-        deadline = time.monotonic() + timeout + KILL_GRACE
+        deadline = time.monotonic() + (FAST_STOP_GRACE if self._fast_stop
+                                       else timeout + KILL_GRACE)
         while self._workers_alive() and time.monotonic() < deadline:
             try:
                 select.select([self._wake_r], [], [], 0.1)
@@ -588,6 +620,11 @@ class Master:
                 pass
             self._drain_wakeups()
             self._reap()
+            if signal.SIGINT in self._signals and not self._fast_stop:
+                # `qproxy stop` (or a second Ctrl-C) during a graceful drain: cut it short.
+                self._fast_stop = True
+                deadline = min(deadline, time.monotonic() + FAST_STOP_GRACE)
+                log.info("stopping fast: connections in flight are cut", grace_s=FAST_STOP_GRACE)
         for generation in (self.current, *self.old):
             self._terminate(generation, signal.SIGKILL)
         if self.metrics_pid is not None:

@@ -25,6 +25,7 @@ from ..config.listeners import Listener, listeners_of, with_listener_tls
 from ..config.load import check_config_file
 from ..config.model import AlgorithmsSection, CertificatesSection, ServerConfig
 from ..errors import ConfigError, ConfigErrors, PlatformError, QProxyError
+from .pidfile import check_location as check_pid_location
 from ..keys import provider
 
 if TYPE_CHECKING:  # OpenSSL must not load before provider.install() has set OPENSSL_CONF
@@ -169,6 +170,8 @@ def check_named_files(config: ServerConfig) -> list[ConfigError]:
         if listener.client_body_temp_path is not None:
             checks.append(lambda t=listener.client_body_temp_path, i=index: check_temp_dir(
                 t, f"listeners[{i}].client_body_temp_path"))
+    if config.server.pid_file is not None:
+        checks.append(lambda: check_pid_location(config.server.pid_file))
     hsm = config.hsm
     if hsm.enabled and hsm.pkcs11_library:
         checks.append(lambda: check_regular(hsm.pkcs11_library, "hsm.pkcs11_library",
@@ -225,7 +228,7 @@ def hsm_key_problems(config: ServerConfig) -> list[ConfigError]:
 # A listener's address and port are not here: the master binds a new one before the swap
 # (and closes a removed one after it). Its backlog is fixed when its socket is first bound.
 _RESTART_ONLY = {
-    "server": ("backlog",),
+    "server": ("backlog", "pid_file"),
     "metrics": None, "hsm": None, "openssl": None,
     "logging": ("file", "console", "level", "format"),
 }

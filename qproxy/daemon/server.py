@@ -8,7 +8,9 @@ from ..observability.metrics import Metrics
 from ..tls.context import check_platform
 from ..tls.fips import fips_status
 from .master import Master
+from .pidfile import PidFile
 from .prepare import Prepared
+from .status import StatusBoard, status_path
 
 log = get_logger("qproxy.server")
 
@@ -21,4 +23,13 @@ def serve(prepared: Prepared, source: str) -> int:
              fips=fips_status(prepared.config), fips_self_tests=list(prepared.self_tests))
     for warning in prepared.warnings:
         log.warning("configuration warning", detail=warning)
-    return Master(prepared, source, Metrics()).run()
+    pid_file = prepared.config.server.pid_file
+    if pid_file is None:
+        return Master(prepared, source, Metrics()).run()
+    # Taken before binding: a second instance is told who owns the file, not "address in use".
+    status = StatusBoard(status_path(pid_file), source)
+    with PidFile(pid_file):
+        try:
+            return Master(prepared, source, Metrics(), status).run()
+        finally:
+            status.remove()
