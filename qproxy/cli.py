@@ -83,7 +83,10 @@ def _served_summary(prepared) -> list[str]:
     from .observability.cert_expiry import describe, expiry_of
     from .tls.fips import fips_status
 
-    return [*describe(expiry_of(prepared.server_tls.pairs)), fips_status(prepared.config)]
+    chains = [entry for item in prepared.listeners
+              if item.listener.json_path == "server" or item.listener.own_certificates
+              for entry in expiry_of(item.server_tls.pairs, listener=item.listener.name)]
+    return [*describe(chains), fips_status(prepared.config)]
 
 
 def _serve(path: str) -> int:

@@ -15,7 +15,6 @@ from typing import Any
 from . import __version__
 from .keys.provider import PROVIDER_MODULE_DIRS, find_provider_module
 
-FIPS_APPROVED_ONLY = "FIPS-approved algorithms only; not a validated module"
 
 # Run in a child: a broken module can crash the process that dlopen()s it.
 _LOAD_PROBE = """
@@ -30,15 +29,15 @@ if not hasattr(module, "OSSL_provider_init"):
 
 
 def fips_status(config: Any | None, unreadable: str | None = None) -> str:
-    """The FIPS line. One function so that FIPS mode (wip-certs) has one place to report from:
-    a configuration with `fips.enabled` gets the approved-only line, anything else "off"; a
-    configuration that exists but cannot be read leaves it unknown rather than "off"."""
+    """The FIPS line, as the startup log says it (tls/fips.py); a configuration that exists
+    but cannot be read leaves it unknown rather than "off"."""
     if config is None and unreadable:
         return f"unknown ({unreadable} could not be read; qtls-server -t says why)"
-    fips = getattr(config, "fips", None)
-    if fips is not None and getattr(fips, "enabled", False):
-        return FIPS_APPROVED_ONLY
-    return "off"
+    if config is None:
+        return "off"
+    from .tls import fips
+
+    return fips.fips_status(config).removeprefix("FIPS mode: ")
 
 
 def pkcs11_provider_status() -> str:

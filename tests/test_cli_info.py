@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from qproxy.config.dump import MASK, mask
-from qproxy.version_info import FIPS_APPROVED_ONLY, fips_status
+from qproxy.config.model import ServerConfig
+from qproxy.tls.fips import NOT_VALIDATED
+from qproxy.version_info import fips_status
 
 from .conftest import make_config
 from .support.harness import ROOT, child_env
@@ -63,13 +65,11 @@ def test_pkcs11_provider_failure_says_why(monkeypatch, tmp_path):
 
 
 def test_fips_line_follows_the_configuration():
-    class Fips:
-        enabled = True
-
-    class Config:
-        fips = Fips()
-
-    assert fips_status(Config()) == FIPS_APPROVED_ONLY
+    base = {"certificates": {"server_cert": "c.pem", "server_key": "k.pem"},
+            "upstreams": {"app": {"servers": ["127.0.0.1:5000"]}}}
+    on = ServerConfig.model_validate({**base, "fips": {"enabled": True}})
+    assert fips_status(on) == NOT_VALIDATED
+    assert fips_status(ServerConfig.model_validate(base)) == "off"
     assert fips_status(None) == "off"
 
 
