@@ -306,8 +306,9 @@ def test_config_errors_name_their_json_path():
                                 {"allow": "10.0.0.0/8", "deny": "all"}],
                       "rate": {"requests_per_second": "10", "burst": 0, "key": "ip"},
                       "max_connections_per_address": 0})
+    # One string written: the error names the key the operator wrote, not an index.
     text = "\n".join(errors)
-    assert "server.access.rules[0].allow[0]: '10.0.0.1/8' has bits set past its prefix " \
+    assert "server.access.rules[0].allow: '10.0.0.1/8' has bits set past its prefix " \
            "length (did you mean '10.0.0.0/8'?)" in text
     assert "server.access.rules[1].deny[1]: 'nope' is not an IP address" in text
     assert "server.access.rules[2]: give exactly one of" in text

@@ -55,7 +55,11 @@ def _check_network(text: str) -> str:
 
 
 def _one_or_many(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
+    # A tuple, not a list: strict validation takes what a before-validator returns as Python,
+    # where only a tuple fills a tuple.
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
 
 
 Network = Annotated[str, Field(strict=True), AfterValidator(_check_network)]
