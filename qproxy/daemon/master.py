@@ -22,11 +22,13 @@ from ..errors import ConfigError, ConfigErrors, QProxyError
 from ..observability.logging import get_logger, reopen_log_files, rotate_by_size
 from ..observability.metrics import Metrics, mark_process_dead
 from ..observability.throttle import Throttle
+from ..tls import stapling
 from ..tls.context import ServerTls
 from . import systemd
 from .lifeline import die_with_parent
 from .prepare import Prepared, Purpose, prepare, restart_only_changes
-from .respawn import METRICS_SLOT, RespawnQueue
+from .ocsp_fetcher import OcspRuntime
+from .respawn import METRICS_SLOT, OCSP_SLOT, RespawnQueue
 from .worker import worker_main
 
 log = get_logger("qproxy.master")
@@ -100,6 +102,8 @@ class Master:
         self.listeners: list[socket.socket] = []
         self.metrics_socket: socket.socket | None = None
         self.metrics_pid: int | None = None
+        self.ocsp = OcspRuntime()
+        self.ocsp_pid: int | None = None
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         self._respawns = RespawnQueue()
@@ -196,12 +200,41 @@ class Master:
 
         self.metrics_pid = self._fork(run)
 
+    def _spawn_ocsp(self) -> None:
+        """The OCSP fetcher for the current generation's certificates (if any are stapled)."""
+        generation = self.current
+        if not generation.server_tls.ocsp:
+            return
+        directory = self.ocsp.ensure_directory()
+
+        def run() -> int:
+            from .ocsp_fetcher import fetcher_main
+
+            for sock in (*self.listeners, self.metrics_socket):
+                if sock is not None:
+                    sock.close()
+            return fetcher_main(generation.server_tls.ocsp, generation.config.certificates,
+                                directory, self.metrics)
+
+        self.ocsp_pid = self._fork(run)
+
+    def _restart_ocsp(self) -> None:
+        if self.ocsp_pid is not None:
+            try:
+                os.kill(self.ocsp_pid, signal.SIGTERM)  # reaped later as an unknown child
+            except ProcessLookupError:
+                pass
+            self.ocsp_pid = None
+        self._spawn_ocsp()
+
     def _start_generation(self, generation: ServingGeneration) -> bool:
         """Fork a whole generation and wait until every worker listens.
 
         Workers that log in to an HSM start one after another: PKCS#11 tokens (SoftHSM2's
         file store among them) can fail a module initialised by several processes at once."""
         one_by_one = generation.server_tls.uses_hsm
+        if generation.server_tls.ocsp:  # before fork: every worker inherits the callback
+            stapling.attach(generation.server_tls, self.ocsp.ensure_directory())
         deadline = time.monotonic() + READY_TIMEOUT
         pending: dict[int, int] = {}
         for slot in range(generation.size):
@@ -273,6 +306,13 @@ class Master:
     def _child_exited(self, pid: int, status: int, lived: float) -> None:
         how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                else f"exit code {os.WEXITSTATUS(status)}")
+        if pid == self.ocsp_pid:
+            self.ocsp_pid = None
+            if not self._stopping:
+                delay = self._respawns.schedule(OCSP_SLOT, lived)
+                log.error("OCSP fetcher exited; restarting it", ocsp_pid=pid, status=how,
+                          respawn_in_s=delay)
+            return
         if pid == self.metrics_pid:
             self.metrics_pid = None
             if not self._stopping:
@@ -308,6 +348,9 @@ class Master:
                 if slot == METRICS_SLOT:
                     if self.metrics_pid is None:
                         self._spawn_metrics()
+                elif slot == OCSP_SLOT:
+                    if self.ocsp_pid is None:
+                        self._spawn_ocsp()
                 elif slot not in self.current.workers:
                     pid, _ = self._spawn_worker(self.current, slot)
                     log.info("worker respawned", worker_pid=pid, slot=slot,
@@ -346,6 +389,7 @@ class Master:
             return
         self.current = new
         self._respawns.new_generation()
+        self._restart_ocsp()
         self._stop_accepting(old)
         self.old.append(old)
         self.metrics.reloads.labels("ok").inc()
@@ -375,8 +419,7 @@ class Master:
             reopen_log_files()
             children = [pid for generation in (self.current, *self.old)
                         for pid in generation.workers.values()]
-            if self.metrics_pid is not None:
-                children.append(self.metrics_pid)
+            children += [pid for pid in (self.metrics_pid, self.ocsp_pid) if pid is not None]
             for pid in children:
                 try:
                     os.kill(pid, signal.SIGUSR1)
@@ -420,6 +463,7 @@ class Master:
                  workers=list(generation.workers.values()), groups=generation.server_tls.policy.groups,
                  certificates=[p.key_kind for p in generation.server_tls.pairs],
                  upstreams={n: list(u.servers) for n, u in generation.config.upstreams.items()})
+        self._spawn_ocsp()
         systemd.notify("READY=1", f"MAINPID={os.getpid()}")
         watchdog = systemd.watchdog_interval()
         next_ping = time.monotonic()
@@ -495,12 +539,15 @@ class Master:
             self._reap()
         for generation in (self.current, *self.old):
             self._terminate(generation, signal.SIGKILL)
-        if self.metrics_pid is not None:
-            os.kill(self.metrics_pid, signal.SIGTERM)
+        for pid in (self.metrics_pid, self.ocsp_pid):
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + KILL_GRACE
-        while (self._workers_alive() or self.metrics_pid) and time.monotonic() < deadline:
+        while ((self._workers_alive() or self.metrics_pid or self.ocsp_pid)
+               and time.monotonic() < deadline):
             time.sleep(0.05)
             self._reap()
+        self.ocsp.remove()
         log.info("stopped")
 
     def _workers_alive(self) -> bool:

@@ -74,6 +74,9 @@ def _prepare(source: str, purpose: Purpose) -> Prepared:
     check_platform()
     server_tls = build_server_tls(config, source, info_callback)
     check_hsm_keys(config, server_tls, source)
+    from ..tls.stapling import stapling_targets
+
+    server_tls.ocsp = stapling_targets(config, server_tls.pairs, server_tls.warnings)
     return Prepared(config, server_tls, tuple(server_tls.warnings))
 
 

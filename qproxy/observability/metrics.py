@@ -72,6 +72,17 @@ class Metrics:
                                        "Workers that died unexpectedly and were respawned",
                                        registry=r)
 
+        # Set by the master's OCSP fetcher process; `cert` is the certificate file's name.
+        self.ocsp_fetch_failures = Counter(
+            "qtls_ocsp_fetch_failures", "OCSP responses that could not be fetched or did not "
+            "verify, by certificate and reason", ["cert", "reason"], registry=r)
+        self.ocsp_response_valid = Gauge(
+            "qtls_ocsp_response_valid", "1 while a verified OCSP response is stapled for the "
+            "certificate", ["cert"], registry=r, multiprocess_mode="livemax")
+        self.ocsp_next_update = Gauge(
+            "qtls_ocsp_next_update_seconds", "nextUpdate of the stapled OCSP response (Unix "
+            "time; 0: none)", ["cert"], registry=r, multiprocess_mode="livemax")
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

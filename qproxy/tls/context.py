@@ -52,6 +52,7 @@ class LoadedPair:
     json_path: str = ""
     key_uri: Pkcs11Uri | None = None
     """Set for keys in an HSM: `key_path` is then the provider's PEM form of the URI."""
+    ocsp_response_file: str | None = None
 
     @property
     def key_source(self) -> str:
@@ -70,6 +71,8 @@ class ServerTls:
     deferred: list[tuple[SSL.Context, LoadedPair]] = field(default_factory=list)
     """HSM keys to load after fork, in each worker (PKCS#11 modules are not fork-safe)."""
     _by_der: dict[bytes, LoadedPair] = field(default_factory=dict)
+    ocsp: list = field(default_factory=list)
+    """tls.stapling.OcspTarget per certificate to staple (set by daemon.prepare)."""
 
     def context_for(self, server_name: str | None) -> SSL.Context:
         if not server_name or not self.by_name:
@@ -160,7 +163,8 @@ def load_hsm_pair(pair: KeyPair, json_path: str, hsm_enabled: bool) -> LoadedPai
     leaf = _load_leaf(pair, json_path)
     key_path = memory_file("qtls-hsm-key", pem_uri(pair.key))
     return LoadedPair(pair.cert, key_path, describe_key(leaf.public_key()), leaf,
-                      leaf.public_bytes(serialization.Encoding.DER), json_path, uri)
+                      leaf.public_bytes(serialization.Encoding.DER), json_path, uri,
+                      pair.ocsp_response_file)
 
 
 def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
@@ -191,7 +195,8 @@ def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
         warnings.append(f"{member_path(json_path, 'cert')}: {pair.cert!r} expired on "
                         f"{leaf.not_valid_after_utc:%Y-%m-%d}; clients will refuse it")
     return LoadedPair(pair.cert, pair.key, describe_key(leaf.public_key()), leaf,
-                      leaf.public_bytes(serialization.Encoding.DER), json_path)
+                      leaf.public_bytes(serialization.Encoding.DER), json_path,
+                      ocsp_response_file=pair.ocsp_response_file)
 
 
 def _alpn_select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
