@@ -20,8 +20,7 @@ from cryptography.x509 import ocsp
 from OpenSSL import SSL
 
 from tests.support.harness import ROOT, child_env, client_context, free_port
-from tests.support.harness import wait_for_port
-from tests.support.ocsp_pki import OcspCa, ScriptedResponder
+from tests.support.ocsp_pki import OcspCa, ScriptedResponder, openssl_ocsp_answerer
 
 OPENSSL = shutil.which("openssl")
 
@@ -39,6 +38,14 @@ def stapled(port: int, cafile: Path, sigalgs: str | None = None) -> bytes:
     conn = tls_connect_requesting_ocsp(port, ctx)
     conn.close()
     return seen[0] if seen else b""
+
+
+def until_stapled(port: int, cafile: Path, expected: bytes, timeout: float = 10.0) -> None:
+    """Workers look at a newly published response within stapling.RECHECK seconds."""
+    deadline = time.monotonic() + timeout
+    while stapled(port, cafile) != expected:
+        assert time.monotonic() < deadline, "the published response was never stapled"
+        time.sleep(0.1)
 
 
 def tls_connect_requesting_ocsp(port: int, ctx: SSL.Context) -> SSL.Connection:
@@ -128,12 +135,14 @@ def test_responder_down_keeps_the_last_good_response_until_next_update(
         start_server, backend, responder, tmp_path):
     ca = OcspCa(tmp_path / "ca", responder.url)
     leaf = ca.issue_leaf("server")
-    # Valid for 6 s: refreshed at 3 s, when the responder is down.
-    responder.answer = ca.response(leaf, next_update=dt.timedelta(seconds=6))
+    # Each answer valid for 10 s from when it is made (a loaded machine may take seconds to
+    # start the server); refreshed after a quarter of that, when the responder is down.
+    responder.answer_with = lambda _request: ca.response(leaf, next_update=dt.timedelta(
+        seconds=10))
     server = start_server(ocsp_config(backend, [pair(leaf)]))
     wait_event(server, "OCSP response stapled")
-    good = responder.answer
-    responder.answer = None  # down: HTTP 503 from now on
+    responder.answer_with = None  # down: HTTP 503 from now on
+    good = responder.served[-1]
     kept = wait_event(server, "OCSP refresh failed; the last good response stays stapled "
                       "until its nextUpdate")
     assert "503" in kept["error"]
@@ -157,9 +166,10 @@ def test_a_forged_response_is_never_stapled(start_server, backend, responder, tm
     assert stapled(server.port, ca.ca_path) == b""
     assert metric(server, "qtls_ocsp_response_valid", "server-cert.pem") == 0
     # A forged answer after a good one: the good one stays, the forged one is not stapled.
-    good = ca.response(leaf, next_update=dt.timedelta(seconds=8))
+    good = ca.response(leaf, next_update=dt.timedelta(seconds=20))
     responder.answer = good
     wait_event(server, "OCSP response stapled")
+    until_stapled(server.port, ca.ca_path, good)
     responder.answer = ca.response(leaf, "revoked", signer=ca.responder(
         issuer_key=forger.key, issuer_cert=forger.cert))
     kept = wait_event(server, "OCSP refresh failed; the last good response stays stapled "
@@ -216,41 +226,28 @@ def test_response_file_is_stapled_without_fetching(start_server, backend, tmp_pa
     assert stapled(server.port, ca.ca_path) == response_file.read_bytes()
 
 
-def _openssl_responder(ca: OcspCa, port: int, revoked: tuple[str, ...]):
-    files = ca.write_openssl_index(revoked=revoked)
-    proc = subprocess.Popen(
-        [OPENSSL, "ocsp", "-index", str(files["index"]), "-port", f"127.0.0.1:{port}",
-         "-rsigner", str(files["rsigner"]), "-rkey", str(files["rkey"]), "-CA",
-         str(files["ca"]), "-nmin", "5", "-ignore_err"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port)
-    return proc
-
-
 @pytest.mark.skipif(OPENSSL is None, reason="needs the openssl command")
-def test_openssl_ocsp_responder_and_s_client_status(start_server, backend, tmp_path):
-    port = free_port()
-    ca = OcspCa(tmp_path / "ca", f"http://127.0.0.1:{port}/")
+def test_openssl_ocsp_responder_and_s_client_status(start_server, backend, responder, tmp_path):
+    ca = OcspCa(tmp_path / "ca", responder.url)
     good = ca.issue_leaf("good")
     bad = ca.issue_leaf("bad")
-    proc = _openssl_responder(ca, port, revoked=("bad",))
-    try:
-        for leaf, status in ((good, "good"), (bad, "revoked")):
-            server = start_server(ocsp_config(backend, [pair(leaf)]))
-            entry = wait_event(server, "OCSP response stapled", status=status)
-            assert entry["signer"] == "delegated responder CN=OCSP responder"
-            out = subprocess.run(
-                [OPENSSL, "s_client", "-connect", f"127.0.0.1:{server.port}", "-status",
-                 "-servername", "localhost", "-CAfile", str(ca.ca_path)],
-                input=b"", capture_output=True, timeout=30).stdout.decode()
-            assert "OCSP Response Status: successful" in out, out
-            assert f"Cert Status: {status}" in out, out
-            probe = subprocess.run(
-                [sys.executable, "-m", "qproxy", "probe", f"https://localhost:{server.port}/",
-                 "--cafile", str(ca.ca_path)],
-                capture_output=True, text=True, timeout=60, env=child_env(), cwd=ROOT)
-            assert f"ocsp:      stapled, {status}" in probe.stdout, probe.stdout + probe.stderr
-            server.stop()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    responder.answer_with = openssl_ocsp_answerer(OPENSSL, ca.write_openssl_index(
+        revoked=("bad",)))
+    for leaf, status in ((good, "good"), (bad, "revoked")):
+        server = start_server(ocsp_config(backend, [pair(leaf)]))
+        entry = wait_event(server, "OCSP response stapled", status=status)
+        assert entry["signer"] == "delegated responder CN=OCSP responder"
+        out = subprocess.run(
+            [OPENSSL, "s_client", "-connect", f"127.0.0.1:{server.port}", "-status",
+             "-servername", "localhost", "-CAfile", str(ca.ca_path)],
+            input=b"", capture_output=True, timeout=30).stdout.decode()
+        assert "OCSP Response Status: successful" in out, out
+        assert f"Cert Status: {status}" in out, out
+        probe = subprocess.run(
+            [sys.executable, "-m", "qproxy", "probe", f"https://localhost:{server.port}/",
+             "--cafile", str(ca.ca_path)],
+            capture_output=True, text=True, timeout=60, env=child_env(), cwd=ROOT)
+        assert f"OCSP: stapled, {status} (next update" in probe.stdout, \
+            probe.stdout + probe.stderr
+        assert "signed by the delegated responder CN=OCSP responder" in probe.stdout
+        server.stop()

@@ -129,7 +129,10 @@ def test_refresh_at_is_half_the_validity_or_the_margin() -> None:
     assert response.refresh_at(dt.timedelta(hours=1)) == start + dt.timedelta(days=3.5)
     short = verify.VerifiedResponse(b"", verify.CertStatus.GOOD, start,
                                     start + dt.timedelta(minutes=10), "issuer")
-    assert short.refresh_at(dt.timedelta(minutes=8)) == start + dt.timedelta(minutes=2)
+    assert short.refresh_at(dt.timedelta(minutes=4)) == start + dt.timedelta(minutes=5)
+    assert short.refresh_at(dt.timedelta(minutes=6)) == start + dt.timedelta(minutes=4)
+    # A margin longer than the validity: not at once (a fetch loop), after a quarter of it.
+    assert short.refresh_at(dt.timedelta(hours=1)) == start + dt.timedelta(minutes=2.5)
 
 
 def test_aia_must_staple_and_issuer_are_read_from_the_certificate(ca: OcspCa) -> None:

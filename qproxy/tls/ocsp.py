@@ -66,10 +66,12 @@ class VerifiedResponse:
 
     def refresh_at(self, margin: dt.timedelta) -> dt.datetime:
         """When to ask for the next one: half way through the validity, or `margin` before
-        nextUpdate, whichever comes first (a short-lived response is renewed early enough to
-        survive one failed fetch; a week-long one does not wait days)."""
-        half = self.this_update + (self.next_update - self.this_update) / 2
-        return min(half, self.next_update - margin)
+        nextUpdate if that is earlier, so a failed fetch leaves time to retry; but never
+        before a quarter of the validity has passed, so a response that lives shorter than
+        the margin is not fetched again in a loop."""
+        validity = self.next_update - self.this_update
+        wanted = min(self.this_update + validity / 2, self.next_update - margin)
+        return max(wanted, self.this_update + validity / 4)
 
 
 def responder_urls(leaf: x509.Certificate) -> list[str]:

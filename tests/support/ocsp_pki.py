@@ -12,7 +12,9 @@ import http.server
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+import subprocess
+import tempfile
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -179,13 +181,36 @@ class OcspCa:
                 "rkey": self.directory / "rkey.pem", "ca": self.ca_path}
 
 
+def openssl_ocsp_answerer(openssl: str, files: dict[str, Path],
+                          valid_minutes: int = 5) -> Callable[[bytes], bytes]:
+    """Answers with Debian's `openssl ocsp` (OpenSSL 3.0) from an index, one process per
+    request (-reqin/-respout). Its own server mode binds every interface (no address option),
+    and tests listen on 127.0.0.1 only: the HTTP part is ScriptedResponder's."""
+
+    def answer(request: bytes) -> bytes:
+        with tempfile.TemporaryDirectory() as work:
+            req, resp = Path(work, "req.der"), Path(work, "resp.der")
+            req.write_bytes(request)
+            subprocess.run([openssl, "ocsp", "-index", str(files["index"]), "-rsigner",
+                            str(files["rsigner"]), "-rkey", str(files["rkey"]), "-CA",
+                            str(files["ca"]), "-nmin", str(valid_minutes), "-reqin", str(req),
+                            "-respout", str(resp)], check=True, timeout=30,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return resp.read_bytes()
+
+    return answer
+
+
 class ScriptedResponder:
     """An HTTP OCSP responder on 127.0.0.1 whose answer the test sets: DER bytes to send, or
-    None for 'down' (HTTP 503). Counts the requests it received."""
+    None for 'down' (HTTP 503), or `answer_with(request DER) -> response DER`. Counts the
+    requests it received."""
 
     def __init__(self, port: int) -> None:
         self.answer: bytes | None = None
+        self.answer_with: Callable[[bytes], bytes] | None = None
         self.requests = 0
+        self.served: list[bytes] = []
         self.got_request = threading.Event()
         outer = self
 
@@ -199,10 +224,11 @@ class ScriptedResponder:
                     self.send_error(400)
                     return
                 outer.requests += 1
-                answer = outer.answer
+                answer = outer.answer_with(body) if outer.answer_with else outer.answer
                 if answer is None:
                     self.send_error(503)
                 else:
+                    outer.served.append(answer)
                     self.send_response(200)
                     self.send_header("Content-Type", "application/ocsp-response")
                     self.send_header("Content-Length", str(len(answer)))
