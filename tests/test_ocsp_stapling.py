@@ -93,6 +93,21 @@ def test_must_staple_without_stapling_is_a_test_config_warning(tmp_path, ca):
     assert "Must-Staple" not in test_config(tmp_path, config(ca)).stderr
 
 
+def test_must_staple_without_a_good_response_now_is_a_test_config_warning(tmp_path, ca):
+    """One bounded fetch at --test-config (nothing listens at the AIA URL here)."""
+    result = test_config(tmp_path, config(ca, "staple", ocsp_stapling=True, ocsp_timeout=2))
+    assert result.exit_code == 0, result.stderr
+    assert "staple-cert.pem is a Must-Staple certificate and has no good OCSP response now " \
+           "(http://127.0.0.1:9/" in result.stderr, result.stderr
+    # With a good response file: no warning.
+    good = tmp_path / "good.der"
+    good.write_bytes(ca.response(ca.leaves["staple"]))
+    data = config(ca, "staple", ocsp_stapling=True)
+    data["certificates"]["keypairs"][0]["ocsp_response_file"] = str(good)
+    result = test_config(tmp_path, data)
+    assert "Must-Staple" not in result.stderr, result.stderr
+
+
 def test_no_responder_url_is_a_warning(tmp_path, ca):
     result = test_config(tmp_path, config(ca, "noaia", ocsp_stapling=True))
     assert result.exit_code == 0, result.stderr

@@ -206,6 +206,29 @@ class CertificateWatch:
             await asyncio.sleep(delay)
 
 
+def must_staple_warnings(targets: list[OcspTarget], settings: CertificatesSection) -> list[str]:
+    """For `--test-config`: each Must-Staple certificate whose response cannot be had and
+    verified right now (one bounded attempt each, at the same time)."""
+    must = [t for t in targets if t.must_staple]
+    if not must:
+        return []
+
+    async def check(target: OcspTarget) -> str | None:
+        watch = CertificateWatch(target, settings, Publisher(""), Metrics())
+        try:
+            verify_response(await watch.obtain(target), target.leaf, target.issuer, _utcnow())
+        except (FetchFailed, OcspInvalid) as exc:
+            return (f"{target.json_path}: {target.label} is a Must-Staple certificate and has "
+                    f"no good OCSP response now ({exc}); clients that enforce Must-Staple "
+                    "will refuse it until one is fetched")
+        return None
+
+    async def check_all() -> list[str | None]:
+        return await asyncio.gather(*(check(t) for t in must))
+
+    return [w for w in asyncio.run(check_all()) if w]
+
+
 async def _watch_all(targets: list[OcspTarget], settings: CertificatesSection,
                      directory: str, metrics: Metrics) -> int:
     publisher = Publisher(directory)

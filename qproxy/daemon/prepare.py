@@ -77,6 +77,10 @@ def _prepare(source: str, purpose: Purpose) -> Prepared:
     from ..tls.stapling import stapling_targets
 
     server_tls.ocsp = stapling_targets(config, server_tls.pairs, server_tls.warnings)
+    if purpose is Purpose.TEST and server_tls.ocsp:
+        from .ocsp_fetcher import must_staple_warnings
+
+        server_tls.warnings += must_staple_warnings(server_tls.ocsp, config.certificates)
     return Prepared(config, server_tls, tuple(server_tls.warnings))
 
 
