@@ -251,3 +251,26 @@ def test_openssl_ocsp_responder_and_s_client_status(start_server, backend, respo
             probe.stdout + probe.stderr
         assert "signed by the delegated responder CN=OCSP responder" in probe.stdout
         server.stop()
+
+
+def test_reload_keeps_the_staple_while_the_responder_is_down(start_server, backend, responder,
+                                                              tmp_path):
+    """SIGHUP: new workers and a new fetcher; the fetcher adopts the published response, so
+    the new generation staples it although the responder is down."""
+    import signal
+
+    ca = OcspCa(tmp_path / "ca", responder.url)
+    leaf = ca.issue_leaf("server")
+    responder.answer = ca.response(leaf, next_update=dt.timedelta(hours=1))
+    server = start_server(ocsp_config(backend, [pair(leaf)]))
+    wait_event(server, "OCSP response stapled")
+    good, responder.answer = responder.answer, None
+    until_stapled(server.port, ca.ca_path, good)
+    first = wait_event(server, "OCSP fetcher started")["pid"]
+    server.proc.send_signal(signal.SIGHUP)
+    wait_event(server, "reloaded", timeout=30)
+    kept = server.wait_log(lambda e: e.get("event", "").startswith("OCSP refresh failed")
+                           and e["pid"] != first, 15)
+    assert kept is not None, server.raw[-10:]
+    assert stapled(server.port, ca.ca_path) == good
+    assert metric(server, "qtls_ocsp_response_valid", "server-cert.pem") == 1
