@@ -236,6 +236,9 @@ async def _watch_all(targets: list[OcspTarget], settings: CertificatesSection,
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
+    for target in targets:  # every series exists from the start, 0 until a response verifies
+        metrics.ocsp_response_valid.labels(target.label).set(0)
+        metrics.ocsp_next_update.labels(target.label).set(0)
     tasks = [asyncio.create_task(CertificateWatch(t, settings, publisher, metrics).run())
              for t in targets]
     await stop.wait()
