@@ -272,3 +272,38 @@ def test_a_worker_staples_nothing_from_a_file_about_another_certificate(ca, tmp_
     path.write_bytes(b"garbage")
     seen = PublishedResponse(str(path), ca.leaves["server"].cert.serial_number)
     assert seen.current(dt.datetime.now(dt.timezone.utc).timestamp(), 0.0) == b""
+
+
+# --- qproxy probe reads the staple ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["good", "revoked", "forged", "none"])
+def test_probe_reports_the_staple_checked_against_the_chain(ca, tmp_path, kind):
+    from OpenSSL import SSL
+
+    from qproxy.probe import format_result, probe
+    from tests.test_probe import TlsServer
+
+    leaf = ca.leaves["server"]
+    forger = OcspCa(tmp_path / "forger", URL)
+    staple = {"good": ca.response(leaf), "revoked": ca.response(leaf, "revoked"),
+              "forged": ca.response(leaf, signer=ca.responder(issuer_key=forger.key,
+                                                              issuer_cert=forger.cert)),
+              "none": b""}[kind]
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.use_certificate_chain_file(str(leaf.cert_path))
+    context.use_privatekey_file(str(leaf.key_path))
+    context.set_ocsp_server_callback(lambda _conn, _data: staple)
+    server = TlsServer(context)
+    try:
+        result = probe(server.url(), cafile=str(ca.ca_path), servername="localhost",
+                       resume=False)
+    finally:
+        server.stop()
+    line = next(x for x in format_result(result).splitlines() if x.startswith("OCSP:"))
+    expected = {"good": "OCSP: stapled, good (next update ",
+                "revoked": "OCSP: stapled, revoked (next update ",
+                "forged": "OCSP: stapled, INVALID: the responder certificate",
+                "none": "OCSP: not stapled"}[kind]
+    assert line.startswith(expected), line
+    if kind in ("good", "revoked"):
+        assert line.endswith("signed by the issuer)")
