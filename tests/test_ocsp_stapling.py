@@ -14,10 +14,9 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
 from qproxy.cli import qtls_server
-from qproxy.config.model import CertificatesSection
 from qproxy.daemon.ocsp_fetcher import CertificateWatch, FetchFailed, Publisher
 from qproxy.observability.metrics import Metrics
-from qproxy.tls.stapling import OcspTarget, PublishedResponse
+from qproxy.tls.stapling import OcspSettings, OcspTarget, PublishedResponse
 from tests.support.ocsp_pki import OcspCa
 
 URL = "http://127.0.0.1:9/"
@@ -143,12 +142,13 @@ class Clock:
         self.now += dt.timedelta(seconds=seconds)
 
 
-def target_for(ca: OcspCa, name: str = "server") -> OcspTarget:
+def target_for(ca: OcspCa, name: str = "server", **settings: Any) -> OcspTarget:
     from cryptography.hazmat.primitives import serialization
 
     leaf = ca.leaves[name].cert
     return OcspTarget(f"{name}-cert.pem", "certificates.keypairs[0]", leaf,
-                      leaf.public_bytes(serialization.Encoding.DER), ca.cert, URL, None, False)
+                      leaf.public_bytes(serialization.Encoding.DER), ca.cert, URL, None, False,
+                      OcspSettings(**{"retry_interval": 30, **settings}))
 
 
 class Answers:
@@ -163,10 +163,8 @@ class Answers:
 
 def watch(ca: OcspCa, tmp_path: Path, clock: Clock, answers: Answers,
           **settings: Any) -> tuple[CertificateWatch, Metrics]:
-    section = CertificatesSection(server_cert="x", server_key="y", ocsp_stapling=True,
-                                  ocsp_retry_interval=30, **settings)
     metrics = Metrics(CollectorRegistry())
-    return CertificateWatch(target_for(ca), section, Publisher(str(tmp_path)), metrics,
+    return CertificateWatch(target_for(ca, **settings), Publisher(str(tmp_path)), metrics,
                             answers, clock), metrics
 
 
@@ -176,7 +174,7 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 def test_down_responder_keeps_the_last_good_response_until_next_update(ca, tmp_path):
     clock, answers = Clock(), Answers()
-    w, metrics = watch(ca, tmp_path, clock, answers, ocsp_refresh_margin=600)
+    w, metrics = watch(ca, tmp_path, clock, answers, refresh_margin=600)
     good = ca.response(ca.leaves["server"], this_update=clock.now,
                        next_update=dt.timedelta(hours=1))
     answers.next = good
@@ -241,7 +239,7 @@ def test_a_new_fetcher_adopts_the_published_response(ca, tmp_path):
 
 def test_a_short_lived_response_is_not_fetched_in_a_loop(ca, tmp_path):
     clock, answers = Clock(), Answers()
-    w, _ = watch(ca, tmp_path, clock, answers, ocsp_refresh_margin=3600)
+    w, _ = watch(ca, tmp_path, clock, answers, refresh_margin=3600)
     answers.next = ca.response(ca.leaves["server"], this_update=clock.now,
                                next_update=dt.timedelta(minutes=10))
     assert asyncio.run(w.step()) == pytest.approx(150)  # a quarter of 10 minutes

@@ -213,8 +213,7 @@ class Master:
             for sock in (*self.listeners, self.metrics_socket):
                 if sock is not None:
                     sock.close()
-            return fetcher_main(generation.server_tls.ocsp, generation.config.certificates,
-                                directory, self.metrics)
+            return fetcher_main(generation.server_tls.ocsp, directory, self.metrics)
 
         self.ocsp_pid = self._fork(run)
 

@@ -20,7 +20,6 @@ import tempfile
 from typing import Awaitable, Callable
 
 from ..config.files import read_regular
-from ..config.model import CertificatesSection
 from ..errors import ConfigError
 from ..observability.logging import get_logger, reopen_log_files
 from ..observability.metrics import Metrics
@@ -110,11 +109,11 @@ class CertificateWatch:
     """Keeps one certificate's response fresh. `step()` does one round and says how long to
     wait before the next; tests drive it with their own clock and `obtain`."""
 
-    def __init__(self, target: OcspTarget, settings: CertificatesSection, publisher: Publisher,
-                 metrics: Metrics, obtain: Obtain | None = None,
+    def __init__(self, target: OcspTarget, publisher: Publisher, metrics: Metrics,
+                 obtain: Obtain | None = None,
                  clock: Callable[[], dt.datetime] = _utcnow) -> None:
         self.target = target
-        self.settings = settings
+        self.settings = target.settings
         self.publisher = publisher
         self.metrics = metrics
         self.obtain = obtain or self._obtain
@@ -130,7 +129,7 @@ class CertificateWatch:
                 raise FetchFailed(exc.problem, "file") from None
         assert target.url is not None
         return await fetch(target.url, build_request(target.leaf, target.issuer),
-                           self.settings.ocsp_timeout)
+                           self.settings.timeout)
 
     def adopt_published(self) -> None:
         """After a reload or a restart of this process: a response already published is kept
@@ -161,12 +160,12 @@ class CertificateWatch:
             "OCSP response stapled", cert=self.target.label, status=response.status.value,
             next_update=f"{response.next_update:%Y-%m-%dT%H:%M:%SZ}", signer=response.signer,
             source=source)
-        margin = dt.timedelta(seconds=self.settings.ocsp_refresh_margin)
+        margin = dt.timedelta(seconds=self.settings.refresh_margin)
         return self._delay(now, response.refresh_at(margin))
 
     def _failed(self, now: dt.datetime, source: str | None, reason: str, kind: str) -> float:
         self.metrics.ocsp_fetch_failures.labels(self.target.label, kind).inc()
-        retry = now + dt.timedelta(seconds=self.settings.ocsp_retry_interval)
+        retry = now + dt.timedelta(seconds=self.settings.retry_interval)
         last = self.last
         if last is not None and last.valid_at(now):
             log.warning("OCSP refresh failed; the last good response stays stapled until its "
@@ -202,11 +201,11 @@ class CertificateWatch:
                 delay = await self.step()
             except Exception:  # noqa: BLE001 - one certificate's bug must not stop the others
                 log.exception("OCSP refresh step failed", cert=self.target.label)
-                delay = self.settings.ocsp_retry_interval
+                delay = self.settings.retry_interval
             await asyncio.sleep(delay)
 
 
-def must_staple_warnings(targets: list[OcspTarget], settings: CertificatesSection) -> list[str]:
+def must_staple_warnings(targets: list[OcspTarget]) -> list[str]:
     """For `--test-config`: each Must-Staple certificate whose response cannot be had and
     verified right now (one bounded attempt each, at the same time)."""
     must = [t for t in targets if t.must_staple]
@@ -214,7 +213,7 @@ def must_staple_warnings(targets: list[OcspTarget], settings: CertificatesSectio
         return []
 
     async def check(target: OcspTarget) -> str | None:
-        watch = CertificateWatch(target, settings, Publisher(""), Metrics())
+        watch = CertificateWatch(target, Publisher(""), Metrics())
         try:
             verify_response(await watch.obtain(target), target.leaf, target.issuer, _utcnow())
         except (FetchFailed, OcspInvalid) as exc:
@@ -229,8 +228,7 @@ def must_staple_warnings(targets: list[OcspTarget], settings: CertificatesSectio
     return [w for w in asyncio.run(check_all()) if w]
 
 
-async def _watch_all(targets: list[OcspTarget], settings: CertificatesSection,
-                     directory: str, metrics: Metrics) -> int:
+async def _watch_all(targets: list[OcspTarget], directory: str, metrics: Metrics) -> int:
     publisher = Publisher(directory)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -239,7 +237,7 @@ async def _watch_all(targets: list[OcspTarget], settings: CertificatesSection,
     for target in targets:  # every series exists from the start, 0 until a response verifies
         metrics.ocsp_response_valid.labels(target.label).set(0)
         metrics.ocsp_next_update.labels(target.label).set(0)
-    tasks = [asyncio.create_task(CertificateWatch(t, settings, publisher, metrics).run())
+    tasks = [asyncio.create_task(CertificateWatch(t, publisher, metrics).run())
              for t in targets]
     await stop.wait()
     for task in tasks:
@@ -248,11 +246,12 @@ async def _watch_all(targets: list[OcspTarget], settings: CertificatesSection,
     return 0
 
 
-def fetcher_main(targets: list[OcspTarget], settings: CertificatesSection, directory: str,
-                 metrics: Metrics) -> int:
-    """Entry point in the forked child."""
-    log.info("OCSP fetcher started", certificates=[t.label for t in targets])
-    return asyncio.run(_watch_all(targets, settings, directory, metrics))
+def fetcher_main(targets: list[OcspTarget], directory: str, metrics: Metrics) -> int:
+    """Entry point in the forked child. A certificate served on several listeners is one
+    target (its file is named after the certificate)."""
+    unique = list({t.file_name: t for t in targets}.values())
+    log.info("OCSP fetcher started", certificates=[t.label for t in unique])
+    return asyncio.run(_watch_all(unique, directory, metrics))
 
 
 class OcspRuntime:

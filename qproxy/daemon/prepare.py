@@ -80,7 +80,7 @@ def _prepare(source: str, purpose: Purpose) -> Prepared:
     if purpose is Purpose.TEST and server_tls.ocsp:
         from .ocsp_fetcher import must_staple_warnings
 
-        server_tls.warnings += must_staple_warnings(server_tls.ocsp, config.certificates)
+        server_tls.warnings += must_staple_warnings(server_tls.ocsp)
     return Prepared(config, server_tls, tuple(server_tls.warnings))
 
 

@@ -43,6 +43,16 @@ RECHECK = 1.0
 
 
 @dataclass(frozen=True)
+class OcspSettings:
+    """The certificates section's OCSP timings, carried by each target: a listener with its own
+    certificates section has its own."""
+
+    timeout: float = 10.0
+    retry_interval: float = 60.0
+    refresh_margin: float = 3600.0
+
+
+@dataclass(frozen=True)
 class OcspTarget:
     """One certificate to staple for: where its responses come from and how to check them."""
 
@@ -56,6 +66,7 @@ class OcspTarget:
     """The responder asked; None when the response comes from `response_file`."""
     response_file: str | None
     must_staple: bool
+    settings: OcspSettings = OcspSettings()
 
     @property
     def file_name(self) -> str:
@@ -88,6 +99,8 @@ def stapling_targets(config: ServerConfig, pairs: Iterable["LoadedPair"],
     cannot be (no responder URL, no issuer, a Must-Staple certificate with stapling off, a
     response file that does not verify now). An unreadable response file is a ConfigError."""
     certs = config.certificates
+    settings = OcspSettings(certs.ocsp_timeout, certs.ocsp_retry_interval,
+                            certs.ocsp_refresh_margin)
     targets: dict[bytes, OcspTarget] = {}
     now = dt.datetime.now(dt.timezone.utc)
     for pair in pairs:
@@ -121,7 +134,7 @@ def stapling_targets(config: ServerConfig, pairs: Iterable["LoadedPair"],
                             "checked; it is not stapled")
             continue
         target = OcspTarget(label, pair.json_path, pair.leaf, pair.leaf_der, issuer, url,
-                            response_file, must)
+                            response_file, must, settings)
         if response_file is not None:
             try:
                 verify_response(read_regular(response_file, file_path, "OCSP response file",
