@@ -274,3 +274,23 @@ def test_reload_keeps_the_staple_while_the_responder_is_down(start_server, backe
     assert kept is not None, server.raw[-10:]
     assert stapled(server.port, ca.ca_path) == good
     assert metric(server, "qtls_ocsp_response_valid", "server-cert.pem") == 1
+
+
+def test_a_killed_fetcher_is_restarted_and_the_staple_stays(start_server, backend, responder,
+                                                           tmp_path):
+    import os
+    import signal
+
+    ca = OcspCa(tmp_path / "ca", responder.url)
+    leaf = ca.issue_leaf("server")
+    responder.answer = ca.response(leaf, next_update=dt.timedelta(hours=1))
+    server = start_server(ocsp_config(backend, [pair(leaf)]))
+    first = wait_event(server, "OCSP fetcher started")["pid"]
+    wait_event(server, "OCSP response stapled")
+    until_stapled(server.port, ca.ca_path, responder.answer)
+    os.kill(first, signal.SIGKILL)
+    wait_event(server, "OCSP fetcher exited; restarting it", ocsp_pid=first)
+    again = server.wait_log(lambda e: e.get("event") == "OCSP fetcher started"
+                            and e["pid"] != first, 15)
+    assert again is not None, server.raw[-10:]
+    assert stapled(server.port, ca.ca_path) == responder.answer
