@@ -127,6 +127,10 @@ def test_no_issuer_is_a_warning(tmp_path, ca):
     result = test_config(tmp_path, data)
     assert "the issuer of leaf-only.pem is neither in its chain file nor in " \
            "certificates.ca_bundle" in result.stderr, result.stderr
+    # The issuer in ca_bundle (its only certificate) is found there.
+    data["certificates"]["ca_bundle"] = str(ca.ca_path)
+    result = test_config(tmp_path, data)
+    assert "the issuer of" not in result.stderr, result.stderr
 
 
 # --- the fetcher's decisions, with its own clock ---------------------------------------------

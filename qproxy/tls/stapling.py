@@ -90,7 +90,7 @@ def _issuer_of(pair: "LoadedPair", config: ServerConfig) -> x509.Certificate | N
                 read_regular(path, json_path, "certificate"))
         except (ConfigError, ValueError):
             continue  # context.py reports unreadable files; here they only yield no issuer
-    return find_issuer(pair.leaf, candidates[1:] if candidates else [])
+    return find_issuer(pair.leaf, [c for c in candidates if c != pair.leaf])
 
 
 def stapling_targets(config: ServerConfig, pairs: Iterable["LoadedPair"],
