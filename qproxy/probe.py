@@ -10,6 +10,7 @@ derived from the key of the leaf certificate it presented (`policy.sigalg_for_ke
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
 import selectors
@@ -24,6 +25,7 @@ from OpenSSL import SSL
 
 from qproxy.errors import QProxyError
 from qproxy.tls import certinfo, openssl_ext, policy
+from qproxy.tls import ocsp as tls_ocsp
 
 _T = TypeVar("_T")
 
@@ -87,6 +89,8 @@ class ProbeResult:
     resume_error: str | None = None
     client_cert_requested: bool = False
     client_cert_sent: bool = False
+    ocsp: str | None = None
+    """The stapled OCSP response as checked against the presented chain; None: none stapled."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class _Link:
     deadline: float
     handshake_ms: float = 0.0
     certificate_requested: bool = False
+    stapled: bytes = b""
 
 
 def parse_target(url: str) -> Target:
@@ -236,7 +241,16 @@ def _client_context(plan: _Plan) -> SSL.Context:
     # VERIFY_NONE still verifies the chain in client mode and records the result for
     # SSL_get_verify_result; it only keeps a bad chain from aborting the handshake.
     context.set_verify(SSL.VERIFY_NONE)
+    # Like `s_client -status`: ask for a stapled OCSP response; it is reported, not enforced.
+    context.set_ocsp_client_callback(_note_staple)
     return context
+
+
+def _note_staple(conn: SSL.Connection, data: bytes, _arg: object) -> bool:
+    link = conn.get_app_data()
+    if isinstance(link, _Link):
+        link.stapled = data
+    return True
 
 
 def _load_ca(context: SSL.Context, cafile: str) -> None:
@@ -272,6 +286,8 @@ def _connect_tls(plan: _Plan, context: SSL.Context, session: SSL.Session | None 
     conn = SSL.Connection(context, sock)
     link = _Link(conn, sock, deadline)
     try:
+        conn.set_app_data(link)
+        conn.request_ocsp()
         _watch_certificate_request(link)
         conn.set_connect_state()
         if plan.sni:
@@ -384,7 +400,25 @@ def _session_facts(link: _Link, plan: _Plan) -> ProbeResult:
         handshake_ms=link.handshake_ms,
         client_cert_requested=link.certificate_requested,
         client_cert_sent=link.certificate_requested and plan.cert is not None,
+        ocsp=_staple_text(link.stapled, conn) if link.stapled else None,
     )
+
+
+def _staple_text(der: bytes, conn: SSL.Connection) -> str:
+    """'good (...)', 'revoked (...)' or why the staple does not verify, checked against the
+    chain the server sent (its issuer must be in it)."""
+    chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+    issuer = tls_ocsp.find_issuer(chain[0], list(chain[1:])) if chain else None
+    if issuer is None:
+        return "present, not checked (the issuer is not in the chain sent)"
+    try:
+        checked = tls_ocsp.verify_response(der, chain[0], issuer,
+                                           dt.datetime.now(dt.timezone.utc))
+    except tls_ocsp.OcspInvalid as exc:
+        return f"INVALID: {exc}"
+    text = (f"{checked.status.value} (next update {checked.next_update:%Y-%m-%d %H:%M:%S} UTC, "
+            f"signed by the {checked.signer})")
+    return text
 
 
 def _canonical_group(name: str | None) -> str | None:
@@ -643,6 +677,7 @@ def format_result(result: ProbeResult) -> str:
         *(f"  {depth}: {entry.subject} [{entry.key}]" for depth, entry in enumerate(result.chain)),
         f"Verification: {_verification_label(result)}",
         f"Client certificate: {_client_cert_label(result)}",
+        f"OCSP: {'stapled, ' + result.ocsp if result.ocsp else 'not stapled'}",
         f"Resumed: {_resumed_label(result)}",
         f"HTTP: {_http_label(result)}",
         f"Handshake: {result.handshake_ms:.1f} ms",

@@ -202,9 +202,25 @@ class TlsSection(Section):
         return self
 
 
+def check_ocsp_url(value: str) -> str:
+    """OCSP goes over plain HTTP (RFC 6960 A.1): its answers are signed, and fetching them over
+    TLS would need an OCSP check of its own."""
+    if not value.startswith("http://") or len(value) <= len("http://"):
+        raise ValueError(f"{value[:80]!r} must be an http:// URL (OCSP is plain HTTP)")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value[:80]!r} holds whitespace or a control character")
+    return value
+
+
+OcspUrl = Annotated[str, AfterValidator(check_ocsp_url)]
+
+
 class KeyPair(Section):
     cert: str
     key: str
+    # A DER OCSP response to staple for this certificate instead of fetching one (nginx's
+    # ssl_stapling_file); re-read and re-checked on every refresh, so a job may replace it.
+    ocsp_response_file: str | None = None
 
 
 class CertificatesSection(Section):
@@ -218,6 +234,14 @@ class CertificatesSection(Section):
     verify_depth: Annotated[int, Field(ge=0, le=100)] = 3
     # Days before notAfter from which start, reload and --test-config warn.
     warn_days: Annotated[int, Field(ge=0, le=3650)] = 30
+    # OCSP stapling. Off by default, as in nginx and HAProxy: on, the daemon makes outbound
+    # HTTP requests to each certificate's CA, which a locked-down host may not allow.
+    ocsp_stapling: bool = False
+    ocsp_responder: OcspUrl | None = None
+    ocsp_response_file: str | None = None  # for server_cert; keypairs/sni carry their own
+    ocsp_refresh_margin: PositiveFloat = 3600.0
+    ocsp_retry_interval: PositiveFloat = 60.0
+    ocsp_timeout: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 10.0
 
     @model_validator(mode="after")
     def _one_key_name(self) -> "CertificatesSection":
@@ -229,6 +253,9 @@ class CertificatesSection(Section):
             raise ValueError("no certificate: set server_cert + server_key, or keypairs")
         if self.verify_client and not self.ca_bundle:
             raise ValueError("verify_client needs ca_bundle: the CAs that sign client certificates")
+        if self.ocsp_response_file and not self.server_cert:
+            raise ValueError("ocsp_response_file belongs to server_cert; for keypairs and sni "
+                             "give each pair its own ocsp_response_file")
         return self
 
     def default_pairs(self) -> tuple[KeyPair, ...]:
@@ -237,7 +264,8 @@ class CertificatesSection(Section):
         if self.server_cert:
             key = self.server_key or self.server_key_uri
             assert key is not None
-            pairs.insert(0, KeyPair(cert=self.server_cert, key=key))
+            pairs.insert(0, KeyPair(cert=self.server_cert, key=key,
+                                    ocsp_response_file=self.ocsp_response_file))
         return tuple(pairs)
 
 

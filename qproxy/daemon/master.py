@@ -23,13 +23,15 @@ from ..errors import ConfigError, ConfigErrors, QProxyError
 from ..observability.logging import get_logger, reopen_log_files, rotate_by_size
 from ..observability.metrics import Metrics, mark_process_dead
 from ..observability.throttle import Throttle
+from ..tls import stapling
 from ..tls.context import ServerTls
 from . import systemd
 from .lifeline import die_with_parent
 from .prepare import Prepared, PreparedListener, Purpose, prepare, restart_only_changes
-from .respawn import METRICS_SLOT, RespawnQueue
+from .respawn import METRICS_SLOT, OCSP_SLOT, RespawnQueue
 from .ticket_keys import TicketKeyClock
 from .status import StatusBoard, describe_listener
+from .ocsp_fetcher import OcspRuntime
 from .worker import worker_main
 
 log = get_logger("qproxy.master")
@@ -105,6 +107,13 @@ class ServingGeneration:
     def size(self) -> int:
         return self.config.server.workers or (os.cpu_count() or 1)
 
+    def all_tls(self) -> list[ServerTls]:
+        return [p.server_tls for p in self.prepared] or [self.server_tls]
+
+    def ocsp_targets(self) -> list:
+        """Every listener's stapled certificates (the fetcher drops repeats)."""
+        return [target for tls in self.all_tls() for target in tls.ocsp]
+
 
 class Master:
     def __init__(self, prepared: Prepared, source: str, metrics: Metrics,
@@ -121,6 +130,8 @@ class Master:
         self.sockets: dict[SocketKey, list[socket.socket]] = {}
         self.metrics_socket: socket.socket | None = None
         self.metrics_pid: int | None = None
+        self.ocsp = OcspRuntime()
+        self.ocsp_pid: int | None = None
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         self._respawns = RespawnQueue()
@@ -259,12 +270,41 @@ class Master:
 
         self.metrics_pid = self._fork(run)
 
+    def _spawn_ocsp(self) -> None:
+        """The OCSP fetcher for the current generation's certificates (if any are stapled)."""
+        targets = self.current.ocsp_targets()
+        if not targets:
+            return
+        directory = self.ocsp.ensure_directory()
+
+        def run() -> int:
+            from .ocsp_fetcher import fetcher_main
+
+            for sock in (*self.listeners, self.metrics_socket):
+                if sock is not None:
+                    sock.close()
+            return fetcher_main(targets, directory, self.metrics)
+
+        self.ocsp_pid = self._fork(run)
+
+    def _restart_ocsp(self) -> None:
+        if self.ocsp_pid is not None:
+            try:
+                os.kill(self.ocsp_pid, signal.SIGTERM)  # reaped later as an unknown child
+            except ProcessLookupError:
+                pass
+            self.ocsp_pid = None
+        self._spawn_ocsp()
+
     def _start_generation(self, generation: ServingGeneration) -> bool:
         """Fork a whole generation and wait until every worker listens.
 
         Workers that log in to an HSM start one after another: PKCS#11 tokens (SoftHSM2's
         file store among them) can fail a module initialised by several processes at once."""
-        one_by_one = generation.server_tls.uses_hsm
+        one_by_one = any(tls.uses_hsm for tls in generation.all_tls())
+        for tls in generation.all_tls():
+            if tls.ocsp:  # before fork: every worker inherits the callback
+                stapling.attach(tls, self.ocsp.ensure_directory())
         deadline = time.monotonic() + READY_TIMEOUT
         pending: dict[int, int] = {}
         for slot in range(generation.size):
@@ -337,6 +377,13 @@ class Master:
     def _child_exited(self, pid: int, status: int, lived: float) -> None:
         how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                else f"exit code {os.WEXITSTATUS(status)}")
+        if pid == self.ocsp_pid:
+            self.ocsp_pid = None
+            if not self._stopping:
+                delay = self._respawns.schedule(OCSP_SLOT, lived)
+                log.error("OCSP fetcher exited; restarting it", ocsp_pid=pid, status=how,
+                          respawn_in_s=delay)
+            return
         if pid == self.metrics_pid:
             self.metrics_pid = None
             if not self._stopping:
@@ -372,6 +419,9 @@ class Master:
                 if slot == METRICS_SLOT:
                     if self.metrics_pid is None:
                         self._spawn_metrics()
+                elif slot == OCSP_SLOT:
+                    if self.ocsp_pid is None:
+                        self._spawn_ocsp()
                 elif slot not in self.current.workers:
                     pid, _ = self._spawn_worker(self.current, slot)
                     log.info("worker respawned", worker_pid=pid, slot=slot,
@@ -421,6 +471,7 @@ class Master:
         self.current = new
         self._ticket_keys.renewed(config.tls, time.monotonic())
         self._respawns.new_generation()
+        self._restart_ocsp()
         self._stop_accepting(old)
         self.old.append(old)
         # Listeners the new configuration dropped: the old workers have closed their copies
@@ -471,8 +522,7 @@ class Master:
             reopen_log_files()
             children = [pid for generation in (self.current, *self.old)
                         for pid in generation.workers.values()]
-            if self.metrics_pid is not None:
-                children.append(self.metrics_pid)
+            children += [pid for pid in (self.metrics_pid, self.ocsp_pid) if pid is not None]
             for pid in children:
                 try:
                     os.kill(pid, signal.SIGUSR1)
@@ -518,6 +568,7 @@ class Master:
                  workers=list(generation.workers.values()), groups=generation.server_tls.policy.groups,
                  certificates=[p.key_kind for p in generation.server_tls.pairs],
                  upstreams={n: list(u.servers) for n, u in generation.config.upstreams.items()})
+        self._spawn_ocsp()
         systemd.notify("READY=1", f"MAINPID={os.getpid()}")
         watchdog = systemd.watchdog_interval()
         next_ping = time.monotonic()
@@ -627,12 +678,15 @@ class Master:
                 log.info("stopping fast: connections in flight are cut", grace_s=FAST_STOP_GRACE)
         for generation in (self.current, *self.old):
             self._terminate(generation, signal.SIGKILL)
-        if self.metrics_pid is not None:
-            os.kill(self.metrics_pid, signal.SIGTERM)
+        for pid in (self.metrics_pid, self.ocsp_pid):
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + KILL_GRACE
-        while (self._workers_alive() or self.metrics_pid) and time.monotonic() < deadline:
+        while ((self._workers_alive() or self.metrics_pid or self.ocsp_pid)
+               and time.monotonic() < deadline):
             time.sleep(0.05)
             self._reap()
+        self.ocsp.remove()
         log.info("stopped")
 
     def _ports(self, generation: ServingGeneration) -> dict[str, int]:

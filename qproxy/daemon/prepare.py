@@ -102,6 +102,9 @@ def _prepare(source: str, purpose: Purpose, running: ServerConfig | None) -> Pre
     from ..tls.machine import info_callback
 
     check_platform()
+    from ..tls.stapling import stapling_targets
+    from .ocsp_fetcher import must_staple_warnings
+
     prepared: list[PreparedListener] = []
     for listener in listeners_of(config):
         # Each listener's contexts through the same builder, with its own tls and certificates;
@@ -115,6 +118,10 @@ def _prepare(source: str, purpose: Purpose, running: ServerConfig | None) -> Pre
             found += exc.errors
         else:
             prepared.append(PreparedListener(listener, server_tls))
+            server_tls.ocsp = stapling_targets(listener_config, server_tls.pairs,
+                                               server_tls.warnings)
+            if purpose is Purpose.TEST and server_tls.ocsp:
+                server_tls.warnings += must_staple_warnings(server_tls.ocsp)
         if providers_ready and (listener.own_certificates or listener.json_path == "server"):
             found += hsm_key_problems(listener_config)
         errors += [ConfigError(listener.config_path(e.path), e.problem) for e in found]

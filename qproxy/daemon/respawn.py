@@ -9,6 +9,8 @@ from typing import Callable
 
 METRICS_SLOT = -1
 """The metrics process's place in the queue (workers have slots 0 … n-1)."""
+OCSP_SLOT = -2
+"""The OCSP fetcher's; like the metrics process it outlives generations."""
 QUICK_DEATH = 10.0
 """A child that lived less than this many seconds died quickly."""
 FIRST_DELAY = 0.25
@@ -49,5 +51,5 @@ class RespawnQueue:
 
     def new_generation(self) -> None:
         """Workers of the old generation are not respawned; the metrics process still is."""
-        self._queue = [r for r in self._queue if r.slot == METRICS_SLOT]
-        self._quick_deaths = {s: n for s, n in self._quick_deaths.items() if s == METRICS_SLOT}
+        self._queue = [r for r in self._queue if r.slot < 0]
+        self._quick_deaths = {s: n for s, n in self._quick_deaths.items() if s < 0}

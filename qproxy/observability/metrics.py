@@ -6,6 +6,9 @@ Label names follow what operators already know: Envoy counts `ssl.curves.<group>
 
 from __future__ import annotations
 
+import glob
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
@@ -97,14 +100,49 @@ class Metrics:
                                        "Workers that died unexpectedly and were respawned",
                                        registry=r)
 
+        # Set by the master's OCSP fetcher process; `cert` is the certificate file's name.
+        self.ocsp_fetch_failures = Counter(
+            "qtls_ocsp_fetch_failures", "OCSP responses that could not be fetched or did not "
+            "verify, by certificate and reason", ["cert", "reason"], registry=r)
+        self.ocsp_response_valid = Gauge(
+            "qtls_ocsp_response_valid", "1 while a verified OCSP response is stapled for the "
+            "certificate", ["cert"], registry=r, multiprocess_mode="livemax")
+        self.ocsp_next_update = Gauge(
+            "qtls_ocsp_next_update_seconds", "nextUpdate of the stapled OCSP response (Unix "
+            "time; 0: none)", ["cert"], registry=r, multiprocess_mode="livemax")
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _SettledFiles(multiprocess.MultiProcessCollector):
+    """prometheus_client's collector without its two races with the processes that write:
+    a value file is created empty and sized a moment later (a scrape in between failed with
+    struct.error: HTTP 500), and the master deletes a dead process's live-gauge files (one
+    gone between the listing and the open failed with FileNotFoundError). Empty files are
+    skipped; a vanished one makes the merge start over (three times at most)."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        for attempt in range(3):
+            files = []
+            for name in glob.glob(os.path.join(self._path, "*.db")):
+                try:
+                    if os.stat(name).st_size > 0:
+                        files.append(name)
+                except FileNotFoundError:
+                    pass
+            try:
+                return self.merge(files, accumulate=True)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        return []
 
 
 def render_multiprocess() -> bytes:
     """The sum over every process's values (PROMETHEUS_MULTIPROC_DIR), for /metrics."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    _SettledFiles(registry)
     return generate_latest(registry)
 
 

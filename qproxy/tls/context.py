@@ -51,6 +51,7 @@ class LoadedPair:
     json_path: str = ""
     key_uri: Pkcs11Uri | None = None
     """Set for keys in an HSM: `key_path` is then the provider's PEM form of the URI."""
+    ocsp_response_file: str | None = None
 
     @property
     def key_source(self) -> str:
@@ -69,6 +70,8 @@ class ServerTls:
     deferred: list[tuple[SSL.Context, LoadedPair]] = field(default_factory=list)
     """HSM keys to load after fork, in each worker (PKCS#11 modules are not fork-safe)."""
     _by_der: dict[bytes, LoadedPair] = field(default_factory=dict)
+    ocsp: list = field(default_factory=list)
+    """tls.stapling.OcspTarget per certificate to staple (set by daemon.prepare)."""
 
     def context_for(self, server_name: str | None) -> SSL.Context:
         if not server_name or not self.by_name:
@@ -172,7 +175,8 @@ def load_hsm_pair(pair: KeyPair, json_path: str, hsm_enabled: bool) -> LoadedPai
     leaf = _load_leaf(pair, json_path)
     key_path = _hsm_key_file(pair.key)
     return LoadedPair(pair.cert, key_path, describe_key(leaf.public_key()), leaf,
-                      leaf.public_bytes(serialization.Encoding.DER), json_path, uri)
+                      leaf.public_bytes(serialization.Encoding.DER), json_path, uri,
+                      pair.ocsp_response_file)
 
 
 def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
@@ -200,7 +204,8 @@ def load_pair(pair: KeyPair, json_path: str, warnings: list[str],
                         "chmod 600 it")
     # Expiry (past or near) is warned about by observability.cert_expiry, for every pair.
     return LoadedPair(pair.cert, pair.key, describe_key(leaf.public_key()), leaf,
-                      leaf.public_bytes(serialization.Encoding.DER), json_path)
+                      leaf.public_bytes(serialization.Encoding.DER), json_path,
+                      ocsp_response_file=pair.ocsp_response_file)
 
 
 def _alpn_select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
