@@ -74,12 +74,19 @@ def allow_list(count: int = 1000) -> list[dict]:
     return [{"allow": networks}, {"allow": "127.0.0.1"}, {"deny": "all"}]
 
 
-def access_settings() -> tuple[dict, list]:
+def access_settings(only: str | None = None) -> tuple[dict, list]:
+    """`only`: "rate" or "rules", to tell their costs apart."""
     rules = allow_list()
-    server = {"access": {"rules": rules,
-                         "rate": {"requests_per_second": 1_000_000, "burst": 1_000_000}}}
+    rate = {"requests_per_second": 1_000_000, "burst": 1_000_000}
+    listener = {"rules": rules, "rate": rate}
+    if only == "nothing":  # an A/A run: both servers alike, to see the setup's own bias
+        return {}, [{"path_prefix": "/", "upstream": "backend"}]
+    if only == "rate":
+        return {"access": {"rate": rate}}, [{"path_prefix": "/", "upstream": "backend"}]
+    if only == "rules":
+        listener = {"rules": rules}
     routes = [{"path_prefix": "/", "upstream": "backend", "access": {"rules": rules}}]
-    return server, routes
+    return {"access": listener}, routes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--only", choices=("rate", "rules", "nothing"),
+                        help="configure only the rate limit, or only the CIDR lists, or "
+                             "nothing (an A/A run: what differs is the setup's bias)")
     args = parser.parse_args(argv)
     figures = {label: {"rps": [], "cpu": []} for label in ("no access", "1,000 CIDRs + rate")}
     with tempfile.TemporaryDirectory(prefix="qtls-access-") as tmp:
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         started = [backend_proc, sink_proc]
         try:
             sides = []
-            server, routes = access_settings()
+            server, routes = access_settings(args.only)
             for index, (label, extra) in enumerate((("no access", {}),
                                                     ("1,000 CIDRs + rate",
                                                      {"server": server, "routes": routes}))):
