@@ -103,7 +103,6 @@ def _prepare(source: str, purpose: Purpose, running: ServerConfig | None) -> Pre
 
     check_platform()
     from ..tls.stapling import stapling_targets
-    from .ocsp_fetcher import must_staple_warnings
 
     prepared: list[PreparedListener] = []
     for listener in listeners_of(config):
@@ -121,6 +120,10 @@ def _prepare(source: str, purpose: Purpose, running: ServerConfig | None) -> Pre
             server_tls.ocsp = stapling_targets(listener_config, server_tls.pairs,
                                                server_tls.warnings)
             if purpose is Purpose.TEST and server_tls.ocsp:
+                # Not at start: the fetcher's module brings prometheus_client, which must
+                # not load before the metrics directory is set (cli._serve).
+                from .ocsp_fetcher import must_staple_warnings
+
                 server_tls.warnings += must_staple_warnings(server_tls.ocsp)
         if providers_ready and (listener.own_certificates or listener.json_path == "server"):
             found += hsm_key_problems(listener_config)
