@@ -60,8 +60,9 @@ def checks_microseconds(repeat: int = 20000) -> float:
     assert isinstance(admission.client, ClientState) and parse_address("127.0.0.1")
 
     def one() -> None:
-        assert access.on_listener(request, None) is None  # type: ignore[arg-type]
-        assert access.on_route(route, request, None) is None  # type: ignore[arg-type]
+        standing = access.admission(request, None)  # type: ignore[arg-type]
+        assert access.on_listener(standing) is None
+        assert access.on_route(route, standing) is None
 
     best = min(timeit.repeat(one, number=repeat, repeat=5))
     return best / repeat * 1e6
