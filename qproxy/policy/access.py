@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Hashable
 from .cidr import Action, CidrRules, IpAddress, Rule, parse_address
 from .clients import ClientAllowList, identity_of
 from .connections import ConnectionCounter
-from .rate import Limited, TokenBuckets
+from .rate import ALLOWED, Limited, TokenBuckets
 
 if TYPE_CHECKING:  # not imported: it loads OpenSSL, and the config imports this module
     from cryptography import x509
@@ -150,7 +150,8 @@ class AccessPolicy:
         verdict = client.client_verdicts.get(id(self))
         if verdict is None:
             verdict = client.cert is not None and allowed.allows(client.cert)
-            client.client_verdicts[id(self)] = verdict
+            if client.cert_known:  # before the handshake's answer, nothing is settled
+                client.client_verdicts[id(self)] = verdict
         if verdict:
             return None
         if client.cert is None:
@@ -163,8 +164,11 @@ class AccessPolicy:
         buckets = self._buckets
         if buckets is None:
             return None
-        outcome = buckets.take(client.rate_key(self._rate_key))
-        if isinstance(outcome, Limited):
+        key = (client.address_key if self._rate_key is RateKey.ADDRESS
+               else client.rate_key(self._rate_key))
+        outcome = buckets.take(key)
+        if outcome is not ALLOWED:
+            assert isinstance(outcome, Limited)
             return Denial(Reason.RATE, f"over {buckets.rate:g} requests/s (burst "
                           f"{buckets.burst}) in this worker",
                           retry_after=max(1, math.ceil(outcome.retry_after)))
