@@ -1,11 +1,13 @@
 """What access control costs on keep-alive requests: qtls-server with an allow-list of 1,000
-CIDRs on the listener and on the route (the route's checked on every request) plus a rate
+CIDRs on the listener and on the route (the route's asked on every request) plus a rate
 limit (one bucket taken per request; set high enough that nothing is refused), against the
-same server with no `access` at all. Both are fresh processes started in the same run and
-measured in turns (A B B A ...), so a machine that drifts weighs on both; wrk, 64
-connections, /1k from a static nginx. Worker CPU per request is the steadier figure.
+same server with no `access` at all. Both are fresh processes started in the same run, in
+pairs started in turns (A B, then B A: a server's place in the start order showed as a few
+per cent in an A/A run) and measured in turns (A B B A ...), so a machine that drifts weighs
+on both; wrk, 64 connections, /1k from a static nginx. Worker CPU per request is the
+steadier figure.
 
-    python -m benchmarks.access [--runs 6] [--seconds 3] [--workers 1]
+    python -m benchmarks.access [--runs 12] [--seconds 3] [--workers 1] [--pairs 2]
 
 The target (issue 15): under 5 % fewer requests per second.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import statistics
 import sys
 import tempfile
@@ -60,8 +63,9 @@ def checks_microseconds(repeat: int = 20000) -> float:
     assert isinstance(admission.client, ClientState) and parse_address("127.0.0.1")
 
     def one() -> None:
-        assert access.on_listener(request, None) is None  # type: ignore[arg-type]
-        assert access.on_route(route, request, None) is None  # type: ignore[arg-type]
+        standing = access.admission(request, None)  # type: ignore[arg-type]
+        assert access.on_listener(standing) is None
+        assert access.on_route(route, standing) is None
 
     best = min(timeit.repeat(one, number=repeat, repeat=5))
     return best / repeat * 1e6
@@ -93,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     from .run import server_cpu, wrk_rate
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="pairs of servers, started in turns (A B, B A): runs rotate "
+                             "between them")
     parser.add_argument("--only", choices=("rate", "rules", "nothing"),
                         help="configure only the rate limit, or only the CIDR lists, or "
                              "nothing (an A/A run: what differs is the setup's bias)")
@@ -110,19 +117,28 @@ def main(argv: list[str] | None = None) -> int:
         backend_proc, backend = peers.start_backend(work / "backend", 1 << 20, sink)
         started = [backend_proc, sink_proc]
         try:
-            sides = []
             server, routes = access_settings(args.only)
-            for index, (label, extra) in enumerate((("no access", {}),
-                                                    ("1,000 CIDRs + rate",
-                                                     {"server": server, "routes": routes}))):
-                proc, port, _ = peers.start_qtls(
-                    work, [(certs.pki.mldsa_cert, certs.pki.mldsa_key),
-                           (certs.ecdsa_p256_cert, certs.ecdsa_p256_key)], backend,
-                    args.workers, f"access-{index}", **extra)
-                started.append(proc)
-                sides.append((label, port, peers.qtls_worker_pids(proc.log)))
+            settings = {"no access": {}, "1,000 CIDRs + rate": {"server": server,
+                                                                "routes": routes}}
+            # Pairs started A B, then B A, ...: a server's place in the start order (its
+            # ports, its memory, where the scheduler puts it) then weighs on both sides.
+            pairs = []
+            for pair in range(args.pairs):
+                labels = list(settings) if pair % 2 == 0 else list(settings)[::-1]
+                side = {}
+                for label in labels:
+                    index = len(started) - 2
+                    proc, port, _ = peers.start_qtls(
+                        work, [(certs.pki.mldsa_cert, certs.pki.mldsa_key),
+                               (certs.ecdsa_p256_cert, certs.ecdsa_p256_key)], backend,
+                        args.workers, f"access-{index}", **settings[label])
+                    started.append(proc)
+                    side[label] = (port, peers.qtls_worker_pids(proc.log), proc.log)
+                pairs.append([(label, *side[label]) for label in settings])
             for run in range(args.runs):
-                for label, port, pids in (sides if run % 2 == 0 else sides[::-1]):
+                sides = pairs[run % len(pairs)]
+                for label, port, pids, _ in (sides if (run // len(pairs)) % 2 == 0
+                                             else sides[::-1]):
                     before, begun = server_cpu(pids), time.perf_counter()
                     rate = wrk_rate(port, args.seconds, 64)
                     wall = time.perf_counter() - begun
@@ -131,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                         return 1
                     figures[label]["rps"].append(rate)
                     figures[label]["cpu"].append((server_cpu(pids) - before) / (rate * wall) * 1e6)
-                print(f"run {run + 1}/{args.runs}: " + "; ".join(
-                    f"{label}: {figures[label]['rps'][-1]:,.0f} req/s" for label, _, _ in sides),
-                    flush=True)
-            refused = sum(line.count('"access denied"') for line in
-                          (work / "access-1.log").read_text().splitlines())
+                print(f"run {run + 1}/{args.runs} (pair {run % len(pairs) + 1}): " + "; ".join(
+                    f"{label}: {figures[label]['rps'][-1]:,.0f} req/s" for label, *_ in sides)
+                    + f"  (load average {os.getloadavg()[0]:.1f})", flush=True)
+            refused = sum(log.read_text().count('"access denied"')
+                          for pair in pairs for label, _, _, log in pair
+                          if label != "no access")
         finally:
             for process in reversed(started):
                 process.stop()

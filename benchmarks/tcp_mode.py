@@ -1,8 +1,11 @@
 """TCP mode (issue 14): throughput through the tunnel and the new-connection rate, qtls-server
 against nginx `stream` (ssl_preread off, plain `proxy_pass`) with the same ECDSA P-256
 certificate, one worker each (nginx's default worker_processes), measured in the same run.
+Like for like, both with X25519 (Debian's nginx runs on the system OpenSSL 3.0, which has no
+ML-KEM); qtls-server with X25519MLKEM768 is the row alongside. The client offers that one
+group only, so a row cannot silently use another.
 
-    python -m benchmarks.tcp_mode --gib 1 --seconds 5 --clients 4
+    python -m benchmarks.tcp_mode --gib 1 --seconds 5 --clients 4 --rounds 3
 
 The backend is a small TCP server in its own process: a connection that sends b"S" and an
 8-byte size gets that many bytes and then a FIN; one that sends b"E" gets b"E" back (the
@@ -17,6 +20,7 @@ import argparse
 import json
 import multiprocessing as mp
 import socket
+import statistics
 import struct
 import sys
 import tempfile
@@ -189,6 +193,8 @@ stream {{
         ssl_certificate {certs.ecdsa_p256_cert};
         ssl_certificate_key {certs.ecdsa_p256_key};
         ssl_protocols TLSv1.3;
+        # Debian's nginx runs on the system OpenSSL 3.0: no ML-KEM, X25519 is its best group.
+        ssl_ecdh_curve X25519;
         proxy_pass backend;
     }}
 }}
@@ -198,11 +204,29 @@ stream {{
     return proc, port
 
 
+def nginx_openssl() -> str:
+    """The OpenSSL nginx runs with (`nginx -V` says what it was built with and runs with)."""
+    import subprocess
+    out = subprocess.run([peers._nginx(), "-V"], capture_output=True, text=True,
+                         timeout=30).stderr
+    line = next((l for l in out.splitlines() if "OpenSSL" in l), "OpenSSL ?")
+    return line.strip()
+
+
+def _spread(values: list[float]) -> str:
+    """Median, and the range, of one row's rounds."""
+    return (f"{statistics.median(values):8.0f} [{min(values):.0f}-{max(values):.0f}]"
+            if values else "       —")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gib", type=float, default=1.0, help="bytes through the tunnel")
     parser.add_argument("--seconds", type=float, default=5.0, help="per connection-rate run")
     parser.add_argument("--clients", type=int, default=4, help="connecting processes")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds; each measures every row once, in turns (the order "
+                             "reversed every other round), so a drifting machine weighs on all")
     args = parser.parse_args(argv)
     size = int(args.gib * (1 << 30))
     with tempfile.TemporaryDirectory(prefix="qproxy-tcp-bench-") as temp:
@@ -213,26 +237,44 @@ def main(argv: list[str] | None = None) -> int:
         backend.start()
         peers.wait_port(backend_port)
         started = [start_qtls_tcp(directory, certs, backend_port)]
-        sides = [("qtls-server tcp", started[0][1], ("X25519", "X25519MLKEM768"))]
+        # Like for like first: both with X25519; qtls-server's hybrid group is an extra row.
+        rows = [("qtls-server tcp", started[0][1], "X25519")]
         nginx = start_nginx_stream(directory, certs, backend_port)
         if nginx is not None:
             started.append(nginx)
-            sides.append(("nginx stream", nginx[1], ("X25519",)))
+            rows.append(("nginx stream", nginx[1], "X25519"))
+        rows.append(("qtls-server tcp", started[0][1], "X25519MLKEM768"))
+        figures: dict[tuple[str, str], dict[str, list[float]]] = {
+            (name, group): {"mib": [], "conn": []} for name, _, group in rows}
         try:
             with mp.get_context("fork").Pool(args.clients) as pool:
-                print(f"{'server':<18} {'group':<16} {'MiB/s':>8} {'conn/s':>8}")
-                for name, port, groups in sides:
-                    for group in groups:
-                        rate = throughput(port, group, size)
-                        conns = connection_rate(pool, port, group, args.seconds, args.clients)
-                        print(f"{name:<18} {group:<16} {rate:8.0f} {conns:8.0f}")
-            if nginx is None:
-                print("nginx stream: not measured (no ngx_stream_module.so: install the "
-                      "Debian package libnginx-mod-stream)")
+                for round_ in range(args.rounds):
+                    for name, port, group in (rows if round_ % 2 == 0 else rows[::-1]):
+                        figures[name, group]["mib"].append(throughput(port, group, size))
+                        figures[name, group]["conn"].append(
+                            connection_rate(pool, port, group, args.seconds, args.clients))
+                    print(f"round {round_ + 1}/{args.rounds}: " + "; ".join(
+                        f"{n} {g}: {figures[n, g]['mib'][-1]:.0f} MiB/s, "
+                        f"{figures[n, g]['conn'][-1]:.0f} conn/s" for n, _, g in rows),
+                        flush=True)
         finally:
             for proc, _ in started:
                 proc.stop()
             backend.terminate()
+    print(f"\nTCP mode, {args.gib:g} GiB per throughput run, {args.clients} connecting "
+          f"processes for {args.seconds:g} s per rate run, {args.rounds} rounds "
+          "(median [range]); one worker each, ECDSA P-256 certificate, TLS 1.3")
+    print(f"nginx: {nginx_openssl()}\n")
+    print(f"| {'server':<16} | {'group':<15} | {'MiB/s through the tunnel':>26} | "
+          f"{'new connections/s':>26} |")
+    print(f"|{'-' * 18}|{'-' * 17}|{'-' * 28}|{'-' * 28}|")
+    for name, _, group in rows:
+        row = figures[name, group]
+        print(f"| {name:<16} | {group:<15} | {_spread(row['mib']):>26} | "
+              f"{_spread(row['conn']):>26} |")
+    if nginx is None:
+        print("nginx stream: not measured (no ngx_stream_module.so: install the "
+              "Debian package libnginx-mod-stream)")
     return 0
 
 

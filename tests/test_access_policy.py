@@ -282,6 +282,28 @@ def test_rate_by_identity_follows_the_certificate_not_the_address(certs):
     assert policy.take_request(anonymous) is None  # no certificate: keyed by address
 
 
+def test_a_connections_standing_is_decided_once_its_certificate_is_known(certs, monkeypatch):
+    """Keep-alive requests do not search the rules again (the benchmark's 1,000 CIDRs), but
+    nothing is remembered before the handshake says who the client is."""
+    rules = (Rule(Action.DENY, (ipaddress.ip_network("10.0.0.0/8"),)),)
+    policy = AccessPolicy(AccessSpec(rules=rules,
+                                     clients=ClientAllowList(cn=frozenset({"device-1"}))))
+    lookups = []
+    decide = CidrRules.decide_int
+    monkeypatch.setattr(CidrRules, "decide_int",
+                        lambda self, *a: lookups.append(a) or decide(self, *a))
+    client = ClientState("192.0.2.1", parse_address("192.0.2.1"))
+    assert policy.check_request(client).reason is Reason.CLIENT_CERT  # not known yet
+    client.set_client(certs["plain"], verified=True)
+    for _ in range(3):
+        assert policy.check_request(client) is None
+    assert len(lookups) == 2  # once before the certificate was known, once after
+    denied = ClientState("10.1.2.3", parse_address("10.1.2.3"))
+    denied.set_client(certs["plain"], verified=True)
+    assert policy.check_request(denied).reason is Reason.IP
+    assert policy.check_request(denied).reason is Reason.IP
+
+
 # -- config --------------------------------------------------------------------------------
 BASE = {"certificates": {"server_cert": "c.pem", "server_key": "k.pem"},
         "upstreams": {"app": {"servers": ["127.0.0.1:5000"]}}}

@@ -6,6 +6,7 @@ import asyncio
 
 import uvloop
 
+from qproxy.tls import deadlines
 from qproxy.tls.deadlines import Deadlines
 
 
@@ -62,3 +63,20 @@ def test_a_deadline_added_while_firing_is_kept():
         assert [name for name, _ in fired] == ["again", "again"]
 
     uvloop.run(main())
+
+
+def test_each_loop_has_its_own_deadlines_across_loops():
+    """The last-loop shortcut in `for_running_loop` must not hand one loop's table to another."""
+    async def table():
+        return deadlines.for_running_loop()
+
+    first_loop, second_loop = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        first = first_loop.run_until_complete(table())
+        second = second_loop.run_until_complete(table())
+        assert first is not second
+        assert first_loop.run_until_complete(table()) is first
+        assert second_loop.run_until_complete(table()) is second
+    finally:
+        first_loop.close()
+        second_loop.close()

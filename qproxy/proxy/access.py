@@ -26,33 +26,32 @@ class RequestAccess:
         # id(route) -> its policy: routes are frozen config objects living as long as this.
         self.routes = routes
 
-    def client(self, request: HttpRequest, info: HandshakeInfo | None) -> ClientState:
+    def admission(self, request: HttpRequest, info: HandshakeInfo | None) -> Admission:
+        """The connection's standing with its listener, asked once per request (the
+        listener's and the route's checks both read it)."""
         admission: Admission | None = request.transport.get_extra_info("access")
-        client = admission.client if admission is not None else None
-        if client is None:  # a transport without admission (in-process tests)
+        if admission is None:  # not admitted by the TLS side (in-process tests): decide now
             client = ClientState(request.remote, parse_address(request.remote))
+            refused = self.gate.policy.check_address(client) if self.gate is not None else None
+            admission = Admission(client, refused)
+        client = admission.client
         if not client.cert_known and info is not None:
             client.set_client(info.peer_cert, info.peer_verified)
-        return client
+        return admission
 
-    def on_listener(self, request: HttpRequest, info: HandshakeInfo | None) -> Denial | None:
+    def on_listener(self, admission: Admission) -> Denial | None:
         if self.gate is None:
             return None
-        admission: Admission | None = request.transport.get_extra_info("access")
-        policy = self.gate.policy
-        client = self.client(request, info)
-        if admission is None:  # not admitted by the TLS side (in-process tests): ask it all
-            return policy.check_request(client)
         if admission.refused is not None:
             return admission.refused
-        return policy.check_client(client) or policy.take_request(client)
+        policy = self.gate.policy
+        return policy.check_client(admission.client) or policy.take_request(admission.client)
 
-    def on_route(self, route: Any, request: HttpRequest,
-                 info: HandshakeInfo | None) -> Denial | None:
+    def on_route(self, route: Any, admission: Admission) -> Denial | None:
         policy = self.routes.get(id(route))
         if policy is None:
             return None
-        return policy.check_request(self.client(request, info))
+        return policy.check_request(admission.client)
 
 
 def access_for(listener: Any, routes: tuple[Any, ...], workers: int, slot: int,

@@ -115,7 +115,8 @@ class ProxyHandler:
                      info: HandshakeInfo | None, exchange: Exchange) -> None:
         access = self._access
         if access is not None:
-            denial = access.on_listener(request, info)
+            admission = access.admission(request, info)
+            denial = access.on_listener(admission)
             if denial is not None:
                 return self._refuse(responder, request, exchange, denial, "listener")
         route = self._router.route(request.host, request.path)
@@ -123,7 +124,7 @@ class ProxyHandler:
             return _short(responder, request, exchange, 404,
                           "Not Found: no route for this host and path")
         if access is not None:
-            denial = access.on_route(route, request, info)
+            denial = access.on_route(route, admission)
             if denial is not None:
                 exchange.upstream = route.upstream
                 return self._refuse(responder, request, exchange, denial, "route")
