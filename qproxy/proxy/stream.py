@@ -68,8 +68,10 @@ class StreamConnectError(Exception):
         self.server = server
 
 
-# (protocol factory) -> (the upstream transport, the server's "host:port").
-Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.Transport, str]]]
+# (protocol factory, called with the server's "host:port") -> (the upstream transport, that
+# server). The protocol hears of its connection (connection_made) before the connector returns.
+Connector = Callable[[Callable[[str], asyncio.Protocol]],
+                     Awaitable[tuple[asyncio.Transport, str]]]
 
 # What goes to the upstream before any client byte, made from the client's TLS transport
 # (peername, sockname, get_extra_info("tls")): the seam for a PROXY protocol v2 header.
@@ -93,10 +95,14 @@ class StreamRecord:
 class UpstreamSide(asyncio.Protocol):
     """The upstream socket's events, handed to the relay."""
 
-    __slots__ = ("_relay",)
+    __slots__ = ("_relay", "_server")
 
-    def __init__(self, relay: "StreamRelay") -> None:
+    def __init__(self, relay: "StreamRelay", server: str) -> None:
         self._relay = relay
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._relay.upstream_connected(transport, self._server)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self._relay.upstream_data(data)
@@ -151,16 +157,21 @@ class StreamRelay(asyncio.Protocol):
 
     async def _open_upstream(self) -> None:
         try:
-            transport, server = await self._connect(lambda: UpstreamSide(self))
+            await self._connect(lambda server: UpstreamSide(self, server))
         except StreamConnectError as exc:
+            self._connecting = None
             self.server = exc.server
             self._finish(exc.end, str(exc), cut=True)
             return
         self._connecting = None
-        self.server = server
-        if self.state is RelayState.CLOSED:  # the client left meanwhile
-            transport.close()
+
+    def upstream_connected(self, transport: asyncio.Transport, server: str) -> None:
+        """The upstream's connection is made: taken at once, not when the connector returns,
+        since a server that speaks first (a banner, a greeting) may be read in between."""
+        if self.state is RelayState.CLOSED or self._upstream is not None:
+            transport.close()  # the client left meanwhile
             return
+        self.server = server
         self._upstream = transport
         transport.set_write_buffer_limits(UPSTREAM_HIGH_WATER, UPSTREAM_LOW_WATER)
         if self._preamble is not None and self._client is not None:
