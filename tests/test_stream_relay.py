@@ -324,3 +324,29 @@ def test_a_server_that_speaks_first_is_heard_over_real_sockets():
         await upstream.close()
 
     uvloop.run(asyncio.wait_for(main(), 30))
+
+
+def test_an_upstream_full_at_once_keeps_the_client_paused():
+    """What waited for the connection can fill the upstream's buffer on the first write
+    (asyncio says pause_writing inside that write, once): the client must stay paused until
+    the upstream drains, or a backend that never reads is fed without bound."""
+    async def main():
+        s = Session()
+        s.gate.clear()
+        await s.open()
+        s.relay.data_received(b"x" * 100_000)
+        real_write = s.upstream.write
+
+        def write(data):
+            real_write(data)
+            if len(s.upstream.data) > 64 * 1024 and s.side is not None:
+                s.side.pause_writing()
+
+        s.upstream.write = write
+        s.gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert s.relay.state is RelayState.OPEN and not s.client.reading
+        s.side.resume_writing()
+        assert s.client.reading
+    run(main())

@@ -133,6 +133,8 @@ class StreamRelay(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._waiting: list[bytes] = []  # client bytes that came before the upstream was there
+        # The upstream said pause_writing and not yet resume_writing (asyncio says each once).
+        self._upstream_full = False
         self._idle: IdleTimer | None = None
         self._started = time.monotonic()
         self._peer = "-"
@@ -183,7 +185,8 @@ class StreamRelay(asyncio.Protocol):
             self._shut_upstream_write()
         else:
             self._set(RelayState.OPEN)
-            self._resume(self._client)
+            if not self._upstream_full:  # what waited may have filled it already
+                self._resume(self._client)
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -257,9 +260,11 @@ class StreamRelay(asyncio.Protocol):
             self._finish(End.UPSTREAM_CLOSED, None)
 
     def upstream_full(self) -> None:
+        self._upstream_full = True
         self._pause(self._client)
 
     def upstream_drained(self) -> None:
+        self._upstream_full = False
         if self.state is not RelayState.CONNECTING:
             self._resume(self._client)
 
