@@ -185,14 +185,19 @@ class TlsSection(Section):
     # generation with fresh keys (0: as long as the generation lives). Bounds how long a
     # recorded resumed session stays decryptable by whoever later steals a worker's memory.
     ticket_key_lifetime: Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)] = 43200
-    alpn: tuple[str, ...] = ("http/1.1",)
+    # ALPN protocols selected from a client's offer, ours in order. Left out: the mode's own,
+    # ["http/1.1"] for http and none for tcp (an MQTT client offering "mqtt" must not be told
+    # "http/1.1"). An http listener serves ["http/1.1"] only (ServerConfig checks it).
+    alpn: tuple[str, ...] | None = None
 
     @field_validator("alpn")
     @classmethod
-    def _http1_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        # Accepting "h2" and then speaking HTTP/1.1 anyway would be worse than refusing it.
-        if value != ("http/1.1",):
-            raise ValueError('only ["http/1.1"] is served (there is no HTTP/2 yet)')
+    def _alpn_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in value or ():
+            if not (0 < len(name) <= 255 and name.isascii() and name.isprintable()
+                    and " " not in name):
+                raise ValueError(f"{name[:60]!r} is not an ALPN protocol name (1 to 255 "
+                                 "printable ASCII characters, no spaces)")
         return value
 
     @model_validator(mode="after")
@@ -498,6 +503,7 @@ class ListenerSection(ListenerSettings):
 
 
 DEFAULT_LISTENER = "default"
+HTTP1 = "http/1.1"
 
 
 class ServerConfig(Section):
@@ -537,8 +543,19 @@ class ServerConfig(Section):
             raise AtPath("routes", "every upstream is a tcp listener's; the default (http) "
                              "listener needs routes naming one")
         self._listeners_distinct()
+        self._http_alpn()
         self._clients_are_verified()
         return self
+
+    def _http_alpn(self) -> None:
+        # Accepting "h2" and then speaking HTTP/1.1 anyway would be worse than refusing it.
+        doors = [("tls", self.tls)] + [(f"listeners[{i}].tls", l.tls)
+                                       for i, l in enumerate(self.listeners)
+                                       if l.mode == "http" and l.tls is not None]
+        for path, tls in doors:
+            if tls.alpn is not None and tls.alpn != (HTTP1,):
+                raise AtPath(f"{path}.alpn", 'only ["http/1.1"] is served on an http listener '
+                             "(there is no HTTP/2 yet); other protocols are for tcp listeners")
 
     def _clients_are_verified(self) -> None:
         """A clients allow-list only sees verified certificates: on a listener that does not
