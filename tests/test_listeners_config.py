@@ -80,6 +80,9 @@ def test_process_wide_settings_stay_in_server_only():
     assert "workers" in ServerSection.model_fields and "max_connections" in ServerSection.model_fields
     [error] = errors_of(doc({**MQTT, "workers": 2}))
     assert error.path == "listeners[0].workers"
+    # The master's pid file is one per process: on a listener it was accepted and ignored.
+    [error] = errors_of(doc({**MQTT, "pid_file": "/run/other.pid"}))
+    assert error.path == "listeners[0].pid_file"
 
 
 @pytest.mark.parametrize("listener, path, words", [

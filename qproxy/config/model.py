@@ -129,9 +129,6 @@ class ListenerSettings(Section):
     listen_address: Host = "0.0.0.0"
     listen_port: Port = 8443
     backlog: Annotated[int, Field(ge=1, le=65535)] = 511
-    # The master's pid (written atomically, removed on a clean exit) and, next to it, its
-    # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
-    pid_file: str | None = None
     handshake_timeout: PositiveFloat = 10.0
     client_header_timeout: PositiveFloat = 30.0
     keepalive_timeout: PositiveFloat = 75.0
@@ -166,6 +163,9 @@ class ServerSection(ListenerSettings):
         default=0, validation_alias=AliasChoices("workers", "worker_threads")
     )
     max_connections: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    # The master's pid (written atomically, removed on a clean exit) and, next to it, its
+    # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
+    pid_file: str | None = None
     # The drain of a worker generation (reload, stop), for every listener: in-flight HTTP
     # requests and open TCP sessions get this long before they are closed.
     shutdown_timeout: PositiveFloat = 30.0
