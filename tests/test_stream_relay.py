@@ -350,3 +350,18 @@ def test_an_upstream_full_at_once_keeps_the_client_paused():
         s.side.resume_writing()
         assert s.client.reading
     run(main())
+
+
+def test_a_client_full_before_the_upstream_connects_keeps_the_upstream_paused():
+    async def main():
+        s = Session()
+        s.gate.clear()
+        await s.open()
+        s.relay.pause_writing()  # the client's buffer is past its high-water mark already
+        s.gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert s.relay.state is RelayState.OPEN and not s.upstream.reading
+        s.relay.resume_writing()
+        assert s.upstream.reading
+    run(main())

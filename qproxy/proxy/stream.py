@@ -133,8 +133,10 @@ class StreamRelay(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._waiting: list[bytes] = []  # client bytes that came before the upstream was there
-        # The upstream said pause_writing and not yet resume_writing (asyncio says each once).
+        # Each side said pause_writing and not yet resume_writing (asyncio says each once):
+        # the other side stays paused, from its first read on.
         self._upstream_full = False
+        self._client_full = False
         self._idle: IdleTimer | None = None
         self._started = time.monotonic()
         self._peer = "-"
@@ -176,6 +178,8 @@ class StreamRelay(asyncio.Protocol):
         self.server = server
         self._upstream = transport
         transport.set_write_buffer_limits(UPSTREAM_HIGH_WATER, UPSTREAM_LOW_WATER)
+        if self._client_full:  # the client was not reading before the upstream was there
+            transport.pause_reading()
         if self._preamble is not None and self._client is not None:
             transport.write(self._preamble(self._client))
         waiting, self._waiting = self._waiting, []
@@ -222,9 +226,11 @@ class StreamRelay(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The client is not reading fast enough: stop reading the upstream."""
+        self._client_full = True
         self._pause(self._upstream)
 
     def resume_writing(self) -> None:
+        self._client_full = False
         self._resume(self._upstream)
 
     # -- the upstream's side ---------------------------------------------------------------
