@@ -376,3 +376,25 @@ def test_tcp_listener_alpn_is_its_own_list_never_http(start_server, dev_pki, bac
     assert _alpn_after(mqtt, [b"http/1.1"]) == b""  # no overlap: on without ALPN
     assert _alpn_after(plain, [b"mqtt", b"http/1.1"]) == b""
     assert _alpn_after(server.port, [b"mqtt", b"http/1.1"]) == b"http/1.1"
+
+
+def test_a_backend_that_speaks_first_is_heard(start_server, dev_pki, backend):
+    """SMTP-like: the backend greets on accept, before the client says anything; the
+    greeting crosses the tunnel (it was read while the relay was still connecting, and
+    dropped)."""
+    greeter = TcpBackend(greeting=b"220 ready\r\n")
+    try:
+        server = start_server(tcp_config(dev_pki, backend["address"], greeter.address,
+                                         echo_listener()))
+        for _ in range(3):
+            conn = connect(ports(server)["echo4"])
+            assert recv_exactly(conn, 11) == b"220 ready\r\n"
+            conn.sendall(b"QUIT")
+            assert recv_exactly(conn, 4) == b"QUIT"
+            conn.shutdown()
+            read_until_closed(conn)
+            conn.close()
+        line = wait_session(server, bytes_received=4)
+        assert line["bytes_sent"] >= 15 and line["end"] == "done"
+    finally:
+        greeter.close()
