@@ -102,6 +102,11 @@ def test_process_wide_settings_stay_in_server_only():
     ({**MQTT, "listen_address": "not a host"}, "listeners[0].listen_address", "neither"),
     ({**MQTT, "listen_port": 8443, "listen_address": "0.0.0.0"}, "listeners[0].listen_port",
      "already server's address"),
+    # The default listener holds 0.0.0.0:8443: every IPv4 address, and "::" every address.
+    ({**MQTT, "listen_port": 8443, "listen_address": "127.0.0.1"},
+     "listeners[0].listen_address", "overlaps server's 0.0.0.0:8443"),
+    ({**MQTT, "listen_port": 8443, "listen_address": "::"}, "listeners[0].listen_address",
+     "overlaps server's 0.0.0.0:8443"),
     ({**MQTT, "bogus": 1}, "listeners[0].bogus", "unknown key"),
     ({**MQTT, "tls": {"pqc_only": True, "protocol_version": "1.2"}}, "listeners[0].tls",
      "pqc_only needs TLS 1.3"),

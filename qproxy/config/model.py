@@ -588,6 +588,14 @@ class ServerConfig(Section):
             if listener.listen_port != 0 and key in bound:
                 raise AtPath(f"{path}.listen_port", f"{listener.listen_address}:"
                              f"{listener.listen_port} is already {bound[key]}'s address")
+            if listener.listen_port != 0:
+                # A wildcard takes the port on every address it covers: the second bind
+                # would fail at start (after --test-config said yes) or fail the reload.
+                for (address, port), owner in bound.items():
+                    if port == listener.listen_port and _covers(address, key[0]):
+                        raise AtPath(f"{path}.listen_address", f"{listener.listen_address}:"
+                                     f"{port} overlaps {owner}'s {address}:{port} (a wildcard "
+                                     "address holds the port on every address it covers)")
             bound[key] = path
 
     def http_upstreams(self) -> list[str]:
@@ -599,6 +607,20 @@ class ServerConfig(Section):
         if self.routes:
             return self.routes
         return (Route(upstream=self.http_upstreams()[0]),)
+
+
+def _covers(one: str, other: str) -> bool:
+    """Whether listening on `one` and on `other` (as _address_key gives them) with one port
+    would collide: either is a wildcard of the other's family ("::" is dual-stack, as
+    master.bind_listeners binds it alone, so it covers IPv4 too). Names are left to bind."""
+    try:
+        a, b = ipaddress.ip_address(one), ipaddress.ip_address(other)
+    except ValueError:
+        return False
+    for wild, addr in ((a, b), (b, a)):
+        if wild.is_unspecified and (wild.version == 6 or addr.version == 4):
+            return True
+    return False
 
 
 def _address_key(address: str) -> str:
