@@ -107,7 +107,7 @@ def test_echo_round_trip_over_ipv4_and_ipv6_with_x25519mlkem768(start_server, de
         line = wait_session(server, listener=name)
         assert line["ssl_curve"] == PQ and line["end"] == "done"
         assert (line["bytes_received"], line["bytes_sent"]) == (16, 27)
-        assert line["upstream_addr"] == tcp_backend.address
+        assert line["upstream_addr"] == tcp_backend.address and line["upstream"] == "echo"
         assert line["ssl_sigalg"] and line["session_time_ms"] >= 0
     text = metrics(server)
     assert 'qtls_stream_sessions_total{end="done",listener="echo6"} 1.0' in text

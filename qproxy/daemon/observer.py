@@ -268,8 +268,9 @@ class Observer:
         self.access.info("request", **fields)
 
     # -- tcp mode ------------------------------------------------------------------------
-    def stream_done(self, record: StreamRecord) -> None:
-        """One line per tcp-mode session (nginx's stream access log), and its metrics."""
+    def stream_done(self, record: StreamRecord, upstream: str | None = None) -> None:
+        """One line per tcp-mode session (nginx's stream access log), and its metrics.
+        `upstream`: the name of the listener's upstream (record.server is the address)."""
         m = self.metrics
         self._child(m.stream_sessions, self.listener, record.end.value).inc()
         if record.bytes_up:
@@ -283,6 +284,7 @@ class Observer:
         fields: dict[str, Any] = {
             "listener": self.listener,
             "client": record.client,
+            "upstream": upstream,
             "upstream_addr": record.server,
             "bytes_sent": record.bytes_down,
             "bytes_received": record.bytes_up,
