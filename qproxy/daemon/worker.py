@@ -71,8 +71,9 @@ class ListenerService:
             self.server = HttpServer(handler, settings, self.observer.bad_request)
             self.gate = self.access.gate if self.access is not None else None
         self.limits = Limits(settings.handshake_timeout, settings.client_header_timeout,
-                             ProxyHeaderPolicy.from_section(settings.proxy_protocol,
-                                                            settings.handshake_timeout),
+                             ProxyHeaderPolicy.from_section(
+                                 settings.proxy_protocol, settings.handshake_timeout,
+                                 f"{listener.json_path}.proxy_protocol"),
                              stream=listener.mode == "tcp")
         # One bound method shared by every connection (each protocol holds it for its life).
         self._context_factory = self._default_context
