@@ -94,34 +94,38 @@ def _serve(path: str) -> int:
     from .observability import multiprocess
     from .observability.logging import configure_logging
 
-    try:
-        prepared = prepare(path, Purpose.START)
-    except QProxyError as exc:
-        click.echo(f"qtls-server: {exc}", err=True)
-        return 1
-    config = prepared.config
-    try:
-        configure_logging(config.logging)
-    except OSError as exc:
-        click.echo(f"qtls-server: logging.file: cannot open {config.logging.file!r}: "
-                   f"{exc.strerror}", err=True)
-        return 1
-    # Before prometheus_client is imported: workers keep their metrics there for the master.
-    # It lives as long as the process tree: Master.run returns only once its children are gone.
+    # Before prometheus_client is imported (preparing the configuration imports it): workers
+    # keep their metrics there for the master; set later, every worker counted in its own
+    # memory and /metrics was empty. It lives as long as the process tree: Master.run returns
+    # only once its children are gone.
     metrics_dir, created = multiprocess.prepare()
     master_pid = os.getpid()
     try:
+        try:
+            prepared = prepare(path, Purpose.START)
+        except QProxyError as exc:
+            click.echo(f"qtls-server: {exc}", err=True)
+            return 1
+        config = prepared.config
+        try:
+            configure_logging(config.logging)
+        except OSError as exc:
+            click.echo(f"qtls-server: logging.file: cannot open {config.logging.file!r}: "
+                       f"{exc.strerror}", err=True)
+            return 1
         from .daemon.server import serve
 
-        return serve(prepared, path)
-    except QProxyError as exc:
-        configure_logging(LoggingSection(console=True))
-        click.echo(f"qtls-server: {exc}", err=True)
-        return 1
-    except OSError as exc:
-        click.echo(f"qtls-server: cannot listen on {config.server.listen_address}:"
-                   f"{config.server.listen_port} or the metrics port: {exc.strerror}", err=True)
-        return 1
+        try:
+            return serve(prepared, path)
+        except QProxyError as exc:
+            configure_logging(LoggingSection(console=True))
+            click.echo(f"qtls-server: {exc}", err=True)
+            return 1
+        except OSError as exc:
+            click.echo(f"qtls-server: cannot listen on {config.server.listen_address}:"
+                       f"{config.server.listen_port} or the metrics port: {exc.strerror}",
+                       err=True)
+            return 1
     finally:
         if os.getpid() == master_pid:
             multiprocess.cleanup(metrics_dir, created)

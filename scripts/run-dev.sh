@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
-export QTLS_DEV_DIR="$PWD/${RUN_DIR:-run}"
+# An operator's QTLS_DEV_DIR (a temp dir, say) is used as given; else ./run (or $RUN_DIR).
+export QTLS_DEV_DIR="${QTLS_DEV_DIR:-$PWD/${RUN_DIR:-run}}"
 mkdir -p "$QTLS_DEV_DIR/firmware"
 [ -f "$QTLS_DEV_DIR/pki/ca-bundle.pem" ] || "$venv/bin/qproxy" pki init "$QTLS_DEV_DIR/pki" >/dev/null
 config=etc/qtls/config/server.dev.json
@@ -64,4 +65,13 @@ MQTT client gets it too: mosquitto_sub -h localhost -p 8883 --cafile $ca -t ota/
 Ctrl-C stops them all.
 
 EOT
-"$venv/bin/qtls-server" --config "$config"
+# In the background and waited for, so that a kill of this script (not only Ctrl-C, which
+# reaches the whole process group) stops qtls-server too: bash runs no trap while a
+# foreground command runs, and died leaving the server listening.
+"$venv/bin/qtls-server" --config "$config" &
+server=$!
+stop() { kill "$server" "$backend" "$broker" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+wait "$server"

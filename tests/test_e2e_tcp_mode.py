@@ -107,7 +107,7 @@ def test_echo_round_trip_over_ipv4_and_ipv6_with_x25519mlkem768(start_server, de
         line = wait_session(server, listener=name)
         assert line["ssl_curve"] == PQ and line["end"] == "done"
         assert (line["bytes_received"], line["bytes_sent"]) == (16, 27)
-        assert line["upstream_addr"] == tcp_backend.address
+        assert line["upstream_addr"] == tcp_backend.address and line["upstream"] == "echo"
         assert line["ssl_sigalg"] and line["session_time_ms"] >= 0
     text = metrics(server)
     assert 'qtls_stream_sessions_total{end="done",listener="echo6"} 1.0' in text
@@ -345,3 +345,56 @@ def test_proxy_protocol_in_and_out_on_a_tcp_listener(start_server, dev_pki, back
         read_until_closed(conn)
         line = wait_session(server)
         assert line["client"] == "203.0.113.9:4242" and line["bytes_received"] == 4
+
+
+def _alpn_after(port: int, offered: list[bytes]) -> bytes:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
+    ctx = client_context(groups=PQ)
+    ctx.set_alpn_protos(offered)
+    conn = SSL.Connection(ctx, sock)
+    conn.set_tlsext_host_name(b"localhost")
+    conn.set_connect_state()
+    conn.do_handshake()
+    chosen = conn.get_alpn_proto_negotiated()
+    conn.shutdown()
+    conn.close()
+    return chosen
+
+
+def test_tcp_listener_alpn_is_its_own_list_never_http(start_server, dev_pki, backend,
+                                                      tcp_backend):
+    """An MQTT device offering "mqtt" (and a client offering http/1.1) on a tcp listener:
+    the listener's tls.alpn is what it selects from; without one it selects nothing. The
+    HTTP door still says http/1.1."""
+    server = start_server(tcp_config(
+        dev_pki, backend["address"], tcp_backend.address,
+        echo_listener("mqtt", tls={"alpn": ["mqtt", "x-other"]}), echo_listener("plain")))
+    mqtt, plain = ports(server)["mqtt"], ports(server)["plain"]
+    assert _alpn_after(mqtt, [b"http/1.1", b"x-other", b"mqtt"]) == b"mqtt"
+    assert _alpn_after(mqtt, [b"http/1.1"]) == b""  # no overlap: on without ALPN
+    assert _alpn_after(plain, [b"mqtt", b"http/1.1"]) == b""
+    assert _alpn_after(server.port, [b"mqtt", b"http/1.1"]) == b"http/1.1"
+
+
+def test_a_backend_that_speaks_first_is_heard(start_server, dev_pki, backend):
+    """SMTP-like: the backend greets on accept, before the client says anything; the
+    greeting crosses the tunnel (it was read while the relay was still connecting, and
+    dropped)."""
+    greeter = TcpBackend(greeting=b"220 ready\r\n")
+    try:
+        server = start_server(tcp_config(dev_pki, backend["address"], greeter.address,
+                                         echo_listener()))
+        for _ in range(3):
+            conn = connect(ports(server)["echo4"])
+            assert recv_exactly(conn, 11) == b"220 ready\r\n"
+            conn.sendall(b"QUIT")
+            assert recv_exactly(conn, 4) == b"QUIT"
+            conn.shutdown()
+            read_until_closed(conn)
+            conn.close()
+        line = wait_session(server, bytes_received=4)
+        assert line["bytes_sent"] >= 15 and line["end"] == "done"
+    finally:
+        greeter.close()

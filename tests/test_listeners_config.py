@@ -48,7 +48,9 @@ def test_a_tcp_listener_inherits_tls_and_certificates():
     assert mqtt.idle_timeout == 600.0 and mqtt.routes == ()
     # The tcp upstream is not a candidate for the default routes: one http upstream is left.
     assert default.routes[0].upstream == "app"
-    assert with_listener_tls(config, mqtt) is config
+    # Its view differs only in ALPN: none, where the HTTP door's is http/1.1.
+    view = with_listener_tls(config, mqtt)
+    assert view.tls.alpn == () and view.certificates is config.certificates
 
 
 def test_a_listener_with_its_own_tls_gets_its_own_view_and_error_paths():
@@ -78,6 +80,9 @@ def test_process_wide_settings_stay_in_server_only():
     assert "workers" in ServerSection.model_fields and "max_connections" in ServerSection.model_fields
     [error] = errors_of(doc({**MQTT, "workers": 2}))
     assert error.path == "listeners[0].workers"
+    # The master's pid file is one per process: on a listener it was accepted and ignored.
+    [error] = errors_of(doc({**MQTT, "pid_file": "/run/other.pid"}))
+    assert error.path == "listeners[0].pid_file"
 
 
 @pytest.mark.parametrize("listener, path, words", [
@@ -97,6 +102,11 @@ def test_process_wide_settings_stay_in_server_only():
     ({**MQTT, "listen_address": "not a host"}, "listeners[0].listen_address", "neither"),
     ({**MQTT, "listen_port": 8443, "listen_address": "0.0.0.0"}, "listeners[0].listen_port",
      "already server's address"),
+    # The default listener holds 0.0.0.0:8443: every IPv4 address, and "::" every address.
+    ({**MQTT, "listen_port": 8443, "listen_address": "127.0.0.1"},
+     "listeners[0].listen_address", "overlaps server's 0.0.0.0:8443"),
+    ({**MQTT, "listen_port": 8443, "listen_address": "::"}, "listeners[0].listen_address",
+     "overlaps server's 0.0.0.0:8443"),
     ({**MQTT, "bogus": 1}, "listeners[0].bogus", "unknown key"),
     ({**MQTT, "tls": {"pqc_only": True, "protocol_version": "1.2"}}, "listeners[0].tls",
      "pqc_only needs TLS 1.3"),
@@ -132,3 +142,20 @@ def test_ipv4_and_ipv6_on_one_port_are_two_listeners():
 def test_route_naming_a_missing_upstream_is_reported_at_the_route():
     [error] = errors_of(doc(routes=[{"upstream": "app"}, {"upstream": "zzz"}]))
     assert error.path == "routes[1].upstream"
+
+
+
+def test_alpn_other_than_http1_only_on_tcp_listeners():
+    own = {**MQTT, "tls": {"alpn": ["mqtt"]}}
+    bare = {**MQTT, "name": "bare", "listen_port": 8884}
+    config = parse_config(doc(own, bare), environ={})
+    _, door, plain = listeners_of(config)
+    assert with_listener_tls(config, door).tls.alpn == ("mqtt",)
+    assert with_listener_tls(config, plain).tls.alpn == ()  # not the HTTP door's http/1.1
+    http = {"name": "web", "listen_port": 9443, "tls": {"alpn": ["h2"]}}
+    [error] = errors_of(doc(MQTT, http))
+    assert error.path == "listeners[1].tls.alpn" and "on an http listener" in str(error)
+    [error] = errors_of(doc(MQTT, tls={"alpn": ["mqtt"]}))
+    assert error.path == "tls.alpn"
+    [error] = errors_of(doc({**MQTT, "tls": {"alpn": ["a b"]}}))
+    assert "not an ALPN protocol name" in str(error)

@@ -327,3 +327,22 @@ def test_unused_preconnections_are_counted_not_logged_at_info(start_server, dev_
     assert unused() == 3
     assert server.events("handshake failed") == []
     assert not [e for e in server.lines if e.get("level") in ("warning", "error")]
+
+
+def test_connection_lines_name_their_listener():
+    """A refusal on the MQTT door and one on the HTTPS door must be told apart in the log:
+    every line about a connection says which listener it came in on."""
+    lines = Lines()
+    observer = Observer(Metrics(CollectorRegistry()), lines, Lines(), NoTls(),
+                        ConnectionCount(), listener="mqtt")
+    observer.handshake_failed("192.0.2.1:5000", "no suitable key share", "handshake_failure",
+                              0.01)
+    observer.tls_error("192.0.2.1:5000", "bad record mac", "bad_record_mac")
+    observer.plain_http("192.0.2.1:5000")
+    observer.preface_refused("192.0.2.1:5000", "malformed", "not a PROXY header")
+    observer.request_timeout("192.0.2.1:5000", None)
+    observer.bad_request("192.0.2.1:5000", 400, "bad header")
+    assert [(event, fields.get("listener")) for _, event, fields in lines.lines] == [
+        ("handshake failed", "mqtt"), ("TLS error on an established connection", "mqtt"),
+        ("plain HTTP request on the TLS port", "mqtt"), ("PROXY header refused", "mqtt"),
+        ("request headers timed out", "mqtt"), ("bad request", "mqtt")]

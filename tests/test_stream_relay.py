@@ -78,7 +78,8 @@ class Session:
             await self.gate.wait()
             if self.fail is not None:
                 raise self.fail
-            self.side = factory()
+            self.side = factory("127.0.0.1:1883")
+            self.side.connection_made(self.upstream)
             return self.upstream, "127.0.0.1:1883"
 
         self.relay = StreamRelay(connect, idle, lambda relay, record: self.records.append(record),
@@ -269,7 +270,7 @@ def test_tcp_upstream_health_check_is_a_connect_and_connector_skips_a_dead_serve
                                   health_check={"interval": 0.05, "timeout": 1})
         changes = []
         upstream = Upstream("mqtt", section, lambda *a: changes.append(a), stream=True)
-        transport, server = await connector(upstream)(asyncio.Protocol)
+        transport, server = await connector(upstream)(lambda server: asyncio.Protocol())
         transport.close()
         assert server.endswith(str(live.getsockname()[1]))
         assert upstream.pool.servers[0].rotation is Rotation.OUT
@@ -280,8 +281,87 @@ def test_tcp_upstream_health_check_is_a_connect_and_connector_skips_a_dead_serve
                 break
             await asyncio.sleep(0.02)
         assert upstream.pool.servers[0].rotation is Rotation.IN
-        assert ("mqtt", f"127.0.0.1:{dead_port}", True, "its health check passed") in changes
+        assert ("mqtt", f"127.0.0.1:{dead_port}", True, "its health check (TCP connect) passed") in changes
         await upstream.close()
         live.close()
         revived.close()
+    run(main())
+
+
+def test_a_server_that_speaks_first_is_heard_over_real_sockets():
+    """A backend that greets on accept (SMTP's banner, a broker's hello): its first bytes can
+    arrive before the connector's await returns; they reach the client all the same."""
+    import uvloop
+
+    from qproxy.config.model import UpstreamSection
+    from qproxy.proxy.stream_server import connector
+    from qproxy.proxy.upstream import Upstream
+
+    async def main():
+        async def greet(reader, writer):
+            writer.write(b"220 hello\r\n")
+            await reader.read()  # until the relay closes
+            writer.close()
+
+        banner = await asyncio.start_server(greet, "127.0.0.1", 0)
+        port = banner.sockets[0].getsockname()[1]
+        upstream = Upstream("smtp", UpstreamSection(servers=(f"127.0.0.1:{port}",)),
+                            lambda *a: None, stream=True)
+        heard = []
+        for _ in range(10):  # it was lost every time on loopback: 10 tries leave no doubt
+            client, records = MockTransport(), []
+            relay = StreamRelay(connector(upstream), 10.0, lambda r, rec: records.append(rec))
+            relay.connection_made(client)
+            for _ in range(200):
+                if client.data or records:
+                    break
+                await asyncio.sleep(0.005)
+            heard.append(client.data)
+            relay.shutdown()
+            assert records[-1].server == f"127.0.0.1:{port}"
+        assert heard == [b"220 hello\r\n"] * 10
+        banner.close()
+        await upstream.close()
+
+    uvloop.run(asyncio.wait_for(main(), 30))
+
+
+def test_an_upstream_full_at_once_keeps_the_client_paused():
+    """What waited for the connection can fill the upstream's buffer on the first write
+    (asyncio says pause_writing inside that write, once): the client must stay paused until
+    the upstream drains, or a backend that never reads is fed without bound."""
+    async def main():
+        s = Session()
+        s.gate.clear()
+        await s.open()
+        s.relay.data_received(b"x" * 100_000)
+        real_write = s.upstream.write
+
+        def write(data):
+            real_write(data)
+            if len(s.upstream.data) > 64 * 1024 and s.side is not None:
+                s.side.pause_writing()
+
+        s.upstream.write = write
+        s.gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert s.relay.state is RelayState.OPEN and not s.client.reading
+        s.side.resume_writing()
+        assert s.client.reading
+    run(main())
+
+
+def test_a_client_full_before_the_upstream_connects_keeps_the_upstream_paused():
+    async def main():
+        s = Session()
+        s.gate.clear()
+        await s.open()
+        s.relay.pause_writing()  # the client's buffer is past its high-water mark already
+        s.gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert s.relay.state is RelayState.OPEN and not s.upstream.reading
+        s.relay.resume_writing()
+        assert s.upstream.reading
     run(main())

@@ -233,6 +233,10 @@ def test_config_accept_needs_trusted_networks_and_checks_them():
     assert built.accept == {1, 2} and built.timeout == 7
     assert built.trusts("fd00::5") and built.trusts("192.0.2.1") and not built.trusts("192.0.2.2")
     assert ProxyHeaderPolicy.from_section(_server().proxy_protocol, 7) is None
+    # A listener's refusal names that listener's setting, not the default one's.
+    mqtt = ProxyHeaderPolicy.from_section(section.proxy_protocol, 7, "listeners[0].proxy_protocol")
+    assert mqtt.reader(("203.0.113.1", 1)).detail == \
+        "203.0.113.1 is not in listeners[0].proxy_protocol.trusted"
 
 
 def test_config_send_proxy_protocol_shorthand_and_object():

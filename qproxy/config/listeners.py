@@ -57,7 +57,13 @@ def listeners_of(config: ServerConfig) -> tuple[Listener, ...]:
 
 def with_listener_tls(config: ServerConfig, listener: Listener) -> ServerConfig:
     """The configuration as the TLS context builder reads it for `listener`: the same
-    algorithms, HSM and FIPS settings, the listener's `tls` and `certificates`."""
-    if listener.tls is config.tls and listener.certificates is config.certificates:
+    algorithms, HSM and FIPS settings, the listener's `tls` and `certificates`. A tcp
+    listener's `tls.alpn` is its own list or none: never the HTTP door's "http/1.1"."""
+    tls = listener.tls
+    if listener.mode == "tcp":
+        alpn = (tls.alpn or ()) if listener.own_tls else ()
+        if tls.alpn != alpn:
+            tls = tls.model_copy(update={"alpn": alpn})
+    if tls is config.tls and listener.certificates is config.certificates:
         return config
-    return config.model_copy(update={"tls": listener.tls, "certificates": listener.certificates})
+    return config.model_copy(update={"tls": tls, "certificates": listener.certificates})

@@ -129,9 +129,6 @@ class ListenerSettings(Section):
     listen_address: Host = "0.0.0.0"
     listen_port: Port = 8443
     backlog: Annotated[int, Field(ge=1, le=65535)] = 511
-    # The master's pid (written atomically, removed on a clean exit) and, next to it, its
-    # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
-    pid_file: str | None = None
     handshake_timeout: PositiveFloat = 10.0
     client_header_timeout: PositiveFloat = 30.0
     keepalive_timeout: PositiveFloat = 75.0
@@ -166,6 +163,9 @@ class ServerSection(ListenerSettings):
         default=0, validation_alias=AliasChoices("workers", "worker_threads")
     )
     max_connections: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    # The master's pid (written atomically, removed on a clean exit) and, next to it, its
+    # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
+    pid_file: str | None = None
     # The drain of a worker generation (reload, stop), for every listener: in-flight HTTP
     # requests and open TCP sessions get this long before they are closed.
     shutdown_timeout: PositiveFloat = 30.0
@@ -185,14 +185,19 @@ class TlsSection(Section):
     # generation with fresh keys (0: as long as the generation lives). Bounds how long a
     # recorded resumed session stays decryptable by whoever later steals a worker's memory.
     ticket_key_lifetime: Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)] = 43200
-    alpn: tuple[str, ...] = ("http/1.1",)
+    # ALPN protocols selected from a client's offer, ours in order. Left out: the mode's own,
+    # ["http/1.1"] for http and none for tcp (an MQTT client offering "mqtt" must not be told
+    # "http/1.1"). An http listener serves ["http/1.1"] only (ServerConfig checks it).
+    alpn: tuple[str, ...] | None = None
 
     @field_validator("alpn")
     @classmethod
-    def _http1_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        # Accepting "h2" and then speaking HTTP/1.1 anyway would be worse than refusing it.
-        if value != ("http/1.1",):
-            raise ValueError('only ["http/1.1"] is served (there is no HTTP/2 yet)')
+    def _alpn_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in value or ():
+            if not (0 < len(name) <= 255 and name.isascii() and name.isprintable()
+                    and " " not in name):
+                raise ValueError(f"{name[:60]!r} is not an ALPN protocol name (1 to 255 "
+                                 "printable ASCII characters, no spaces)")
         return value
 
     @model_validator(mode="after")
@@ -498,6 +503,7 @@ class ListenerSection(ListenerSettings):
 
 
 DEFAULT_LISTENER = "default"
+HTTP1 = "http/1.1"
 
 
 class ServerConfig(Section):
@@ -537,8 +543,19 @@ class ServerConfig(Section):
             raise AtPath("routes", "every upstream is a tcp listener's; the default (http) "
                              "listener needs routes naming one")
         self._listeners_distinct()
+        self._http_alpn()
         self._clients_are_verified()
         return self
+
+    def _http_alpn(self) -> None:
+        # Accepting "h2" and then speaking HTTP/1.1 anyway would be worse than refusing it.
+        doors = [("tls", self.tls)] + [(f"listeners[{i}].tls", l.tls)
+                                       for i, l in enumerate(self.listeners)
+                                       if l.mode == "http" and l.tls is not None]
+        for path, tls in doors:
+            if tls.alpn is not None and tls.alpn != (HTTP1,):
+                raise AtPath(f"{path}.alpn", 'only ["http/1.1"] is served on an http listener '
+                             "(there is no HTTP/2 yet); other protocols are for tcp listeners")
 
     def _clients_are_verified(self) -> None:
         """A clients allow-list only sees verified certificates: on a listener that does not
@@ -571,6 +588,14 @@ class ServerConfig(Section):
             if listener.listen_port != 0 and key in bound:
                 raise AtPath(f"{path}.listen_port", f"{listener.listen_address}:"
                              f"{listener.listen_port} is already {bound[key]}'s address")
+            if listener.listen_port != 0:
+                # A wildcard takes the port on every address it covers: the second bind
+                # would fail at start (after --test-config said yes) or fail the reload.
+                for (address, port), owner in bound.items():
+                    if port == listener.listen_port and _covers(address, key[0]):
+                        raise AtPath(f"{path}.listen_address", f"{listener.listen_address}:"
+                                     f"{port} overlaps {owner}'s {address}:{port} (a wildcard "
+                                     "address holds the port on every address it covers)")
             bound[key] = path
 
     def http_upstreams(self) -> list[str]:
@@ -582,6 +607,20 @@ class ServerConfig(Section):
         if self.routes:
             return self.routes
         return (Route(upstream=self.http_upstreams()[0]),)
+
+
+def _covers(one: str, other: str) -> bool:
+    """Whether listening on `one` and on `other` (as _address_key gives them) with one port
+    would collide: either is a wildcard of the other's family ("::" is dual-stack, as
+    master.bind_listeners binds it alone, so it covers IPv4 too). Names are left to bind."""
+    try:
+        a, b = ipaddress.ip_address(one), ipaddress.ip_address(other)
+    except ValueError:
+        return False
+    for wild, addr in ((a, b), (b, a)):
+        if wild.is_unspecified and (wild.version == 6 or addr.version == 4):
+            return True
+    return False
 
 
 def _address_key(address: str) -> str:

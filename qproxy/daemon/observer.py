@@ -153,27 +153,31 @@ class Observer:
             # With an HSM, an internal error is almost always the token failing to sign.
             m.hsm_errors.inc()
         level = handshake_failure_level(reason_class, alert)
-        getattr(self.log, level)("handshake failed", client=peer, reason=reason, alert=alert,
+        getattr(self.log, level)("handshake failed", listener=self.listener, client=peer,
+                                 reason=reason, alert=alert,
                                  duration_ms=round(seconds * 1000, 2))
 
     def tls_error(self, peer: str, reason: str, alert: str | None) -> None:
         if alert:
             self._child(self.metrics.alerts_sent, alert).inc()
         # A client's garbage or broken record: its problem, one line at info (as nginx).
-        self.log.info("TLS error on an established connection", client=peer, reason=reason,
-                      alert=alert)
+        self.log.info("TLS error on an established connection", listener=self.listener,
+                      client=peer, reason=reason, alert=alert)
 
     def plain_http(self, peer: str) -> None:
         self._child(self.metrics.handshake_failures, "plain_http", "none").inc()
-        self.log.info("plain HTTP request on the TLS port", client=peer, status=400)
+        self.log.info("plain HTTP request on the TLS port", listener=self.listener, client=peer,
+                      status=400)
 
     def preface_refused(self, peer: str, reason: str, detail: str) -> None:
         self._child(self.metrics.proxy_protocol_rejected, reason).inc()
-        self.log.warning("PROXY header refused", client=peer, reason=reason, detail=detail)
+        self.log.warning("PROXY header refused", listener=self.listener, client=peer,
+                         reason=reason, detail=detail)
 
     def request_timeout(self, peer: str, info: HandshakeInfo | None) -> None:
         self._child(self.metrics.requests, "408", "-").inc()
-        self.log.info("request headers timed out", client=peer, status=408)
+        self.log.info("request headers timed out", listener=self.listener, client=peer,
+                      status=408)
 
     def refused(self, limit: str) -> None:
         self._child(self.metrics.connections_refused, limit).inc()
@@ -204,7 +208,8 @@ class Observer:
 
     def bad_request(self, client: str, status: int, reason: str) -> None:
         self._child(self.metrics.requests, str(status), "-").inc()
-        self.log.info("bad request", client=client, status=status, reason=reason[:200])
+        self.log.info("bad request", listener=self.listener, client=client, status=status,
+                      reason=reason[:200])
 
     def exchange_done(self, exchange: Exchange, info: HandshakeInfo | None) -> None:
         m = self.metrics
@@ -263,8 +268,9 @@ class Observer:
         self.access.info("request", **fields)
 
     # -- tcp mode ------------------------------------------------------------------------
-    def stream_done(self, record: StreamRecord) -> None:
-        """One line per tcp-mode session (nginx's stream access log), and its metrics."""
+    def stream_done(self, record: StreamRecord, upstream: str | None = None) -> None:
+        """One line per tcp-mode session (nginx's stream access log), and its metrics.
+        `upstream`: the name of the listener's upstream (record.server is the address)."""
         m = self.metrics
         self._child(m.stream_sessions, self.listener, record.end.value).inc()
         if record.bytes_up:
@@ -278,6 +284,7 @@ class Observer:
         fields: dict[str, Any] = {
             "listener": self.listener,
             "client": record.client,
+            "upstream": upstream,
             "upstream_addr": record.server,
             "bytes_sent": record.bytes_down,
             "bytes_received": record.bytes_up,

@@ -58,8 +58,10 @@ class ListenerService:
             assert listener.upstream is not None
             preamble = (lambda client: sender(client, client.get_extra_info("tls"))
                         ) if sender is not None else None
-            self.server = StreamServer(upstreams[listener.upstream], listener.idle_timeout,
-                                       self.observer.stream_done, preamble)
+            upstream_name = listener.upstream
+            self.server = StreamServer(upstreams[upstream_name], listener.idle_timeout,
+                                       lambda record: self.observer.stream_done(
+                                           record, upstream_name), preamble)
             if self.access is not None and self.access.gate is not None:
                 self.gate = StreamGate(self.access.gate, self.observer.connection_denied)
         else:
@@ -69,8 +71,9 @@ class ListenerService:
             self.server = HttpServer(handler, settings, self.observer.bad_request)
             self.gate = self.access.gate if self.access is not None else None
         self.limits = Limits(settings.handshake_timeout, settings.client_header_timeout,
-                             ProxyHeaderPolicy.from_section(settings.proxy_protocol,
-                                                            settings.handshake_timeout),
+                             ProxyHeaderPolicy.from_section(
+                                 settings.proxy_protocol, settings.handshake_timeout,
+                                 f"{listener.json_path}.proxy_protocol"),
                              stream=listener.mode == "tcp")
         # One bound method shared by every connection (each protocol holds it for its life).
         self._context_factory = self._default_context

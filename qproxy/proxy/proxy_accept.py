@@ -48,19 +48,21 @@ class ProxyHeaderPolicy:
     """Implements tls.preface.PrefacePolicy for one listener's settings."""
 
     def __init__(self, accept: frozenset[int], trusted: tuple[_Network, ...],
-                 timeout: float) -> None:
+                 timeout: float, path: str = "server.proxy_protocol") -> None:
         self.accept = accept
         self.trusted = trusted
         self.timeout = timeout
+        self.path = path  # where the operator wrote it, for the refusal's detail
 
     @classmethod
-    def from_section(cls, section: ProxyProtocolSection,
-                     handshake_timeout: float) -> "ProxyHeaderPolicy | None":
+    def from_section(cls, section: ProxyProtocolSection, handshake_timeout: float,
+                     path: str = "server.proxy_protocol") -> "ProxyHeaderPolicy | None":
         if not section.accept:
             return None
         return cls(frozenset(int(v[1]) for v in section.accept),
                    tuple(ipaddress.ip_network(c) for c in section.trusted),
-                   section.timeout if section.timeout is not None else handshake_timeout)
+                   section.timeout if section.timeout is not None else handshake_timeout,
+                   path)
 
     def trusts(self, host: str) -> bool:
         try:
@@ -75,5 +77,5 @@ class ProxyHeaderPolicy:
         host = peername[0] if isinstance(peername, tuple) and peername else str(peername)
         if not self.trusts(str(host)):
             return PrefaceRefused(Rejection.UNTRUSTED.value,
-                                  f"{host} is not in server.proxy_protocol.trusted")
+                                  f"{host} is not in {self.path}.trusted")
         return ProxyHeaderReader(ProxyHeaderParser(self.accept))

@@ -68,8 +68,10 @@ class StreamConnectError(Exception):
         self.server = server
 
 
-# (protocol factory) -> (the upstream transport, the server's "host:port").
-Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.Transport, str]]]
+# (protocol factory, called with the server's "host:port") -> (the upstream transport, that
+# server). The protocol hears of its connection (connection_made) before the connector returns.
+Connector = Callable[[Callable[[str], asyncio.Protocol]],
+                     Awaitable[tuple[asyncio.Transport, str]]]
 
 # What goes to the upstream before any client byte, made from the client's TLS transport
 # (peername, sockname, get_extra_info("tls")): the seam for a PROXY protocol v2 header.
@@ -93,10 +95,14 @@ class StreamRecord:
 class UpstreamSide(asyncio.Protocol):
     """The upstream socket's events, handed to the relay."""
 
-    __slots__ = ("_relay",)
+    __slots__ = ("_relay", "_server")
 
-    def __init__(self, relay: "StreamRelay") -> None:
+    def __init__(self, relay: "StreamRelay", server: str) -> None:
         self._relay = relay
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._relay.upstream_connected(transport, self._server)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self._relay.upstream_data(data)
@@ -127,6 +133,10 @@ class StreamRelay(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._waiting: list[bytes] = []  # client bytes that came before the upstream was there
+        # Each side said pause_writing and not yet resume_writing (asyncio says each once):
+        # the other side stays paused, from its first read on.
+        self._upstream_full = False
+        self._client_full = False
         self._idle: IdleTimer | None = None
         self._started = time.monotonic()
         self._peer = "-"
@@ -151,18 +161,25 @@ class StreamRelay(asyncio.Protocol):
 
     async def _open_upstream(self) -> None:
         try:
-            transport, server = await self._connect(lambda: UpstreamSide(self))
+            await self._connect(lambda server: UpstreamSide(self, server))
         except StreamConnectError as exc:
+            self._connecting = None
             self.server = exc.server
             self._finish(exc.end, str(exc), cut=True)
             return
         self._connecting = None
-        self.server = server
-        if self.state is RelayState.CLOSED:  # the client left meanwhile
-            transport.close()
+
+    def upstream_connected(self, transport: asyncio.Transport, server: str) -> None:
+        """The upstream's connection is made: taken at once, not when the connector returns,
+        since a server that speaks first (a banner, a greeting) may be read in between."""
+        if self.state is RelayState.CLOSED or self._upstream is not None:
+            transport.close()  # the client left meanwhile
             return
+        self.server = server
         self._upstream = transport
         transport.set_write_buffer_limits(UPSTREAM_HIGH_WATER, UPSTREAM_LOW_WATER)
+        if self._client_full:  # the client was not reading before the upstream was there
+            transport.pause_reading()
         if self._preamble is not None and self._client is not None:
             transport.write(self._preamble(self._client))
         waiting, self._waiting = self._waiting, []
@@ -172,7 +189,8 @@ class StreamRelay(asyncio.Protocol):
             self._shut_upstream_write()
         else:
             self._set(RelayState.OPEN)
-            self._resume(self._client)
+            if not self._upstream_full:  # what waited may have filled it already
+                self._resume(self._client)
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -208,9 +226,11 @@ class StreamRelay(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The client is not reading fast enough: stop reading the upstream."""
+        self._client_full = True
         self._pause(self._upstream)
 
     def resume_writing(self) -> None:
+        self._client_full = False
         self._resume(self._upstream)
 
     # -- the upstream's side ---------------------------------------------------------------
@@ -246,9 +266,11 @@ class StreamRelay(asyncio.Protocol):
             self._finish(End.UPSTREAM_CLOSED, None)
 
     def upstream_full(self) -> None:
+        self._upstream_full = True
         self._pause(self._client)
 
     def upstream_drained(self) -> None:
+        self._upstream_full = False
         if self.state is not RelayState.CONNECTING:
             self._resume(self._client)
 

@@ -16,7 +16,8 @@ def connector(upstream: Upstream):
     does not answer within connect_timeout counts as failed and the next is tried (nginx's
     proxy_next_upstream for streams), until each was tried once."""
 
-    async def connect(factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.Transport, str]:
+    async def connect(factory: Callable[[str], asyncio.Protocol]
+                      ) -> tuple[asyncio.Transport, str]:
         loop = asyncio.get_running_loop()
         tried: set[str] = set()
         timeout = upstream.section.connect_timeout
@@ -27,7 +28,8 @@ def connector(upstream: Upstream):
             tried.add(server.address)
             try:
                 transport, _ = await asyncio.wait_for(
-                    loop.create_connection(factory, server.host, server.port), timeout)
+                    loop.create_connection(lambda address=server.address: factory(address),
+                                           server.host, server.port), timeout)
             except asyncio.TimeoutError:
                 end, message = End.CONNECT_TIMEOUT, f"connect timed out after {timeout:g} s"
             except OSError as exc:

@@ -212,6 +212,16 @@ def _alpn_select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
     return ALPN_HTTP1 if ALPN_HTTP1 in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 
+def _alpn_selector(protocols: tuple[str, ...]) -> Callable[[SSL.Connection, list[bytes]], bytes]:
+    """Ours in order, the first the client offers (a tcp listener's `tls.alpn`)."""
+    ours = [protocol.encode() for protocol in protocols]
+
+    def select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
+        return next((p for p in ours if p in offered), SSL.NO_OVERLAPPING_PROTOCOLS)
+
+    return select
+
+
 def _new_context(config: ServerConfig, policy: TlsPolicy,
                  info_callback: Callable[[SSL.Connection, int, int], None] | None) -> SSL.Context:
     tls, certs = config.tls, config.certificates
@@ -233,7 +243,10 @@ def _new_context(config: ServerConfig, policy: TlsPolicy,
         openssl_ext.set_ciphersuites(ctx, policy.ciphersuites)
     if policy.cipher_list and tls.protocol_version == "1.2":
         ctx.set_cipher_list(policy.cipher_list.encode())
-    ctx.set_alpn_select_callback(_alpn_select)
+    if tls.alpn is None or tls.alpn == (ALPN_HTTP1.decode(),):
+        ctx.set_alpn_select_callback(_alpn_select)
+    elif tls.alpn:
+        ctx.set_alpn_select_callback(_alpn_selector(tls.alpn))
     if info_callback is not None:
         ctx.set_info_callback(info_callback)
     if certs.verify_client:

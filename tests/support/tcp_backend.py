@@ -6,6 +6,7 @@
 - b"CLOSE\\n": our FIN at once (shutdown SHUT_WR), then everything that still comes is
   recorded in `received_after_close` until the client's FIN;
 - b"BIG <n>\\n": n bytes of a repeating pattern, as fast as the socket takes them.
+`greeting`: bytes it sends on accept, before reading anything (a server that speaks first).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import threading
 
 
 class TcpBackend:
-    def __init__(self) -> None:
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.address = f"127.0.0.1:{self.port}"
@@ -43,6 +45,8 @@ class TcpBackend:
         conn.settimeout(60)
         total = 0
         try:
+            if self.greeting:
+                conn.sendall(self.greeting)
             while True:
                 data = conn.recv(65536)
                 if not data:
