@@ -309,3 +309,21 @@ def test_probe_reports_the_staple_checked_against_the_chain(ca, tmp_path, kind):
     assert line.startswith(expected), line
     if kind in ("good", "revoked"):
         assert line.endswith("signed by the issuer)")
+
+
+def test_a_cached_response_already_due_is_not_fetched_in_a_loop(ca, tmp_path):
+    """A responder behind a cache keeps serving a response issued a day ago that is within
+    the refresh margin of its nextUpdate: its refresh time has passed as soon as it arrives.
+    The next fetch waits the retry interval (never less than half the time left), not the
+    0.2 s floor, which asked the CA five times a second until nextUpdate."""
+    clock, answers = Clock(), Answers()
+    w, _ = watch(ca, tmp_path, clock, answers, refresh_margin=3600)
+    answers.next = ca.response(ca.leaves["server"],
+                               this_update=clock.now - dt.timedelta(days=1),
+                               next_update=clock.now + dt.timedelta(minutes=30))
+    assert asyncio.run(w.step()) == pytest.approx(30)  # the retry interval
+    assert Path(w.publisher.path(w.target)).exists()  # still stapled meanwhile
+    answers.next = ca.response(ca.leaves["server"],
+                               this_update=clock.now - dt.timedelta(days=1),
+                               next_update=clock.now + dt.timedelta(seconds=10))
+    assert asyncio.run(w.step()) == pytest.approx(5)  # half the 10 s left

@@ -161,7 +161,12 @@ class CertificateWatch:
             next_update=f"{response.next_update:%Y-%m-%dT%H:%M:%SZ}", signer=response.signer,
             source=source)
         margin = dt.timedelta(seconds=self.settings.refresh_margin)
-        return self._delay(now, response.refresh_at(margin))
+        # A cached response can be due for refresh the moment it arrives (issued long ago,
+        # nextUpdate within the margin): asking again at once would get the same one, so the
+        # next try comes at the retry pace, or half way to nextUpdate if that is sooner.
+        earliest = now + min(dt.timedelta(seconds=self.settings.retry_interval),
+                             (response.next_update - now) / 2)
+        return self._delay(now, max(response.refresh_at(margin), earliest))
 
     def _failed(self, now: dt.datetime, source: str | None, reason: str, kind: str) -> float:
         self.metrics.ocsp_fetch_failures.labels(self.target.label, kind).inc()
