@@ -94,6 +94,24 @@ def test_one_entry_per_certificate_even_when_sni_repeats_it():
     assert len(cert_expiry.expiry_of([pair, again])) == 1
 
 
+
+def test_two_certificates_with_the_same_file_name_are_both_watched():
+    """Let's Encrypt's layout: every name's chain is .../live/<name>/fullchain.pem. Two SNI
+    certificates of one key type were one entry (keyed by label): the second one's expiry
+    had no gauge and no warning at all."""
+    a = Pair("/etc/le/live/a.example/fullchain.pem", "ECDSA P-256", 1, "certificates.sni.a[0]")
+    b = Pair("/etc/le/live/b.example/fullchain.pem", "ECDSA P-256", 1, "certificates.sni.b[0]")
+    found = cert_expiry.expiry_of([a, b])
+    assert sorted(e.cert for e in found) == ["a.example/fullchain.pem",
+                                             "b.example/fullchain.pem"]
+    warnings = cert_expiry.expiry_warnings(found, warn_days=30)
+    assert len(warnings) == 2 and "certificates.sni.b[0].cert" in warnings[1]
+
+
+def test_labels_take_only_as_much_of_the_path_as_tells_files_apart():
+    assert cert_expiry.cert_labels(["/x/a/c.pem", "/y/a/c.pem", "/y/d.pem", "/x/a/c.pem"]) == {
+        "/x/a/c.pem": "x/a/c.pem", "/y/a/c.pem": "y/a/c.pem", "/y/d.pem": "d.pem"}
+
 # --- check-config --------------------------------------------------------------------------
 
 def test_check_config_prints_subject_key_type_and_expiry(tmp_path, dev_pki):
