@@ -327,3 +327,20 @@ def test_a_cached_response_already_due_is_not_fetched_in_a_loop(ca, tmp_path):
                                this_update=clock.now - dt.timedelta(days=1),
                                next_update=clock.now + dt.timedelta(seconds=10))
     assert asyncio.run(w.step()) == pytest.approx(5)  # half the 10 s left
+
+
+def test_two_listeners_certificates_of_one_file_name_get_distinct_labels(ca, tmp_path):
+    """Two listeners, each with its own .../<name>/fullchain.pem: one gauge series each (they
+    overwrote each other's qtls_ocsp_response_valid{cert="fullchain.pem"}); a certificate
+    shared by both listeners stays one target."""
+    import dataclasses
+
+    from qproxy.daemon.ocsp_fetcher import distinct_targets
+
+    ca.issue_leaf("other")
+    a = dataclasses.replace(target_for(ca, "server"), label="fullchain.pem",
+                            cert_path="/le/live/a.example/fullchain.pem")
+    b = dataclasses.replace(target_for(ca, "other"), label="fullchain.pem",
+                            cert_path="/le/live/b.example/fullchain.pem")
+    found = distinct_targets([a, b, a])
+    assert [t.label for t in found] == ["a.example/fullchain.pem", "b.example/fullchain.pem"]

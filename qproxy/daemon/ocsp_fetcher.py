@@ -12,6 +12,7 @@ every failure is logged and counted. A response that does not verify is never pu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Awaitable, Callable
 
 from ..config.files import read_regular
 from ..errors import ConfigError
+from ..observability.cert_expiry import cert_labels
 from ..observability.logging import get_logger, reopen_log_files
 from ..observability.metrics import Metrics
 from ..tls.ocsp import MAX_RESPONSE_SIZE, OcspInvalid, VerifiedResponse, build_request
@@ -251,10 +253,19 @@ async def _watch_all(targets: list[OcspTarget], directory: str, metrics: Metrics
     return 0
 
 
-def fetcher_main(targets: list[OcspTarget], directory: str, metrics: Metrics) -> int:
-    """Entry point in the forked child. A certificate served on several listeners is one
-    target (its file is named after the certificate)."""
+def distinct_targets(targets: list[OcspTarget]) -> list[OcspTarget]:
+    """A certificate served on several listeners is one target (its file is named after the
+    certificate); distinct certificates whose files share a name (two listeners' own
+    fullchain.pem) get `cert` labels that tell them apart, or their gauges would overwrite
+    each other's."""
     unique = list({t.file_name: t for t in targets}.values())
+    labels = cert_labels(t.cert_path or t.label for t in unique)
+    return [dataclasses.replace(t, label=labels[t.cert_path or t.label]) for t in unique]
+
+
+def fetcher_main(targets: list[OcspTarget], directory: str, metrics: Metrics) -> int:
+    """Entry point in the forked child."""
+    unique = distinct_targets(targets)
     log.info("OCSP fetcher started", certificates=[t.label for t in unique])
     return asyncio.run(_watch_all(unique, directory, metrics))
 
