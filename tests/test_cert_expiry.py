@@ -140,6 +140,22 @@ def test_warn_days_is_configurable(tmp_path, dev_pki):
     assert len([l for l in result.stderr.splitlines() if l.startswith("warning:")]) == 2
 
 
+
+def test_a_listeners_own_expiring_certificate_is_named_under_the_listener(tmp_path, dev_pki):
+    """The warning named certificates.keypairs[0].cert, the top-level section, for a listener
+    with its own certificates: the operator edits the wrong certificate."""
+    config = make_config(dev_pki, "127.0.0.1:9", listeners=[{
+        "name": "mqtt", "mode": "tcp", "listen_address": "127.0.0.1", "listen_port": 0,
+        "upstream": "broker", "certificates": {"keypairs": expiring_pairs(tmp_path)}}])
+    config["upstreams"]["broker"] = {"servers": ["127.0.0.1:9"]}
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if line.startswith("warning:"))
+    assert "warning: listeners[0].certificates.keypairs[0].cert: certificate 'soon-cert.pem'" \
+        in warning, warning
+
 # --- the daemon ----------------------------------------------------------------------------
 
 def _metrics(server) -> str:
