@@ -18,13 +18,18 @@ import os
 import shutil
 import signal
 import tempfile
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..config.files import read_regular
 from ..errors import ConfigError
 from ..observability.cert_expiry import cert_labels
 from ..observability.logging import get_logger, reopen_log_files
-from ..observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    # Not at run time: prepare() imports this module for the Must-Staple check, and
+    # prometheus_client must not be imported before PROMETHEUS_MULTIPROC_DIR is set (cli.py),
+    # or every process keeps its metrics to itself and /metrics is empty.
+    from ..observability.metrics import Metrics
 from ..tls.ocsp import MAX_RESPONSE_SIZE, OcspInvalid, VerifiedResponse, build_request
 from ..tls.ocsp import verify_response
 from ..tls.stapling import OcspTarget
@@ -107,6 +112,19 @@ class Publisher:
 Obtain = Callable[[OcspTarget], Awaitable[bytes]]
 
 
+async def obtain_response(target: OcspTarget) -> bytes:
+    """The response as the operator's file holds it or the responder sends it, unchecked."""
+    if target.response_file is not None:
+        try:
+            return read_regular(target.response_file, target.json_path,
+                                "OCSP response file", MAX_RESPONSE_SIZE)
+        except ConfigError as exc:
+            raise FetchFailed(exc.problem, "file") from None
+    assert target.url is not None
+    return await fetch(target.url, build_request(target.leaf, target.issuer),
+                       target.settings.timeout)
+
+
 class CertificateWatch:
     """Keeps one certificate's response fresh. `step()` does one round and says how long to
     wait before the next; tests drive it with their own clock and `obtain`."""
@@ -123,15 +141,7 @@ class CertificateWatch:
         self.last: VerifiedResponse | None = None
 
     async def _obtain(self, target: OcspTarget) -> bytes:
-        if target.response_file is not None:
-            try:
-                return read_regular(target.response_file, target.json_path,
-                                    "OCSP response file", MAX_RESPONSE_SIZE)
-            except ConfigError as exc:
-                raise FetchFailed(exc.problem, "file") from None
-        assert target.url is not None
-        return await fetch(target.url, build_request(target.leaf, target.issuer),
-                           self.settings.timeout)
+        return await obtain_response(target)
 
     def adopt_published(self) -> None:
         """After a reload or a restart of this process: a response already published is kept
@@ -220,9 +230,9 @@ def must_staple_warnings(targets: list[OcspTarget]) -> list[str]:
         return []
 
     async def check(target: OcspTarget) -> str | None:
-        watch = CertificateWatch(target, Publisher(""), Metrics())
         try:
-            verify_response(await watch.obtain(target), target.leaf, target.issuer, _utcnow())
+            verify_response(await obtain_response(target), target.leaf, target.issuer,
+                            _utcnow())
         except (FetchFailed, OcspInvalid) as exc:
             return (f"{target.json_path}: {target.label} is a Must-Staple certificate and has "
                     f"no good OCSP response now ({exc}); clients that enforce Must-Staple "
