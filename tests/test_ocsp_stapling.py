@@ -344,3 +344,34 @@ def test_two_listeners_certificates_of_one_file_name_get_distinct_labels(ca, tmp
                             cert_path="/le/live/b.example/fullchain.pem")
     found = distinct_targets([a, b, a])
     assert [t.label for t in found] == ["a.example/fullchain.pem", "b.example/fullchain.pem"]
+
+
+def test_a_full_disk_keeps_the_published_response_and_tells_the_truth(ca, tmp_path):
+    """The private directory's file system full: the new response cannot be published. It was
+    taken as the last good one all the same (the exception left step() after `last` was set),
+    so once the published, older response expired the gauge still said 1 and nothing was
+    stapled. Now the failure is counted ('publish'), the published one stays the last good,
+    and it is withdrawn at its own nextUpdate."""
+    from tests.support.tmpfs import fill, small_tmpfs
+
+    clock, answers = Clock(), Answers()
+    with small_tmpfs(tmp_path / "ocsp", "64k") as directory:
+        metrics = Metrics(CollectorRegistry())
+        w = CertificateWatch(target_for(ca), Publisher(str(directory)), metrics, answers, clock)
+        old = ca.response(ca.leaves["server"], this_update=clock.now,
+                          next_update=dt.timedelta(minutes=20))
+        answers.next = old
+        asyncio.run(w.step())
+        fill(directory)
+        clock.advance(600)
+        answers.next = ca.response(ca.leaves["server"], this_update=clock.now,
+                                   next_update=dt.timedelta(hours=1))
+        assert asyncio.run(w.step()) == 30  # the retry interval
+        published = Path(w.publisher.path(w.target))
+        assert published.read_bytes() == old
+        assert value(metrics, "qtls_ocsp_fetch_failures_total", cert="server-cert.pem",
+                     reason="publish") == 1
+        clock.advance(600)  # the published response's nextUpdate
+        asyncio.run(w.step())
+        assert not published.exists()
+        assert value(metrics, "qtls_ocsp_response_valid", cert="server-cert.pem") == 0

@@ -164,9 +164,14 @@ class CertificateWatch:
             response = verify_response(der, self.target.leaf, self.target.issuer, now)
         except (FetchFailed, OcspInvalid) as exc:
             return self._failed(now, source, str(exc), exc.kind)
+        try:
+            self.publisher.publish(self.target, response.der)
+        except OSError as exc:  # the directory's file system full or gone: workers still
+            # have what was published before, so that stays the last good response
+            return self._failed(now, source, f"cannot publish it for the workers in "
+                                f"{self.publisher.directory}: {exc.strerror or exc}", "publish")
         changed = (self.last is None or self.last.status is not response.status)
         self.last = response
-        self.publisher.publish(self.target, response.der)
         self._set_gauges(response)
         (log.info if changed else log.debug)(
             "OCSP response stapled", cert=self.target.label, status=response.status.value,
