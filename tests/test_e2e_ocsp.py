@@ -294,3 +294,29 @@ def test_a_killed_fetcher_is_restarted_and_the_staple_stays(start_server, backen
                             and e["pid"] != first, 15)
     assert again is not None, server.raw[-10:]
     assert stapled(server.port, ca.ca_path) == responder.answer
+
+
+def test_a_second_listener_with_its_own_certificate_staples_its_own(start_server, backend,
+                                                                     responder, tmp_path):
+    """The merge wired stapling per listener: each listener's contexts staple their own
+    certificate's response, one fetcher serving both, before and after a reload."""
+    import signal
+
+    ca = OcspCa(tmp_path / "ca", responder.url)
+    first, second = ca.issue_leaf("server"), ca.issue_leaf("other")
+    answers = {leaf.cert.serial_number: ca.response(leaf) for leaf in (first, second)}
+    responder.answer_with = lambda request: answers[
+        ocsp.load_der_ocsp_request(request).serial_number]
+    config = ocsp_config(backend, [pair(first)])
+    config["listeners"] = [{
+        "name": "second", "mode": "http", "listen_address": "127.0.0.1", "listen_port": 0,
+        "certificates": {"keypairs": [pair(second)], "ocsp_stapling": True,
+                         "ocsp_retry_interval": 0.3}}]
+    server = start_server(config)
+    ports = wait_event(server, "listening")["listeners"]
+    until_stapled(ports["default"], ca.ca_path, answers[first.cert.serial_number])
+    until_stapled(ports["second"], ca.ca_path, answers[second.cert.serial_number])
+    assert metric(server, "qtls_ocsp_response_valid", "other-cert.pem") == 1
+    server.proc.send_signal(signal.SIGHUP)
+    wait_event(server, "reloaded", timeout=30)
+    until_stapled(ports["second"], ca.ca_path, answers[second.cert.serial_number])
