@@ -375,3 +375,27 @@ def test_a_full_disk_keeps_the_published_response_and_tells_the_truth(ca, tmp_pa
         asyncio.run(w.step())
         assert not published.exists()
         assert value(metrics, "qtls_ocsp_response_valid", cert="server-cert.pem") == 0
+
+
+def test_an_adopted_response_is_not_fetched_again_at_once(ca, tmp_path):
+    """Every reload and every ticket-key rotation starts a new fetcher; it asked every
+    responder again at once although the response it adopted was fresh, so a short
+    tls.ticket_key_lifetime (a minute) became a request per certificate per minute to the
+    CA. The first fetch waits for the adopted response's refresh time; a response file (the
+    operator may have replaced it before the SIGHUP) is read again at once."""
+    import dataclasses
+
+    clock, answers = Clock(), Answers()
+    w, _ = watch(ca, tmp_path, clock, answers, refresh_margin=600)
+    w.publisher.publish(w.target, ca.response(ca.leaves["server"], this_update=clock.now,
+                                              next_update=dt.timedelta(hours=1)))
+    assert w.adopt_published() == pytest.approx(1800)
+    assert w.adopt_published() == pytest.approx(1800)
+    from_file = CertificateWatch(dataclasses.replace(w.target, url=None,
+                                                     response_file=str(tmp_path / "r.der")),
+                                 w.publisher, w.metrics, answers, clock)
+    assert from_file.adopt_published() == 0
+    (tmp_path / "empty").mkdir()
+    nothing = CertificateWatch(w.target, Publisher(str(tmp_path / "empty")), w.metrics,
+                               answers, clock)
+    assert nothing.adopt_published() == 0

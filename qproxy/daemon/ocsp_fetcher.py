@@ -143,18 +143,25 @@ class CertificateWatch:
     async def _obtain(self, target: OcspTarget) -> bytes:
         return await obtain_response(target)
 
-    def adopt_published(self) -> None:
+    def adopt_published(self) -> float:
         """After a reload or a restart of this process: a response already published is kept
-        (re-verified) as the last good one, so a responder down right now costs nothing."""
+        (re-verified) as the last good one, so a responder down right now costs nothing.
+        Returns the seconds to wait before the first fetch: the adopted response's refresh
+        time (every reload and ticket-key rotation starts a fetcher; the CA need not hear of
+        it), or 0 — nothing adopted, or a response file, which the operator may have just
+        replaced."""
         der = self.publisher.published(self.target)
         if der is None:
-            return
+            return 0.0
+        now = self.clock()
         try:
-            self.last = verify_response(der, self.target.leaf, self.target.issuer, self.clock())
+            self.last = verify_response(der, self.target.leaf, self.target.issuer, now)
         except OcspInvalid:
             self.publisher.withdraw(self.target)
-            return
+            return 0.0
         self._set_gauges(self.last)
+        return 0.0 if self.target.response_file is not None else self._refresh_delay(now,
+                                                                                     self.last)
 
     async def step(self) -> float:
         now = self.clock()
@@ -177,6 +184,9 @@ class CertificateWatch:
             "OCSP response stapled", cert=self.target.label, status=response.status.value,
             next_update=f"{response.next_update:%Y-%m-%dT%H:%M:%SZ}", signer=response.signer,
             source=source)
+        return self._refresh_delay(now, response)
+
+    def _refresh_delay(self, now: dt.datetime, response: VerifiedResponse) -> float:
         margin = dt.timedelta(seconds=self.settings.refresh_margin)
         # A cached response can be due for refresh the moment it arrives (issued long ago,
         # nextUpdate within the margin): asking again at once would get the same one, so the
@@ -217,7 +227,7 @@ class CertificateWatch:
         return min(MAX_DELAY, max(MIN_DELAY, (until - now).total_seconds()))
 
     async def run(self) -> None:
-        self.adopt_published()
+        await asyncio.sleep(self.adopt_published())
         while True:
             try:
                 delay = await self.step()
