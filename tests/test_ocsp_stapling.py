@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import datetime as dt
 import json
 from pathlib import Path
@@ -399,3 +400,24 @@ def test_an_adopted_response_is_not_fetched_again_at_once(ca, tmp_path):
     nothing = CertificateWatch(w.target, Publisher(str(tmp_path / "empty")), w.metrics,
                                answers, clock)
     assert nothing.adopt_published() == 0
+
+
+def test_the_private_directory_goes_in_the_first_runtime_directory(tmp_path, monkeypatch):
+    """systemd sets RUNTIME_DIRECTORY to every RuntimeDirectory= entry, colon-separated;
+    mkdtemp() in "/run/qtls:/run/qtls-extra" failed and the master could not start workers.
+    The directory is private (0700): the workers and the fetcher are the only readers."""
+    import stat
+
+    from qproxy.daemon.ocsp_fetcher import OcspRuntime
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", f"{tmp_path / 'one'}:{tmp_path / 'two'}")
+    runtime = OcspRuntime()
+    directory = runtime.ensure_directory()
+    try:
+        assert Path(directory).parent == tmp_path / "one"
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    finally:
+        runtime.remove()
+    assert not Path(directory).exists()

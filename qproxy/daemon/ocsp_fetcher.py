@@ -303,9 +303,10 @@ class OcspRuntime:
 
     def ensure_directory(self) -> str:
         if self.directory is None:
-            # RUNTIME_DIRECTORY: systemd's RuntimeDirectory=, else the system's temp dir.
-            self.directory = tempfile.mkdtemp(prefix="qtls-ocsp-",
-                                              dir=os.environ.get("RUNTIME_DIRECTORY") or None)
+            # RUNTIME_DIRECTORY: systemd's RuntimeDirectory= (the first, when several are
+            # listed: it joins them with ':'), else the system's temp dir.
+            runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+            self.directory = tempfile.mkdtemp(prefix="qtls-ocsp-", dir=runtime or None)
         return self.directory
 
     def remove(self) -> None:
