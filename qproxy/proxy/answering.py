@@ -65,11 +65,6 @@ class Answering:
         """A request in hand or waiting its turn."""
         return self.write_state is not WriteState.IDLE or bool(self._queue)
 
-    @property
-    def between_requests(self) -> bool:
-        """A response went out and the keep-alive wait for the next request is on."""
-        return self._keepalive is not None and not self.busy
-
     def queued(self) -> list[HttpRequest | BadRequest]:
         return list(self._queue)
 

@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 
 # Input is parsed this much at a time, so that a pause takes effect within one read.
 FEED_SLICE = 16 * 1024
-# At shutdown, how long a connection that has not begun its first request is given to: a
-# client that just finished its handshake sends within a round trip; a browser's preconnect
-# may never send, and must not hold the drain for client_header_timeout.
-FIRST_REQUEST_GRACE = 1.0
 _UPGRADING = "upgrading"  # why input is paused between an upgrade request and its answer
 
 
@@ -259,17 +255,9 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def shutdown(self) -> None:
-        """Finish the request in hand, then close. Only a keep-alive connection idle between
-        requests closes now: one accepted just before the listener closed (a reload, a
-        ticket-key rotation) may have its client's first request on the way, and it is
-        answered (with Connection: close) if it begins within FIRST_REQUEST_GRACE."""
-        if self.read_state is not ReadState.IDLE or self.answers.busy:
-            return
-        if self.answers.between_requests:
-            self.close()
-        else:  # its first request comes within a round trip, or not at all (a preconnect)
-            self.loop.call_later(FIRST_REQUEST_GRACE, self._close_if_no_request)
-
-    def _close_if_no_request(self) -> None:
-        if self.read_state is ReadState.IDLE and not self.answers.busy:
+        """Finish the request in hand, or the one whose head is arriving (bounded by the
+        request-head deadline and the drain's shutdown_timeout), then close; a connection
+        idle between requests closes now. (A connection that has sent no request byte yet
+        has no HTTP side: the worker's drain gives those their grace, worker.py.)"""
+        if not self.answers.busy and self.read_state is ReadState.IDLE:
             self.close()
