@@ -259,5 +259,5 @@ class HttpConnection(asyncio.Protocol):
         request-head deadline and the drain's shutdown_timeout), then close; a connection
         idle between requests closes now. (A connection that has sent no request byte yet
         has no HTTP side: the worker's drain gives those their grace, worker.py.)"""
-        if not self.answers.busy and self.read_state is ReadState.IDLE:
+        if not self.answers.busy and self.read_state is not ReadState.HEAD:
             self.close()
