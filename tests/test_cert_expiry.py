@@ -94,6 +94,24 @@ def test_one_entry_per_certificate_even_when_sni_repeats_it():
     assert len(cert_expiry.expiry_of([pair, again])) == 1
 
 
+
+def test_two_certificates_with_the_same_file_name_are_both_watched():
+    """Let's Encrypt's layout: every name's chain is .../live/<name>/fullchain.pem. Two SNI
+    certificates of one key type were one entry (keyed by label): the second one's expiry
+    had no gauge and no warning at all."""
+    a = Pair("/etc/le/live/a.example/fullchain.pem", "ECDSA P-256", 1, "certificates.sni.a[0]")
+    b = Pair("/etc/le/live/b.example/fullchain.pem", "ECDSA P-256", 1, "certificates.sni.b[0]")
+    found = cert_expiry.expiry_of([a, b])
+    assert sorted(e.cert for e in found) == ["a.example/fullchain.pem",
+                                             "b.example/fullchain.pem"]
+    warnings = cert_expiry.expiry_warnings(found, warn_days=30)
+    assert len(warnings) == 2 and "certificates.sni.b[0].cert" in warnings[1]
+
+
+def test_labels_take_only_as_much_of_the_path_as_tells_files_apart():
+    assert cert_expiry.cert_labels(["/x/a/c.pem", "/y/a/c.pem", "/y/d.pem", "/x/a/c.pem"]) == {
+        "/x/a/c.pem": "x/a/c.pem", "/y/a/c.pem": "y/a/c.pem", "/y/d.pem": "d.pem"}
+
 # --- check-config --------------------------------------------------------------------------
 
 def test_check_config_prints_subject_key_type_and_expiry(tmp_path, dev_pki):
@@ -121,6 +139,22 @@ def test_warn_days_is_configurable(tmp_path, dev_pki):
     assert result.exit_code == 0, result.stderr
     assert len([l for l in result.stderr.splitlines() if l.startswith("warning:")]) == 2
 
+
+
+def test_a_listeners_own_expiring_certificate_is_named_under_the_listener(tmp_path, dev_pki):
+    """The warning named certificates.keypairs[0].cert, the top-level section, for a listener
+    with its own certificates: the operator edits the wrong certificate."""
+    config = make_config(dev_pki, "127.0.0.1:9", listeners=[{
+        "name": "mqtt", "mode": "tcp", "listen_address": "127.0.0.1", "listen_port": 0,
+        "upstream": "broker", "certificates": {"keypairs": expiring_pairs(tmp_path)}}])
+    config["upstreams"]["broker"] = {"servers": ["127.0.0.1:9"]}
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if line.startswith("warning:"))
+    assert "warning: listeners[0].certificates.keypairs[0].cert: certificate 'soon-cert.pem'" \
+        in warning, warning
 
 # --- the daemon ----------------------------------------------------------------------------
 

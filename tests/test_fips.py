@@ -12,7 +12,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from qproxy import pki
 from qproxy.cli import main
@@ -100,6 +100,26 @@ def test_small_rsa_and_eddsa_certificates_are_refused(tmp_path, dev_pki):
     assert any(p.startswith("certificates.keypairs[1].cert:") and "RSA-1024" in p
                and "at least 2048" in p for p in found), found
 
+
+
+def test_every_approved_signature_algorithm_has_a_self_test():
+    """ecdsa_secp521r1_sha512 was approved and in the default list ('ecdsa') with no
+    known-answer test: a FIPS listener signed with an algorithm never self-tested."""
+    for sigalg in fips.APPROVED_SIGALGS:
+        assert fips.self_test_names([], [sigalg], []) != ["hkdf-sha256"], sigalg
+
+
+def test_defaults_and_keys_leave_out_ecdsa_p521(tmp_path, dev_pki):
+    tls = build_server_tls(loaded(fips_config(dev_pki)))
+    assert "secp521r1" not in (tls.policy.sigalgs or "")
+    key = ec.generate_private_key(ec.SECP521R1())
+    cert = pki.issue("p521", key.public_key(), pki._name("p521"), key, ca=False, days=30)
+    pki.write_certs(tmp_path / "p521.pem", cert)
+    pki.write_key(tmp_path / "p521.key", key)
+    config = fips_config(dev_pki, certificates={"keypairs": [
+        {"cert": str(tmp_path / "p521.pem"), "key": str(tmp_path / "p521.key")}]})
+    assert any(p.startswith("certificates.keypairs[0].cert:") and "ECDSA P-521" in p
+               for p in problems(config))
 
 def test_self_tests_cannot_be_turned_off_in_fips_mode(dev_pki):
     with pytest.raises(ConfigErrors, match="self_test_on_load"):

@@ -560,6 +560,33 @@ def test_shutdown_closes_idle_connections_and_answers_the_busy_with_close():
     run(main())
 
 
+
+def test_shutdown_finishes_a_request_whose_head_is_arriving():
+    """A request head split over two reads (two TLS records, two segments) with the drain
+    starting in between: the connection was not 'busy' yet, so it was closed as idle and the
+    request lost. It is answered now, with Connection: close; an idle keep-alive connection
+    still closes at once."""
+    async def main():
+        h = Harness(echo)
+        h.feed(GET[:10])
+        await h.settle()
+        drain = asyncio.ensure_future(h.server.shutdown(2))
+        await h.settle()
+        assert not h.transport.closed
+        h.feed(GET[10:])
+        await drain
+        got = responses(h.transport.take())
+        assert [r.status for r in got] == [200]
+        assert got[0].headers["connection"] == "close" and h.transport.closed
+
+        idle = Harness(echo)
+        idle.feed(GET)
+        await idle.until(lambda: idle.transport.finished == 1)
+        await idle.server.shutdown(2)
+        assert idle.transport.closed and not idle.transport.aborted
+    run(main())
+
+
 def test_head_then_get_on_one_connection():
     async def main():
         h = Harness(echo)

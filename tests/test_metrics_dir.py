@@ -40,3 +40,23 @@ def test_prepare_names_the_directory_after_the_master_and_sweeps(tmp_path, monke
     finally:
         multiprocess.cleanup(directory, created)
         monkeypatch.delenv(multiprocess.ENV, raising=False)
+
+
+def test_checking_a_configuration_does_not_import_prometheus_client(tmp_path, dev_pki) -> None:
+    """prometheus_client picks its value storage when first imported, and qtls-server sets
+    PROMETHEUS_MULTIPROC_DIR only after prepare(): the OCSP fetcher's module, imported by
+    prepare() for its Must-Staple check, imported it first, so every process kept its metrics
+    to itself and /metrics answered an empty body."""
+    import json
+
+    from tests.conftest import make_config
+    from tests.support.harness import ROOT, child_env
+
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps(make_config(dev_pki, "127.0.0.1:9")))
+    code = ("import sys; from qproxy.daemon.prepare import prepare, Purpose; "
+            f"prepare({str(path)!r}, Purpose.START); "
+            "print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

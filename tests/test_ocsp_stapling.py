@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import datetime as dt
 import json
 from pathlib import Path
@@ -309,3 +310,114 @@ def test_probe_reports_the_staple_checked_against_the_chain(ca, tmp_path, kind):
     assert line.startswith(expected), line
     if kind in ("good", "revoked"):
         assert line.endswith("signed by the issuer)")
+
+
+def test_a_cached_response_already_due_is_not_fetched_in_a_loop(ca, tmp_path):
+    """A responder behind a cache keeps serving a response issued a day ago that is within
+    the refresh margin of its nextUpdate: its refresh time has passed as soon as it arrives.
+    The next fetch waits the retry interval (never less than half the time left), not the
+    0.2 s floor, which asked the CA five times a second until nextUpdate."""
+    clock, answers = Clock(), Answers()
+    w, _ = watch(ca, tmp_path, clock, answers, refresh_margin=3600)
+    answers.next = ca.response(ca.leaves["server"],
+                               this_update=clock.now - dt.timedelta(days=1),
+                               next_update=clock.now + dt.timedelta(minutes=30))
+    assert asyncio.run(w.step()) == pytest.approx(30)  # the retry interval
+    assert Path(w.publisher.path(w.target)).exists()  # still stapled meanwhile
+    answers.next = ca.response(ca.leaves["server"],
+                               this_update=clock.now - dt.timedelta(days=1),
+                               next_update=clock.now + dt.timedelta(seconds=10))
+    assert asyncio.run(w.step()) == pytest.approx(5)  # half the 10 s left
+
+
+def test_two_listeners_certificates_of_one_file_name_get_distinct_labels(ca, tmp_path):
+    """Two listeners, each with its own .../<name>/fullchain.pem: one gauge series each (they
+    overwrote each other's qtls_ocsp_response_valid{cert="fullchain.pem"}); a certificate
+    shared by both listeners stays one target."""
+    import dataclasses
+
+    from qproxy.daemon.ocsp_fetcher import distinct_targets
+
+    ca.issue_leaf("other")
+    a = dataclasses.replace(target_for(ca, "server"), label="fullchain.pem",
+                            cert_path="/le/live/a.example/fullchain.pem")
+    b = dataclasses.replace(target_for(ca, "other"), label="fullchain.pem",
+                            cert_path="/le/live/b.example/fullchain.pem")
+    found = distinct_targets([a, b, a])
+    assert [t.label for t in found] == ["a.example/fullchain.pem", "b.example/fullchain.pem"]
+
+
+def test_a_full_disk_keeps_the_published_response_and_tells_the_truth(ca, tmp_path):
+    """The private directory's file system full: the new response cannot be published. It was
+    taken as the last good one all the same (the exception left step() after `last` was set),
+    so once the published, older response expired the gauge still said 1 and nothing was
+    stapled. Now the failure is counted ('publish'), the published one stays the last good,
+    and it is withdrawn at its own nextUpdate."""
+    from tests.support.tmpfs import fill, small_tmpfs
+
+    clock, answers = Clock(), Answers()
+    with small_tmpfs(tmp_path / "ocsp", "64k") as directory:
+        metrics = Metrics(CollectorRegistry())
+        w = CertificateWatch(target_for(ca), Publisher(str(directory)), metrics, answers, clock)
+        old = ca.response(ca.leaves["server"], this_update=clock.now,
+                          next_update=dt.timedelta(minutes=20))
+        answers.next = old
+        asyncio.run(w.step())
+        fill(directory)
+        clock.advance(600)
+        answers.next = ca.response(ca.leaves["server"], this_update=clock.now,
+                                   next_update=dt.timedelta(hours=1))
+        assert asyncio.run(w.step()) == 30  # the retry interval
+        published = Path(w.publisher.path(w.target))
+        assert published.read_bytes() == old
+        assert value(metrics, "qtls_ocsp_fetch_failures_total", cert="server-cert.pem",
+                     reason="publish") == 1
+        clock.advance(600)  # the published response's nextUpdate
+        asyncio.run(w.step())
+        assert not published.exists()
+        assert value(metrics, "qtls_ocsp_response_valid", cert="server-cert.pem") == 0
+
+
+def test_an_adopted_response_is_not_fetched_again_at_once(ca, tmp_path):
+    """Every reload and every ticket-key rotation starts a new fetcher; it asked every
+    responder again at once although the response it adopted was fresh, so a short
+    tls.ticket_key_lifetime (a minute) became a request per certificate per minute to the
+    CA. The first fetch waits for the adopted response's refresh time; a response file (the
+    operator may have replaced it before the SIGHUP) is read again at once."""
+    import dataclasses
+
+    clock, answers = Clock(), Answers()
+    w, _ = watch(ca, tmp_path, clock, answers, refresh_margin=600)
+    w.publisher.publish(w.target, ca.response(ca.leaves["server"], this_update=clock.now,
+                                              next_update=dt.timedelta(hours=1)))
+    assert w.adopt_published() == pytest.approx(1800)
+    assert w.adopt_published() == pytest.approx(1800)
+    from_file = CertificateWatch(dataclasses.replace(w.target, url=None,
+                                                     response_file=str(tmp_path / "r.der")),
+                                 w.publisher, w.metrics, answers, clock)
+    assert from_file.adopt_published() == 0
+    (tmp_path / "empty").mkdir()
+    nothing = CertificateWatch(w.target, Publisher(str(tmp_path / "empty")), w.metrics,
+                               answers, clock)
+    assert nothing.adopt_published() == 0
+
+
+def test_the_private_directory_goes_in_the_first_runtime_directory(tmp_path, monkeypatch):
+    """systemd sets RUNTIME_DIRECTORY to every RuntimeDirectory= entry, colon-separated;
+    mkdtemp() in "/run/qtls:/run/qtls-extra" failed and the master could not start workers.
+    The directory is private (0700): the workers and the fetcher are the only readers."""
+    import stat
+
+    from qproxy.daemon.ocsp_fetcher import OcspRuntime
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", f"{tmp_path / 'one'}:{tmp_path / 'two'}")
+    runtime = OcspRuntime()
+    directory = runtime.ensure_directory()
+    try:
+        assert Path(directory).parent == tmp_path / "one"
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    finally:
+        runtime.remove()
+    assert not Path(directory).exists()

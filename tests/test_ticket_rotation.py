@@ -42,6 +42,36 @@ def test_no_rotation_without_tickets_or_with_lifetime_zero():
     assert clock.seconds_left(0) is None and not clock.due(1e9)
 
 
+
+def test_a_lifetime_below_the_floor_is_refused():
+    """0.05 s made the master start a generation back to back (63 in 8 s, probed), forking
+    workers nonstop; a floor of MIN_LIFETIME, or 0 (off)."""
+    import pydantic
+    import pytest
+
+    from qproxy.daemon.ticket_keys import MIN_LIFETIME
+
+    with pytest.raises(pydantic.ValidationError, match="ticket_key_lifetime"):
+        TlsSection(ticket_key_lifetime=0.05)
+    TlsSection(ticket_key_lifetime=0)
+    TlsSection(ticket_key_lifetime=MIN_LIFETIME)
+
+
+def test_a_listeners_own_tls_lifetime_rotates_too():
+    """The clock read the top-level tls only: a listener with its own tls section and a
+    shorter lifetime (or the only one with tickets) kept its keys for ever."""
+    clock = TicketKeyClock()
+    clock.renewed([TlsSection(ticket_key_lifetime=0),
+                   TlsSection(ticket_key_lifetime=300),
+                   TlsSection(ticket_key_lifetime=60, session_tickets=False)], now=0)
+    assert clock.seconds_left(0) == 300
+
+
+def test_no_rotation_while_the_previous_generation_drains():
+    clock = TicketKeyClock()
+    clock.renewed(TlsSection(ticket_key_lifetime=10), now=0)
+    assert not clock.due(10, draining=True) and clock.due(10)
+
 # --- the daemon ----------------------------------------------------------------------------
 
 def rotating(dev_pki, backend, workers: int = 2, **sections):

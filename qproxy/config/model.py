@@ -171,6 +171,17 @@ class ServerSection(ListenerSettings):
     shutdown_timeout: PositiveFloat = 30.0
 
 
+MIN_TICKET_KEY_LIFETIME = 1.0
+
+
+def _lifetime_off_or_above_floor(value: float) -> float:
+    if 0 < value < MIN_TICKET_KEY_LIFETIME:
+        raise ValueError(f"{value:g} s is below the floor of {MIN_TICKET_KEY_LIFETIME:g} s "
+                         "(each rotation starts a new generation of workers); 0 turns "
+                         "rotation off")
+    return value
+
+
 class TlsSection(Section):
     protocol_version: Literal["1.3", "1.2"] = "1.3"
     hybrid_mode: bool = True
@@ -184,7 +195,10 @@ class TlsSection(Section):
     # Seconds a generation's session-ticket keys are used before the master starts a new
     # generation with fresh keys (0: as long as the generation lives). Bounds how long a
     # recorded resumed session stays decryptable by whoever later steals a worker's memory.
-    ticket_key_lifetime: Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)] = 43200
+    # A floor, because each rotation is a whole new generation of workers: below it the
+    # master would do nothing but start generations back to back.
+    ticket_key_lifetime: Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False),
+                                   AfterValidator(_lifetime_off_or_above_floor)] = 43200
     # ALPN protocols selected from a client's offer, ours in order. Left out: the mode's own,
     # ["http/1.1"] for http and none for tcp (an MQTT client offering "mqtt" must not be told
     # "http/1.1"). An http listener serves ["http/1.1"] only (ServerConfig checks it).

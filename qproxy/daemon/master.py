@@ -469,7 +469,7 @@ class Master:
             self._reload_failed(old, QProxyError("the new workers did not start"), purpose)
             return
         self.current = new
-        self._ticket_keys.renewed(config.tls, time.monotonic())
+        self._ticket_keys.renewed(self._tls_sections(new), time.monotonic())
         self._respawns.new_generation()
         self._restart_ocsp()
         self._stop_accepting(old)
@@ -558,7 +558,7 @@ class Master:
             self._shutdown()
             return 1
         generation = self.current
-        self._ticket_keys.renewed(generation.config.tls, time.monotonic())
+        self._ticket_keys.renewed(self._tls_sections(generation), time.monotonic())
         self.metrics.generation.set(generation.number)
         self.metrics.workers.set(generation.size)
         self._safely(self._publish)  # before "listening": whoever saw that line finds the status
@@ -614,9 +614,14 @@ class Master:
             if self._step_failures.hit() is not None:
                 log.exception("master loop step failed; still serving", step=step.__name__)
 
+    @staticmethod
+    def _tls_sections(generation: ServingGeneration) -> list:
+        return [item.listener.tls for item in generation.prepared] or [generation.config.tls]
+
     def _rotate_ticket_keys(self) -> None:
         now = time.monotonic()
-        if self._ticket_keys.due(now) and not self._stopping:
+        draining = any(g.workers for g in self.old)
+        if self._ticket_keys.due(now, draining) and not self._stopping:
             self._ticket_keys.failed(now)  # the next try, unless this one renews the clock
             self._reload(Purpose.ROTATE)
 

@@ -12,17 +12,24 @@ every failure is logged and counted. A response that does not verify is never pu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import shutil
 import signal
 import tempfile
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..config.files import read_regular
 from ..errors import ConfigError
+from ..observability.cert_expiry import cert_labels
 from ..observability.logging import get_logger, reopen_log_files
-from ..observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    # Not at run time: prepare() imports this module for the Must-Staple check, and
+    # prometheus_client must not be imported before PROMETHEUS_MULTIPROC_DIR is set (cli.py),
+    # or every process keeps its metrics to itself and /metrics is empty.
+    from ..observability.metrics import Metrics
 from ..tls.ocsp import MAX_RESPONSE_SIZE, OcspInvalid, VerifiedResponse, build_request
 from ..tls.ocsp import verify_response
 from ..tls.stapling import OcspTarget
@@ -105,6 +112,19 @@ class Publisher:
 Obtain = Callable[[OcspTarget], Awaitable[bytes]]
 
 
+async def obtain_response(target: OcspTarget) -> bytes:
+    """The response as the operator's file holds it or the responder sends it, unchecked."""
+    if target.response_file is not None:
+        try:
+            return read_regular(target.response_file, target.json_path,
+                                "OCSP response file", MAX_RESPONSE_SIZE)
+        except ConfigError as exc:
+            raise FetchFailed(exc.problem, "file") from None
+    assert target.url is not None
+    return await fetch(target.url, build_request(target.leaf, target.issuer),
+                       target.settings.timeout)
+
+
 class CertificateWatch:
     """Keeps one certificate's response fresh. `step()` does one round and says how long to
     wait before the next; tests drive it with their own clock and `obtain`."""
@@ -121,28 +141,27 @@ class CertificateWatch:
         self.last: VerifiedResponse | None = None
 
     async def _obtain(self, target: OcspTarget) -> bytes:
-        if target.response_file is not None:
-            try:
-                return read_regular(target.response_file, target.json_path,
-                                    "OCSP response file", MAX_RESPONSE_SIZE)
-            except ConfigError as exc:
-                raise FetchFailed(exc.problem, "file") from None
-        assert target.url is not None
-        return await fetch(target.url, build_request(target.leaf, target.issuer),
-                           self.settings.timeout)
+        return await obtain_response(target)
 
-    def adopt_published(self) -> None:
+    def adopt_published(self) -> float:
         """After a reload or a restart of this process: a response already published is kept
-        (re-verified) as the last good one, so a responder down right now costs nothing."""
+        (re-verified) as the last good one, so a responder down right now costs nothing.
+        Returns the seconds to wait before the first fetch: the adopted response's refresh
+        time (every reload and ticket-key rotation starts a fetcher; the CA need not hear of
+        it), or 0 — nothing adopted, or a response file, which the operator may have just
+        replaced."""
         der = self.publisher.published(self.target)
         if der is None:
-            return
+            return 0.0
+        now = self.clock()
         try:
-            self.last = verify_response(der, self.target.leaf, self.target.issuer, self.clock())
+            self.last = verify_response(der, self.target.leaf, self.target.issuer, now)
         except OcspInvalid:
             self.publisher.withdraw(self.target)
-            return
+            return 0.0
         self._set_gauges(self.last)
+        return 0.0 if self.target.response_file is not None else self._refresh_delay(now,
+                                                                                     self.last)
 
     async def step(self) -> float:
         now = self.clock()
@@ -152,16 +171,29 @@ class CertificateWatch:
             response = verify_response(der, self.target.leaf, self.target.issuer, now)
         except (FetchFailed, OcspInvalid) as exc:
             return self._failed(now, source, str(exc), exc.kind)
+        try:
+            self.publisher.publish(self.target, response.der)
+        except OSError as exc:  # the directory's file system full or gone: workers still
+            # have what was published before, so that stays the last good response
+            return self._failed(now, source, f"cannot publish it for the workers in "
+                                f"{self.publisher.directory}: {exc.strerror or exc}", "publish")
         changed = (self.last is None or self.last.status is not response.status)
         self.last = response
-        self.publisher.publish(self.target, response.der)
         self._set_gauges(response)
         (log.info if changed else log.debug)(
             "OCSP response stapled", cert=self.target.label, status=response.status.value,
             next_update=f"{response.next_update:%Y-%m-%dT%H:%M:%SZ}", signer=response.signer,
             source=source)
+        return self._refresh_delay(now, response)
+
+    def _refresh_delay(self, now: dt.datetime, response: VerifiedResponse) -> float:
         margin = dt.timedelta(seconds=self.settings.refresh_margin)
-        return self._delay(now, response.refresh_at(margin))
+        # A cached response can be due for refresh the moment it arrives (issued long ago,
+        # nextUpdate within the margin): asking again at once would get the same one, so the
+        # next try comes at the retry pace, or half way to nextUpdate if that is sooner.
+        earliest = now + min(dt.timedelta(seconds=self.settings.retry_interval),
+                             (response.next_update - now) / 2)
+        return self._delay(now, max(response.refresh_at(margin), earliest))
 
     def _failed(self, now: dt.datetime, source: str | None, reason: str, kind: str) -> float:
         self.metrics.ocsp_fetch_failures.labels(self.target.label, kind).inc()
@@ -195,7 +227,7 @@ class CertificateWatch:
         return min(MAX_DELAY, max(MIN_DELAY, (until - now).total_seconds()))
 
     async def run(self) -> None:
-        self.adopt_published()
+        await asyncio.sleep(self.adopt_published())
         while True:
             try:
                 delay = await self.step()
@@ -213,9 +245,9 @@ def must_staple_warnings(targets: list[OcspTarget]) -> list[str]:
         return []
 
     async def check(target: OcspTarget) -> str | None:
-        watch = CertificateWatch(target, Publisher(""), Metrics())
         try:
-            verify_response(await watch.obtain(target), target.leaf, target.issuer, _utcnow())
+            verify_response(await obtain_response(target), target.leaf, target.issuer,
+                            _utcnow())
         except (FetchFailed, OcspInvalid) as exc:
             return (f"{target.json_path}: {target.label} is a Must-Staple certificate and has "
                     f"no good OCSP response now ({exc}); clients that enforce Must-Staple "
@@ -246,10 +278,19 @@ async def _watch_all(targets: list[OcspTarget], directory: str, metrics: Metrics
     return 0
 
 
-def fetcher_main(targets: list[OcspTarget], directory: str, metrics: Metrics) -> int:
-    """Entry point in the forked child. A certificate served on several listeners is one
-    target (its file is named after the certificate)."""
+def distinct_targets(targets: list[OcspTarget]) -> list[OcspTarget]:
+    """A certificate served on several listeners is one target (its file is named after the
+    certificate); distinct certificates whose files share a name (two listeners' own
+    fullchain.pem) get `cert` labels that tell them apart, or their gauges would overwrite
+    each other's."""
     unique = list({t.file_name: t for t in targets}.values())
+    labels = cert_labels(t.cert_path or t.label for t in unique)
+    return [dataclasses.replace(t, label=labels[t.cert_path or t.label]) for t in unique]
+
+
+def fetcher_main(targets: list[OcspTarget], directory: str, metrics: Metrics) -> int:
+    """Entry point in the forked child."""
+    unique = distinct_targets(targets)
     log.info("OCSP fetcher started", certificates=[t.label for t in unique])
     return asyncio.run(_watch_all(unique, directory, metrics))
 
@@ -262,9 +303,10 @@ class OcspRuntime:
 
     def ensure_directory(self) -> str:
         if self.directory is None:
-            # RUNTIME_DIRECTORY: systemd's RuntimeDirectory=, else the system's temp dir.
-            self.directory = tempfile.mkdtemp(prefix="qtls-ocsp-",
-                                              dir=os.environ.get("RUNTIME_DIRECTORY") or None)
+            # RUNTIME_DIRECTORY: systemd's RuntimeDirectory= (the first, when several are
+            # listed: it joins them with ':'), else the system's temp dir.
+            runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+            self.directory = tempfile.mkdtemp(prefix="qtls-ocsp-", dir=runtime or None)
         return self.directory
 
     def remove(self) -> None:

@@ -143,9 +143,20 @@ def _prepare(source: str, purpose: Purpose, running: ServerConfig | None) -> Pre
             expiring = cert_expiry.expiry_warnings(
                 cert_expiry.expiry_of(item.server_tls.pairs, listener=item.listener.name),
                 item.listener.certificates.warn_days)
-            warnings += [*item.server_tls.warnings, *expiring]
+            warnings += [_under(item.listener, w) for w in (*item.server_tls.warnings,
+                                                             *expiring)]
     return Prepared(config, default, tuple(dict.fromkeys(warnings)), tuple(prepared),
                     tuple(dict.fromkeys(self_tests)))
+
+
+def _under(listener: Listener, warning: str) -> str:
+    """A warning that starts with the JSON path of its setting ('certificates.keypairs[0].cert:
+    ...'), with that path as written in the file: under the listener when the section is its
+    own (as errors are), or the operator fixes the top-level certificate instead."""
+    path, sep, rest = warning.partition(": ")
+    if not sep or " " in path:
+        return warning
+    return f"{listener.config_path(path)}: {rest}"
 
 
 def check_section_files(sections: dict[str, BaseModel]) -> list[ConfigError]:

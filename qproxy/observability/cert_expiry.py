@@ -61,19 +61,41 @@ def cert_label(cert_path: str) -> str:
     return os.path.basename(cert_path) or cert_path
 
 
+def cert_labels(paths: Iterable[str]) -> dict[str, str]:
+    """Each distinct path's label: its file name, or when several files share that name (Let's
+    Encrypt's .../live/<name>/fullchain.pem), as many trailing directories as tell them apart."""
+    distinct = list(dict.fromkeys(paths))
+    split = {path: path.rstrip("/").split("/") for path in distinct}
+
+    def tail(path: str, depth: int) -> str:
+        return "/".join(split[path][-depth:])
+
+    labels = {}
+    for path in distinct:
+        depth = 1
+        while depth < len(split[path]) and any(
+                other != path and tail(other, depth) == tail(path, depth) for other in distinct):
+            depth += 1
+        labels[path] = tail(path, depth) or path
+    return labels
+
+
 def _subject(cert: x509.Certificate) -> str:
     return ", ".join(rdn.rfc4514_string() for rdn in cert.subject.rdns) or "(empty subject)"
 
 
 def expiry_of(pairs: Iterable[ServedPair], listener: str = DEFAULT_LISTENER,
               ) -> list[CertificateExpiry]:
-    """One entry per distinct certificate (an SNI set may repeat a default pair)."""
-    seen: dict[tuple[str, str, str], CertificateExpiry] = {}
+    """One entry per distinct certificate file (an SNI set may repeat a default pair); files
+    that share a name get labels that tell them apart (cert_labels)."""
+    pairs = list(pairs)
+    labels = cert_labels(pair.cert_path for pair in pairs)
+    seen: dict[tuple[str, str], CertificateExpiry] = {}
     for pair in pairs:
-        entry = CertificateExpiry(listener, cert_label(pair.cert_path), pair.key_kind,
+        entry = CertificateExpiry(listener, labels[pair.cert_path], pair.key_kind,
                                   _subject(pair.leaf), pair.leaf.not_valid_after_utc,
                                   pair.json_path)
-        seen.setdefault((entry.listener, entry.cert, entry.key_type), entry)
+        seen.setdefault((pair.cert_path, entry.key_type), entry)
     return list(seen.values())
 
 

@@ -255,6 +255,9 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def shutdown(self) -> None:
-        """Finish the request in hand (if any), then close; idle connections close now."""
-        if not self.answers.busy:
+        """Finish the request in hand, or the one whose head is arriving (bounded by the
+        request-head deadline and the drain's shutdown_timeout), then close; a connection
+        idle between requests closes now. (A connection that has sent no request byte yet
+        has no HTTP side: the worker's drain gives those their grace, worker.py.)"""
+        if not self.answers.busy and self.read_state is not ReadState.HEAD:
             self.close()

@@ -67,6 +67,8 @@ class OcspTarget:
     response_file: str | None
     must_staple: bool
     settings: OcspSettings = OcspSettings()
+    cert_path: str = ""
+    """The certificate file, to tell apart files of one name on different listeners."""
 
     @property
     def file_name(self) -> str:
@@ -134,7 +136,7 @@ def stapling_targets(config: ServerConfig, pairs: Iterable["LoadedPair"],
                             "checked; it is not stapled")
             continue
         target = OcspTarget(label, pair.json_path, pair.leaf, pair.leaf_der, issuer, url,
-                            response_file, must, settings)
+                            response_file, must, settings, pair.cert_path)
         if response_file is not None:
             try:
                 verify_response(read_regular(response_file, file_path, "OCSP response file",
