@@ -302,3 +302,19 @@ def test_a_check_over_several_keys_is_reported_at_the_key_it_names():
              "ctx": {"error": AtPath("upstream", "no upstream named 'mosquito'")}}
     [found] = plain_errors([error], document, BaseModel)
     assert str(found) == "listeners[0].upstream: no upstream named 'mosquito'"
+
+
+def test_a_problem_with_a_secret_never_shows_its_value():
+    """--test-config and a refused reload print their problems to terminals, the journal and
+    the status file: a PIN written as a number, or one whose environment variable ends in a
+    line break (a systemd EnvironmentFile), is named by its path, its value masked as in -T."""
+    document = base(hsm={"pin": 271828},
+                    openssl={"providers": [{"name": "pkcs11", "settings": {
+                        "pkcs11-module-token-pin": "${PIN}"}}]})
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(document, "server.json", environ={"PIN": "hunter2\n"})
+    found = {e.path: e.problem for e in info.value.errors}
+    assert found["hsm.pin"] == "expected a string, got ********"
+    assert found["openssl.providers[0].settings.pkcs11-module-token-pin"].startswith(
+        "must be one line")
+    assert "hunter2" not in str(info.value) and "271828" not in str(info.value)

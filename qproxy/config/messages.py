@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 from pydantic import AliasChoices, BaseModel
 
 from ..errors import ConfigError
+from .secrets import MASK, is_secret_key, mask_uri_pins
 
 # What each type error means in JSON words; merged across a union's members.
 _EXPECTED: dict[str, tuple[str, ...]] = {
@@ -63,6 +64,8 @@ def json_path(location: tuple[Any, ...]) -> str:
 
 def show(value: Any) -> str:
     """A value as the operator wrote it in JSON, short."""
+    if isinstance(value, _Hidden):
+        return MASK
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, (list, tuple)):
@@ -244,6 +247,7 @@ def plain_errors(errors: Sequence[Mapping[str, Any]], document: Any,
         kind = error["type"]
         location = clean_location(tuple(error["loc"]), document,
                                   keep_last=kind in ("missing", "extra_forbidden"))
+        error = _hide_secret(error, location)
         cause = (error.get("ctx") or {}).get("error")
         at = getattr(cause, "path", None)
         if isinstance(at, str) and at:
@@ -272,5 +276,18 @@ def plain_errors(errors: Sequence[Mapping[str, Any]], document: Any,
             problem = messages[location]
         else:
             problem = f"expected {one_of(expected[location])}, got {show(inputs[location])}"
-        out.append(ConfigError(json_path((*prefix, *location)), problem))
+        out.append(ConfigError(json_path((*prefix, *location)), mask_uri_pins(problem)))
     return out
+
+
+class _Hidden:
+    """A secret's value where a message would show what was written."""
+
+
+def _hide_secret(error: Mapping[str, Any], location: tuple[Any, ...]) -> Mapping[str, Any]:
+    """The error with its input hidden when it sits under a secret's key (`hsm.pin`, a
+    provider's `pkcs11-module-token-pin`): problems are printed to terminals, journals and a
+    reload's status file, and never show a secret, as `-T` does not."""
+    if any(isinstance(part, str) and is_secret_key(part) for part in location):
+        return {**error, "input": _Hidden()}
+    return error
