@@ -318,3 +318,19 @@ def test_a_problem_with_a_secret_never_shows_its_value():
     assert found["openssl.providers[0].settings.pkcs11-module-token-pin"].startswith(
         "must be one line")
     assert "hunter2" not in str(info.value) and "271828" not in str(info.value)
+
+
+@pytest.mark.parametrize("document,path,problem", [
+    (base(upstreams={"": {"servers": ["127.0.0.1:5001"]}}), 'upstreams[""]', "must not be empty"),
+    (base(certificates={"sni": {"": [{"cert": "c.pem", "key": "k.pem"}]}}),
+     'certificates.sni[""]', "must not be empty"),
+    ({**base(), "routes": [{"host": "", "upstream": "ota"}]}, "routes[0].host", "must not be empty"),
+    ({**base(), "routes": [{"host": " ", "upstream": "ota"}]}, "routes[0].host", "' ' is blank"),
+    ({**base(), "listeners": [{"name": "m", "listen_port": 8883, "pid_file": "/run/m.pid"}]},
+     "listeners[0].pid_file", "unknown key"),
+])
+def test_empty_names_and_a_listener_pid_file_are_errors(document, path, problem):
+    """An empty upstream or SNI name, a blank route host (which matched only requests without
+    a Host header) and a pid file on a listener (there is one master, and it read only
+    server.pid_file) were taken without a word."""
+    assert problems(document)[path].startswith(problem)

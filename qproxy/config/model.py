@@ -62,6 +62,20 @@ def check_url_path(value: str) -> str:
 UrlPath = Annotated[str, AfterValidator(check_url_path)]
 
 
+def check_name(value: str) -> str:
+    """An upstream's name, an SNI name or a route's host: what routes and lookups compare
+    against. Empty or blank, it is a typo that matched nothing (an SNI set never chosen) or
+    something unintended (a route host "" matches only requests without a Host header)."""
+    if not value.strip():
+        raise ValueError("must not be empty" if not value else f"{value!r} is blank")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value[:80]!r} holds whitespace or a control character")
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+
+
 class AtPath(ValueError):
     """A problem found by a check over several keys, located at one of them: the loader
     reports it under `path` (relative to where the check runs), not at the section."""
@@ -129,9 +143,6 @@ class ListenerSettings(Section):
     listen_address: Host = "0.0.0.0"
     listen_port: Port = 8443
     backlog: Annotated[int, Field(ge=1, le=65535)] = 511
-    # The master's pid (written atomically, removed on a clean exit) and, next to it, its
-    # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
-    pid_file: str | None = None
     handshake_timeout: PositiveFloat = 10.0
     client_header_timeout: PositiveFloat = 30.0
     keepalive_timeout: PositiveFloat = 75.0
@@ -166,6 +177,10 @@ class ServerSection(ListenerSettings):
         default=0, validation_alias=AliasChoices("workers", "worker_threads")
     )
     max_connections: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    # The master's pid (written atomically, removed on a clean exit) and, next to it, its
+    # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
+    # The process's, not a listener's: `listeners[].pid_file` is an unknown key.
+    pid_file: str | None = None
     # The drain of a worker generation (reload, stop), for every listener: in-flight HTTP
     # requests and open TCP sessions get this long before they are closed.
     shutdown_timeout: PositiveFloat = 30.0
@@ -228,7 +243,7 @@ class CertificatesSection(Section):
     server_key: str | None = None
     server_key_uri: str | None = None
     keypairs: tuple[KeyPair, ...] = ()
-    sni: dict[str, tuple[KeyPair, ...]] = {}
+    sni: dict[Name, tuple[KeyPair, ...]] = {}
     ca_bundle: str | None = None
     verify_client: bool | Literal["optional"] = False
     verify_depth: Annotated[int, Field(ge=0, le=100)] = 3
@@ -432,7 +447,7 @@ class HstsSection(Section):
 
 
 class Route(Section):
-    host: str | None = None
+    host: Name | None = None
     path_prefix: UrlPath = "/"
     upstream: str
     # nginx's proxy_request_buffering: the request body is read whole (memory, then a temp
@@ -510,7 +525,7 @@ class ServerConfig(Section):
     logging: LoggingSection = LoggingSection()
     metrics: MetricsSection = MetricsSection()
     fips: FipsSection = FipsSection()
-    upstreams: Annotated[dict[str, UpstreamSection], Field(min_length=1)]
+    upstreams: Annotated[dict[Name, UpstreamSection], Field(min_length=1)]
     routes: tuple[Route, ...] = ()
     listeners: tuple[ListenerSection, ...] = ()
 
