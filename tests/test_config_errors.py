@@ -334,3 +334,23 @@ def test_empty_names_and_a_listener_pid_file_are_errors(document, path, problem)
     a Host header) and a pid file on a listener (there is one master, and it read only
     server.pid_file) were taken without a word."""
     assert problems(document)[path].startswith(problem)
+
+
+def test_every_wrong_upstream_name_is_listed_with_the_other_problems():
+    """The names routes and listeners give are checked across sections; that check stopped at
+    the first wrong name and did not run at all while any field was wrong, so a file with a
+    typo in a timeout and two in upstream names took three runs of --test-config."""
+    document = {**base(server={"handshake_timeout": "10"}),
+                "routes": [{"path_prefix": "/api", "upstream": "otaa"},
+                           {"path_prefix": "/", "upstream": "ota"}],
+                "upstreams": {"ota": {"servers": ["127.0.0.1:5000"]},
+                              "broker": {"servers": ["127.0.0.1:1884"]}},
+                "listeners": [{"name": "mqtt", "mode": "tcp", "listen_port": 8883,
+                               "upstream": "brokr"}]}
+    found = problems(document)
+    assert found["server.handshake_timeout"] == 'expected a number, got "10"'
+    assert found["routes[0].upstream"].endswith("did you mean 'ota'?")
+    assert found["listeners[0].upstream"].endswith("did you mean 'broker'?")
+    del document["server"]
+    found = problems(document)
+    assert set(found) == {"routes[0].upstream", "listeners[0].upstream"}

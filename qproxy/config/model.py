@@ -531,21 +531,9 @@ class ServerConfig(Section):
 
     @model_validator(mode="after")
     def _routes_name_upstreams(self) -> "ServerConfig":
-        known = ", ".join(sorted(self.upstreams))
-        for index, listener in enumerate(self.listeners):
-            if listener.upstream is not None and listener.upstream not in self.upstreams:
-                match = difflib.get_close_matches(listener.upstream, list(self.upstreams), n=1)
-                hint = f"; did you mean {match[0]!r}?" if match else ""
-                raise AtPath(f"listeners[{index}].upstream", f"no upstream named "
-                             f"{listener.upstream!r} (known: {known}){hint}")
-        for prefix, routes in [("", self.routes)] + [
-                (f"listeners[{i}].", l.routes) for i, l in enumerate(self.listeners) if l.routes]:
-            for index, route in enumerate(routes):
-                if route.upstream not in self.upstreams:
-                    match = difflib.get_close_matches(route.upstream, list(self.upstreams), n=1)
-                    hint = f"; did you mean {match[0]!r}?" if match else ""
-                    raise AtPath(f"{prefix}routes[{index}].upstream", f"no upstream named "
-                                 f"{route.upstream!r} (known: {known}){hint}")
+        for problem in upstream_references(self.model_dump(include={"upstreams", "routes",
+                                                                    "listeners"})):
+            raise problem
         if not self.routes and len(self.http_upstreams()) > 1:
             raise AtPath("routes", "several upstreams need routes saying which path goes where")
         if not self.routes and not self.http_upstreams():
@@ -597,6 +585,35 @@ class ServerConfig(Section):
         if self.routes:
             return self.routes
         return (Route(upstream=self.http_upstreams()[0]),)
+
+
+def upstream_references(document: object) -> list[AtPath]:
+    """Every listener upstream and route upstream that names no key of `upstreams`, with the
+    closest one. Reads plain JSON data, so that the loader lists these in the same run as a
+    document's other problems (the model's own check runs only once every field is valid)."""
+    if not isinstance(document, dict) or not isinstance(document.get("upstreams"), dict):
+        return []
+    names = [str(name) for name in document["upstreams"]]
+    known = ", ".join(sorted(names))
+    listeners = document.get("listeners")
+    listeners = listeners if isinstance(listeners, (list, tuple)) else []
+    references = []
+    for index, listener in enumerate(listeners):
+        if isinstance(listener, dict):
+            references.append((f"listeners[{index}].upstream", listener.get("upstream")))
+    for prefix, routes in [("", document.get("routes"))] + [
+            (f"listeners[{i}].", l.get("routes")) for i, l in enumerate(listeners)
+            if isinstance(l, dict)]:
+        for index, route in enumerate(routes if isinstance(routes, (list, tuple)) else []):
+            if isinstance(route, dict):
+                references.append((f"{prefix}routes[{index}].upstream", route.get("upstream")))
+    problems = []
+    for path, name in references:
+        if isinstance(name, str) and name not in names:
+            match = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {match[0]!r}?" if match else ""
+            problems.append(AtPath(path, f"no upstream named {name!r} (known: {known}){hint}"))
+    return problems
 
 
 def _address_key(address: str) -> str:
