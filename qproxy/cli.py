@@ -90,8 +90,23 @@ def _served_summary(prepared) -> list[str]:
 
 
 def _serve(path: str) -> int:
-    from .daemon.prepare import Purpose, prepare
     from .observability import multiprocess
+
+    # Before anything imports prometheus_client (preparing the configuration does: the OCSP
+    # fetcher's module): it picks where values live at import, and imported first, each
+    # worker's counters stayed in its own memory and /metrics answered nothing. The directory
+    # lives as long as the process tree: Master.run returns only once its children are gone.
+    metrics_dir, created = multiprocess.prepare()
+    master_pid = os.getpid()
+    try:
+        return _prepare_and_serve(path)
+    finally:
+        if os.getpid() == master_pid:
+            multiprocess.cleanup(metrics_dir, created)
+
+
+def _prepare_and_serve(path: str) -> int:
+    from .daemon.prepare import Purpose, prepare
     from .observability.logging import configure_logging
 
     try:
@@ -106,10 +121,6 @@ def _serve(path: str) -> int:
         click.echo(f"qtls-server: logging.file: cannot open {config.logging.file!r}: "
                    f"{exc.strerror}", err=True)
         return 1
-    # Before prometheus_client is imported: workers keep their metrics there for the master.
-    # It lives as long as the process tree: Master.run returns only once its children are gone.
-    metrics_dir, created = multiprocess.prepare()
-    master_pid = os.getpid()
     try:
         from .daemon.server import serve
 
@@ -122,9 +133,6 @@ def _serve(path: str) -> int:
         click.echo(f"qtls-server: cannot listen on {config.server.listen_address}:"
                    f"{config.server.listen_port} or the metrics port: {exc.strerror}", err=True)
         return 1
-    finally:
-        if os.getpid() == master_pid:
-            multiprocess.cleanup(metrics_dir, created)
 
 
 config_option = click.option(
