@@ -354,3 +354,12 @@ def test_every_wrong_upstream_name_is_listed_with_the_other_problems():
     del document["server"]
     found = problems(document)
     assert set(found) == {"routes[0].upstream", "listeners[0].upstream"}
+
+
+def test_every_wrong_upstream_server_is_named_by_its_index():
+    """The servers were checked as one list that stopped at the first wrong one: a typo in
+    the second and the fourth took two runs, and neither was named by its position."""
+    found = problems(base(upstreams={"ota": {"servers": ["127.0.0.1:5000", "localhost",
+                                                        "127.0.0.1:5001", "[::1]:0"]}}))
+    assert set(found) == {"upstreams.ota.servers[1]", "upstreams.ota.servers[3]"}
+    assert found["upstreams.ota.servers[1]"].startswith("'localhost' is not host:port")

@@ -372,8 +372,15 @@ class HealthCheck(Section):
     timeout: PositiveFloat = 2.0
 
 
+def check_server(value: str) -> str:
+    """Each server on its own, so that every wrong one is named (servers[2]) in one run."""
+    parse_host_port(value)
+    return value
+
+
 class UpstreamSection(Section):
-    servers: Annotated[tuple[str, ...], Field(min_length=1)]
+    servers: Annotated[tuple[Annotated[str, AfterValidator(check_server)], ...],
+                       Field(min_length=1)]
     connect_timeout: PositiveFloat = 5.0
     read_timeout: PositiveFloat = 60.0
     # How long a pooled keep-alive connection to the backend may sit unused.
@@ -388,13 +395,6 @@ class UpstreamSection(Section):
     # nginx's proxy_buffers: response body held per connection for a client slower than the
     # backend; past it, reading from the backend pauses.
     response_buffer_size: Annotated[int, Field(ge=4096, le=64 * 1024 * 1024)] = 64 * 1024
-
-    @field_validator("servers")
-    @classmethod
-    def _host_port(cls, servers: tuple[str, ...]) -> tuple[str, ...]:
-        for server in servers:
-            parse_host_port(server)
-        return servers
 
 
 # Response header hygiene (issue 15): names are RFC 9110 tokens; values one line of visible
