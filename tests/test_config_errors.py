@@ -363,3 +363,12 @@ def test_every_wrong_upstream_server_is_named_by_its_index():
                                                         "127.0.0.1:5001", "[::1]:0"]}}))
     assert set(found) == {"upstreams.ota.servers[1]", "upstreams.ota.servers[3]"}
     assert found["upstreams.ota.servers[1]"].startswith("'localhost' is not host:port")
+
+
+def test_a_swapped_pair_of_letters_suggests_the_key_it_came_from():
+    """"hots" is as similar to "host" as to "hsts" by difflib's measure, which broke the tie
+    alphabetically and suggested hsts; two swapped letters are one slip of the fingers."""
+    found = problems({**base(), "routes": [{"upstream": "ota", "hots": "a.example"}]})
+    assert found == {"routes[0].hots": 'unknown key; did you mean "host"?'}
+    found = problems(base(server={"listen_prot": 8443}))
+    assert found == {"server.listen_prot": 'unknown key; did you mean "listen_port"?'}

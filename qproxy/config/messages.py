@@ -159,8 +159,33 @@ def closest(word: str, known: Iterable[str]) -> str | None:
     by_lower = {k.lower(): k for k in known}
     if word.lower() in by_lower:
         return by_lower[word.lower()]
-    match = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
-    return by_lower[match[0]] if match else None
+    lower = word.lower()
+    matches = difflib.get_close_matches(lower, list(by_lower), n=5, cutoff=0.6)
+    if not matches:
+        return None
+    # difflib breaks a tie by the later name in the alphabet ("hots" -> "hsts", not "host");
+    # among the equally similar, the fewest keystrokes away wins, and between those the one
+    # with the same letters (fingers swap letters more often than they invent one).
+    def ratio(name: str) -> float:
+        return difflib.SequenceMatcher(None, lower, name).ratio()
+    best = ratio(matches[0])
+    tied = [m for m in matches if ratio(m) == best]
+    return by_lower[min(tied, key=lambda m: (_edits(lower, m), sorted(m) != sorted(lower)))]
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions and swaps of
+    two neighbouring characters, each one edit."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 def did_you_mean(word: str, known: Iterable[str]) -> str:
