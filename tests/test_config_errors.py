@@ -363,6 +363,11 @@ def test_every_wrong_upstream_server_is_named_by_its_index():
                                                         "127.0.0.1:5001", "[::1]:0"]}}))
     assert set(found) == {"upstreams.ota.servers[1]", "upstreams.ota.servers[3]"}
     assert found["upstreams.ota.servers[1]"].startswith("'localhost' is not host:port")
+    # The only server mistyped: named, and the list not also called empty.
+    found = problems(base(upstreams={"ota": {"servers": ["localhost"]}}))
+    assert set(found) == {"upstreams.ota.servers[0]"}
+    assert problems(base(upstreams={"ota": {"servers": []}})) == {
+        "upstreams.ota.servers": "needs at least 1 entry"}
 
 
 def test_a_swapped_pair_of_letters_suggests_the_key_it_came_from():

@@ -378,9 +378,17 @@ def check_server(value: str) -> str:
     return value
 
 
+def check_some_servers(servers: tuple[str, ...]) -> tuple[str, ...]:
+    # Not Field(min_length=1): pydantic counts after dropping the wrong entries, and a list
+    # whose only server is mistyped would also be reported as empty.
+    if not servers:
+        raise ValueError("needs at least 1 entry")
+    return servers
+
+
 class UpstreamSection(Section):
     servers: Annotated[tuple[Annotated[str, AfterValidator(check_server)], ...],
-                       Field(min_length=1)]
+                       AfterValidator(check_some_servers)]
     connect_timeout: PositiveFloat = 5.0
     read_timeout: PositiveFloat = 60.0
     # How long a pooled keep-alive connection to the backend may sit unused.
