@@ -377,3 +377,19 @@ def test_a_swapped_pair_of_letters_suggests_the_key_it_came_from():
     assert found == {"routes[0].hots": 'unknown key; did you mean "host"?'}
     found = problems(base(server={"listen_prot": 8443}))
     assert found == {"server.listen_prot": 'unknown key; did you mean "listen_port"?'}
+
+
+def test_every_listener_clash_is_listed_with_the_other_problems():
+    """Names and addresses taken twice were checked once every field was valid, and only up
+    to the first clash."""
+    document = {**base(server={"listen_port": 8443, "workers": "2"}), "listeners": [
+        {"name": "mqtt", "listen_port": 8883, "mode": "tcp", "upstream": "ota"},
+        {"name": "mqtt", "listen_port": 8884, "mode": "tcp", "upstream": "ota"},
+        {"name": "api", "listen_address": "0.0.0.0", "listen_port": 8443},
+        {"name": "default", "listen_port": 9000}],
+        "routes": [{"upstream": "ota"}]}
+    found = problems(document)
+    assert found["server.workers"] == 'expected a whole number, got "2"'
+    assert found["listeners[1].name"].startswith("'mqtt' is taken (by listeners[0])")
+    assert found["listeners[2].listen_port"] == "0.0.0.0:8443 is already server's address"
+    assert found["listeners[3].name"].startswith("'default' is taken (by server)")

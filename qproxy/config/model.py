@@ -570,19 +570,8 @@ class ServerConfig(Section):
                                  "would be refused)")
 
     def _listeners_distinct(self) -> None:
-        names = {DEFAULT_LISTENER: "server"}
-        bound = {(_address_key(self.server.listen_address), self.server.listen_port): "server"}
-        for index, listener in enumerate(self.listeners):
-            path = f"listeners[{index}]"
-            if listener.name in names:
-                raise AtPath(f"{path}.name", f"{listener.name!r} is taken (by "
-                             f"{names[listener.name]}); each listener needs its own name")
-            names[listener.name] = path
-            key = (_address_key(listener.listen_address), listener.listen_port)
-            if listener.listen_port != 0 and key in bound:
-                raise AtPath(f"{path}.listen_port", f"{listener.listen_address}:"
-                             f"{listener.listen_port} is already {bound[key]}'s address")
-            bound[key] = path
+        for problem in listener_clashes(self.model_dump(include={"server", "listeners"})):
+            raise problem
 
     def http_upstreams(self) -> list[str]:
         """Upstreams the default routes may name: those no tcp listener relays to."""
@@ -621,6 +610,45 @@ def upstream_references(document: object) -> list[AtPath]:
             match = difflib.get_close_matches(name, names, n=1)
             hint = f"; did you mean {match[0]!r}?" if match else ""
             problems.append(AtPath(path, f"no upstream named {name!r} (known: {known}){hint}"))
+    return problems
+
+
+def listener_clashes(document: object) -> list[AtPath]:
+    """Every listener whose name or address another one has already. Plain JSON data, for
+    the same reason as upstream_references: listed with a document's other problems."""
+    if not isinstance(document, dict):
+        return []
+    server = document.get("server")
+    server = server if isinstance(server, dict) else {}
+    address = server.get("listen_address", "0.0.0.0")
+    port = server.get("listen_port", 8443)
+    names: dict[str, str] = {DEFAULT_LISTENER: "server"}
+    bound: dict[tuple[str, int], str] = {}
+    if isinstance(address, str) and isinstance(port, int):
+        bound[(_address_key(address), port)] = "server"
+    listeners = document.get("listeners")
+    problems = []
+    for index, listener in enumerate(listeners if isinstance(listeners, (list, tuple)) else []):
+        if not isinstance(listener, dict):
+            continue
+        path = f"listeners[{index}]"
+        name = listener.get("name")
+        if isinstance(name, str):
+            if name in names:
+                problems.append(AtPath(f"{path}.name", f"{name!r} is taken (by {names[name]}); "
+                                       "each listener needs its own name"))
+            else:
+                names[name] = path
+        address = listener.get("listen_address", "0.0.0.0")
+        port = listener.get("listen_port")
+        if not isinstance(address, str) or not isinstance(port, int) or isinstance(port, bool):
+            continue
+        key = (_address_key(address), port)
+        if port != 0 and key in bound:
+            problems.append(AtPath(f"{path}.listen_port", f"{address}:{port} is already "
+                                   f"{bound[key]}'s address"))
+        else:
+            bound.setdefault(key, path)
     return problems
 
 
