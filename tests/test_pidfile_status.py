@@ -216,3 +216,27 @@ def test_a_worker_of_a_live_master_is_no_master(tmp_path):
         master.wait()
         if "worker" in locals():
             os.kill(worker, 9)
+
+
+def test_a_master_under_a_wrapper_that_names_qtls_server_is_the_master(tmp_path):
+    """`timeout 600 qtls-server ...`, `tini -- qtls-server ...`: the parent's command line
+    names qtls-server too, but it is no fork of the master (a fork has the same one)."""
+    code = "import time; print('up', flush=True); time.sleep(30)"
+    wrapper = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])",
+         sys.executable, "-c", code, "qtls-server"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert wrapper.stdout is not None and wrapper.stdout.readline() == "up\n"
+        [master] = [int(p) for p in
+                    open(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children").read().split()]
+        assert control.is_master_process(master)
+        path = tmp_path / "q.pid"
+        path.write_text(f"{master}\n")
+        assert control.master_pid(str(path)) == master
+    finally:
+        for pid in [wrapper.pid] + ([master] if "master" in locals() else []):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        wrapper.wait()

@@ -58,8 +58,9 @@ def is_master_process(pid: int) -> bool:
     """Whether `pid` is alive and looks like a qtls-server master (not a reused pid).
 
     A process we may not signal (EPERM) is alive; its command line decides whether it is
-    ours: it runs qtls-server (or `qproxy serve`), and its parent does not (a worker, the
-    metrics process and the OCSP fetcher are forks of the master with its command line).
+    ours: it runs qtls-server (or `qproxy serve`), and its parent is not a process with the
+    same command line (a worker, the metrics process and the OCSP fetcher are forks of the
+    master; a wrapper such as `timeout 60 qtls-server` or `tini -- qtls-server` is not).
     Where /proc cannot tell (another user's process under hidepid), alive is enough."""
     try:
         os.kill(pid, 0)
@@ -81,8 +82,7 @@ def is_master_process(pid: int) -> bool:
     fields = status[status.rfind(b")") + 1:].split()
     parent = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
     try:
-        return parent <= 1 or not runs_qtls_server(
-            Path(f"/proc/{parent}/cmdline").read_bytes())
+        return parent <= 1 or Path(f"/proc/{parent}/cmdline").read_bytes() != cmdline
     except OSError:
         return True
 
