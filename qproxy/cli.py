@@ -90,45 +90,49 @@ def _served_summary(prepared) -> list[str]:
 
 
 def _serve(path: str) -> int:
-    from .daemon.prepare import Purpose, prepare
     from .observability import multiprocess
-    from .observability.logging import configure_logging
 
-    # Before prometheus_client is imported (preparing the configuration imports it): workers
-    # keep their metrics there for the master; set later, every worker counted in its own
-    # memory and /metrics was empty. It lives as long as the process tree: Master.run returns
-    # only once its children are gone.
+    # Before anything imports prometheus_client (preparing the configuration does: the OCSP
+    # fetcher's module): it picks where values live at import, and imported first, each
+    # worker's counters stayed in its own memory and /metrics answered nothing. The directory
+    # lives as long as the process tree: Master.run returns only once its children are gone.
     metrics_dir, created = multiprocess.prepare()
     master_pid = os.getpid()
     try:
-        try:
-            prepared = prepare(path, Purpose.START)
-        except QProxyError as exc:
-            click.echo(f"qtls-server: {exc}", err=True)
-            return 1
-        config = prepared.config
-        try:
-            configure_logging(config.logging)
-        except OSError as exc:
-            click.echo(f"qtls-server: logging.file: cannot open {config.logging.file!r}: "
-                       f"{exc.strerror}", err=True)
-            return 1
-        from .daemon.server import serve
-
-        try:
-            return serve(prepared, path)
-        except QProxyError as exc:
-            configure_logging(LoggingSection(console=True))
-            click.echo(f"qtls-server: {exc}", err=True)
-            return 1
-        except OSError as exc:
-            click.echo(f"qtls-server: cannot listen on {config.server.listen_address}:"
-                       f"{config.server.listen_port} or the metrics port: {exc.strerror}",
-                       err=True)
-            return 1
+        return _prepare_and_serve(path)
     finally:
         if os.getpid() == master_pid:
             multiprocess.cleanup(metrics_dir, created)
+
+
+def _prepare_and_serve(path: str) -> int:
+    from .daemon.prepare import Purpose, prepare
+    from .observability.logging import configure_logging
+
+    try:
+        prepared = prepare(path, Purpose.START)
+    except QProxyError as exc:
+        click.echo(f"qtls-server: {exc}", err=True)
+        return 1
+    config = prepared.config
+    try:
+        configure_logging(config.logging)
+    except OSError as exc:
+        click.echo(f"qtls-server: logging.file: cannot open {config.logging.file!r}: "
+                   f"{exc.strerror}", err=True)
+        return 1
+    from .daemon.server import serve
+
+    try:
+        return serve(prepared, path)
+    except QProxyError as exc:
+        configure_logging(LoggingSection(console=True))
+        click.echo(f"qtls-server: {exc}", err=True)
+        return 1
+    except OSError as exc:
+        click.echo(f"qtls-server: cannot listen on {config.server.listen_address}:"
+                   f"{config.server.listen_port} or the metrics port: {exc.strerror}", err=True)
+        return 1
 
 
 config_option = click.option(

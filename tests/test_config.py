@@ -179,7 +179,7 @@ def test_several_upstreams_need_routes():
 
 def test_upstream_servers_must_be_host_port():
     [error] = errors_of(doc(upstreams={"app": {"servers": ["127.0.0.1:5000", "localhost"]}}))
-    assert error.path == "upstreams.app.servers"
+    assert error.path == "upstreams.app.servers[1]"
     assert "'localhost' is not host:port" in error.problem
 
 

@@ -302,3 +302,94 @@ def test_a_check_over_several_keys_is_reported_at_the_key_it_names():
              "ctx": {"error": AtPath("upstream", "no upstream named 'mosquito'")}}
     [found] = plain_errors([error], document, BaseModel)
     assert str(found) == "listeners[0].upstream: no upstream named 'mosquito'"
+
+
+def test_a_problem_with_a_secret_never_shows_its_value():
+    """--test-config and a refused reload print their problems to terminals, the journal and
+    the status file: a PIN written as a number, or one whose environment variable ends in a
+    line break (a systemd EnvironmentFile), is named by its path, its value masked as in -T."""
+    document = base(hsm={"pin": 271828},
+                    openssl={"providers": [{"name": "pkcs11", "settings": {
+                        "pkcs11-module-token-pin": "${PIN}"}}]})
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(document, "server.json", environ={"PIN": "hunter2\n"})
+    found = {e.path: e.problem for e in info.value.errors}
+    assert found["hsm.pin"] == "expected a string, got ********"
+    assert found["openssl.providers[0].settings.pkcs11-module-token-pin"].startswith(
+        "must be one line")
+    assert "hunter2" not in str(info.value) and "271828" not in str(info.value)
+
+
+@pytest.mark.parametrize("document,path,problem", [
+    (base(upstreams={"": {"servers": ["127.0.0.1:5001"]}}), 'upstreams[""]', "must not be empty"),
+    (base(certificates={"sni": {"": [{"cert": "c.pem", "key": "k.pem"}]}}),
+     'certificates.sni[""]', "must not be empty"),
+    ({**base(), "routes": [{"host": "", "upstream": "ota"}]}, "routes[0].host", "must not be empty"),
+    ({**base(), "routes": [{"host": " ", "upstream": "ota"}]}, "routes[0].host", "' ' is blank"),
+    ({**base(), "listeners": [{"name": "m", "listen_port": 8883, "pid_file": "/run/m.pid"}]},
+     "listeners[0].pid_file", "unknown key"),
+])
+def test_empty_names_and_a_listener_pid_file_are_errors(document, path, problem):
+    """An empty upstream or SNI name, a blank route host (which matched only requests without
+    a Host header) and a pid file on a listener (there is one master, and it read only
+    server.pid_file) were taken without a word."""
+    assert problems(document)[path].startswith(problem)
+
+
+def test_every_wrong_upstream_name_is_listed_with_the_other_problems():
+    """The names routes and listeners give are checked across sections; that check stopped at
+    the first wrong name and did not run at all while any field was wrong, so a file with a
+    typo in a timeout and two in upstream names took three runs of --test-config."""
+    document = {**base(server={"handshake_timeout": "10"}),
+                "routes": [{"path_prefix": "/api", "upstream": "otaa"},
+                           {"path_prefix": "/", "upstream": "ota"}],
+                "upstreams": {"ota": {"servers": ["127.0.0.1:5000"]},
+                              "broker": {"servers": ["127.0.0.1:1884"]}},
+                "listeners": [{"name": "mqtt", "mode": "tcp", "listen_port": 8883,
+                               "upstream": "brokr"}]}
+    found = problems(document)
+    assert found["server.handshake_timeout"] == 'expected a number, got "10"'
+    assert found["routes[0].upstream"].endswith("did you mean 'ota'?")
+    assert found["listeners[0].upstream"].endswith("did you mean 'broker'?")
+    del document["server"]
+    found = problems(document)
+    assert set(found) == {"routes[0].upstream", "listeners[0].upstream"}
+
+
+def test_every_wrong_upstream_server_is_named_by_its_index():
+    """The servers were checked as one list that stopped at the first wrong one: a typo in
+    the second and the fourth took two runs, and neither was named by its position."""
+    found = problems(base(upstreams={"ota": {"servers": ["127.0.0.1:5000", "localhost",
+                                                        "127.0.0.1:5001", "[::1]:0"]}}))
+    assert set(found) == {"upstreams.ota.servers[1]", "upstreams.ota.servers[3]"}
+    assert found["upstreams.ota.servers[1]"].startswith("'localhost' is not host:port")
+    # The only server mistyped: named, and the list not also called empty.
+    found = problems(base(upstreams={"ota": {"servers": ["localhost"]}}))
+    assert set(found) == {"upstreams.ota.servers[0]"}
+    assert problems(base(upstreams={"ota": {"servers": []}})) == {
+        "upstreams.ota.servers": "needs at least 1 entry"}
+
+
+def test_a_swapped_pair_of_letters_suggests_the_key_it_came_from():
+    """"hots" is as similar to "host" as to "hsts" by difflib's measure, which broke the tie
+    alphabetically and suggested hsts; two swapped letters are one slip of the fingers."""
+    found = problems({**base(), "routes": [{"upstream": "ota", "hots": "a.example"}]})
+    assert found == {"routes[0].hots": 'unknown key; did you mean "host"?'}
+    found = problems(base(server={"listen_prot": 8443}))
+    assert found == {"server.listen_prot": 'unknown key; did you mean "listen_port"?'}
+
+
+def test_every_listener_clash_is_listed_with_the_other_problems():
+    """Names and addresses taken twice were checked once every field was valid, and only up
+    to the first clash."""
+    document = {**base(server={"listen_port": 8443, "workers": "2"}), "listeners": [
+        {"name": "mqtt", "listen_port": 8883, "mode": "tcp", "upstream": "ota"},
+        {"name": "mqtt", "listen_port": 8884, "mode": "tcp", "upstream": "ota"},
+        {"name": "api", "listen_address": "0.0.0.0", "listen_port": 8443},
+        {"name": "default", "listen_port": 9000}],
+        "routes": [{"upstream": "ota"}]}
+    found = problems(document)
+    assert found["server.workers"] == 'expected a whole number, got "2"'
+    assert found["listeners[1].name"].startswith("'mqtt' is taken (by listeners[0])")
+    assert found["listeners[2].listen_port"] == "0.0.0.0:8443 is already server's address"
+    assert found["listeners[3].name"].startswith("'default' is taken (by server)")

@@ -411,3 +411,27 @@ def test_a_stale_kept_alive_connection_is_replaced_even_for_a_buffered_body() ->
             assert responder.calls[0][1] == 200 and rig.connections == 2
             assert rig.states == []  # not the server's failure
     run(test)
+
+
+@pytest.mark.parametrize("always,hsts_sent", [(True, True), (False, False)])
+def test_a_routes_refusal_carries_its_headers_when_they_go_on_every_status(
+        always, hsts_sent) -> None:
+    """README: add_headers_always adds `add_headers` and `hsts` "on every status, errors
+    included"; a 403 or 429 decided by the route's own access block left them out."""
+    from qproxy.proxy.access import access_for
+
+    async def test():
+        route = Route(upstream="app", access={"rules": [{"deny": "all"}]}, hsts={},
+                      add_headers={"X-Frame-Options": "DENY"}, add_headers_always=always)
+        async with Rig(answer(OK), (route,)) as rig:
+            handler = ProxyHandler({"app": rig.upstream}, Router((route,)),
+                                   lambda exchange, info: None, lambda info: None,
+                                   access=access_for(None, (route,), 1, 0))
+            responder = Responder()
+            await handler(Request(), responder)
+            [(kind, status, fields, _)] = responder.calls
+            assert (kind, status, rig.connections) == ("send", 403, 0)
+            assert ((b"Strict-Transport-Security", b"max-age=31536000") in fields) is hsts_sent
+            assert ((b"X-Frame-Options", b"DENY") in fields) is hsts_sent
+            assert (b"Content-Type", b"text/plain") in fields
+    run(test)

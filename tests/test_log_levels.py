@@ -68,6 +68,20 @@ def test_console_asked_for_without_a_terminal_has_no_colors():
     assert "warning" in text and "upstream=ota" in text and "\x1b[" not in text
 
 
+def test_console_lines_escape_the_control_characters_a_client_chose():
+    """A client picks its SNI (OpenSSL takes ESC in it) and the access log shows it: at a
+    terminal in console format, 'evil\\x1b]0;owned\\x07' retitled the operator's window and
+    '\\x1b[2J' cleared it. Escaped as JSON escapes them; qproxy's own colors stay."""
+    stream = Terminal()
+    configure_logging(LoggingSection(), stream=stream)
+    get_logger("qproxy.test").info("request", ssl_server_name="evil\x1b]0;owned\x07\x1b[2J",
+                                   path="/a\rb")
+    text = stream.getvalue()
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)  # the renderer's colors
+    assert "\x1b" not in plain and "\x07" not in plain and "\r" not in plain
+    assert "evil\\x1b]0;owned\\x07\\x1b[2J" in plain and "/a\\rb" in plain
+
+
 def test_json_asked_for_at_a_terminal():
     assert json.loads(_one_line(Terminal(), LoggingSection(format="json")))["upstream"] == "ota"
 

@@ -60,3 +60,33 @@ def test_checking_a_configuration_does_not_import_prometheus_client(tmp_path, de
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(),
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+def test_the_metrics_directory_is_set_before_the_configuration_is_prepared(tmp_path) -> None:
+    """prometheus-client chooses where values live when first imported, and preparing the
+    configuration imports it (the OCSP fetcher's module): with the directory set only after
+    that, every worker counted in its own memory and /metrics was empty. A fresh interpreter,
+    as qtls-server starts: what prepare() sees, and where prometheus-client put its values."""
+    code = f"""
+import os, sys
+from qproxy import cli
+from qproxy.daemon import prepare as module
+from qproxy.errors import QProxyError
+real = module.prepare
+def prepare(*args, **kwargs):
+    try:
+        real(*args, **kwargs)
+    except QProxyError:
+        pass
+    from prometheus_client import values
+    print(os.environ.get("{multiprocess.ENV}") is not None,
+          "MultiProcess" in values.ValueClass.__qualname__, flush=True)
+    raise QProxyError("stop here")
+module.prepare = prepare
+cli._serve({str(tmp_path / "server.json")!r})
+"""
+    env = {k: v for k, v in os.environ.items() if k != multiprocess.ENV}
+    (tmp_path / "server.json").write_text('{"certificates": {"server_cert": "c.pem", '
+                                          '"server_key": "k.pem"}, "upstreams": {"a": '
+                                          '{"servers": ["127.0.0.1:1"]}}}')
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.stdout.split() == ["True", "True"], result.stderr[-2000:]

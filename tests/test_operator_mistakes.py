@@ -88,7 +88,7 @@ def test_an_upstream_host_getaddrinfo_cannot_take_is_refused(
         dev: pki.DevPki, tmp_path: Path) -> None:
     result = test_config(tmp_path, config(
         dev, upstreams={"app": {"servers": ["a" * 70 + ".example:80"]}}))
-    assert_refused(result, "upstreams.app.servers")
+    assert_refused(result, "upstreams.app.servers[0]")
 
 
 @pytest.mark.parametrize("path", ["healthz", "/a b", "/ok\r\nX-Injected: 1"])

@@ -35,9 +35,10 @@ def test_acquire_writes_this_pid_and_leaves_no_temp_file(tmp_path):
 
 
 def test_a_live_master_keeps_its_pid_file(tmp_path):
-    """A process whose command line names qproxy, alive: the file is its, not ours."""
+    """A process whose command line runs qtls-server, alive: the file is its, not ours."""
     owner = subprocess.Popen(
-        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)", "qproxy"],
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)",
+         "/usr/local/bin/qtls-server"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout is not None and owner.stdout.readline() == "up\n"  # exec'd
@@ -167,3 +168,75 @@ def test_a_file_planted_under_the_temp_name_is_not_written_into(tmp_path):
     PidFile(path).acquire()
     assert target.read_text() == "keep\n"
     assert read_pid(path) == os.getpid()
+
+
+def test_a_process_that_only_mentions_qproxy_is_no_master(tmp_path):
+    """A pid reused by `tail -f /var/log/qproxy.log` (anything whose command line merely
+    holds "qproxy") counted as a live master: `qproxy stop` signalled it, and a start refused
+    to take the pid file."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)",
+         "/var/log/qproxy.log"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline() == "up\n"
+        path = tmp_path / "q.pid"
+        path.write_text(f"{other.pid}\n")
+        result = subprocess.run([sys.executable, "-m", "qproxy", "stop", "--pid-file",
+                                 str(path)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 4, result.stderr
+        assert f"process {other.pid} is not a qtls-server master" in result.stderr
+        assert other.poll() is None
+        PidFile(path).acquire()
+        assert read_pid(path) == os.getpid()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_worker_of_a_live_master_is_no_master(tmp_path):
+    """A pid file naming one of the master's forks (a worker, the metrics process: they share
+    its command line) is not the master's: `qproxy stop` would have stopped one worker."""
+    code = ("import os, time\n"
+            "child = os.fork()\n"
+            "if child == 0:\n    time.sleep(30); os._exit(0)\n"
+            "print(child, flush=True); time.sleep(30)\n")
+    master = subprocess.Popen([sys.executable, "-c", code, "qtls-server"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        worker = int(master.stdout.readline())
+        assert control.is_master_process(master.pid)
+        assert not control.is_master_process(worker)
+        path = tmp_path / "q.pid"
+        path.write_text(f"{worker}\n")
+        with pytest.raises(control.StalePidFile, match="not a qtls-server master"):
+            control.master_pid(str(path))
+    finally:
+        master.kill()
+        master.wait()
+        if "worker" in locals():
+            os.kill(worker, 9)
+
+
+def test_a_master_under_a_wrapper_that_names_qtls_server_is_the_master(tmp_path):
+    """`timeout 600 qtls-server ...`, `tini -- qtls-server ...`: the parent's command line
+    names qtls-server too, but it is no fork of the master (a fork has the same one)."""
+    code = "import time; print('up', flush=True); time.sleep(30)"
+    wrapper = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])",
+         sys.executable, "-c", code, "qtls-server"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert wrapper.stdout is not None and wrapper.stdout.readline() == "up\n"
+        [master] = [int(p) for p in
+                    open(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children").read().split()]
+        assert control.is_master_process(master)
+        path = tmp_path / "q.pid"
+        path.write_text(f"{master}\n")
+        assert control.master_pid(str(path)) == master
+    finally:
+        for pid in [wrapper.pid] + ([master] if "master" in locals() else []):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        wrapper.wait()

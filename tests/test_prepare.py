@@ -182,20 +182,3 @@ def test_hsm_check_child_reports_what_it_found(monkeypatch):
     monkeypatch.setattr(pkcs11, "check_keys", lambda *args: ["certificates.x: mismatch"])
     assert pkcs11.check_keys_in_child("/x.so", None, None, []) == ["certificates.x: mismatch"]
 
-
-def test_a_start_leaves_prometheus_client_unloaded(tmp_path, dev):
-    """prometheus_client picks its value storage when first imported, and the metrics
-    directory is set after prepare(): a prepare that imported it (through the OCSP fetcher's
-    module) left every worker counting in private memory and /metrics empty."""
-    config = full_config(dev)
-    config["certificates"]["ocsp_stapling"] = True  # the stapling checks run too
-    path = tmp_path / "server.json"
-    path.write_text(json.dumps(config))
-    probe = ("import sys\n"
-             "from qproxy.daemon.prepare import Purpose, prepare\n"
-             f"prepare({str(path)!r}, Purpose.START)\n"
-             "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            timeout=60, env=child_env(), cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"

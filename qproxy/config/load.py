@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import ConfigError, ConfigErrors
 from .files import CONFIG_LIMIT, read_regular
 from .messages import json_path, plain_errors
-from .model import ServerConfig
+from .model import ServerConfig, listener_clashes, upstream_references
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -108,6 +108,12 @@ def check_document(document: Any, environ: dict[str, str] | None = None) -> Chec
             return Checked(config)
     unset = {e.path for e in env_errors}
     errors = env_errors + [e for e in errors if e.path not in unset]
+    # The model checks names across sections only once every field is valid; listed here,
+    # they come in the same run as the rest.
+    seen = {e.path for e in errors}
+    errors += [ConfigError(p.path, str(p))
+               for p in [*upstream_references(expanded), *listener_clashes(expanded)]
+               if p.path not in seen]
     return Checked(None, _at_most(errors, MAX_ERRORS), _valid_sections(expanded))
 
 

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 from pydantic import AliasChoices, BaseModel
 
 from ..errors import ConfigError
+from .secrets import MASK, is_secret_key, mask_uri_pins
 
 # What each type error means in JSON words; merged across a union's members.
 _EXPECTED: dict[str, tuple[str, ...]] = {
@@ -63,6 +64,8 @@ def json_path(location: tuple[Any, ...]) -> str:
 
 def show(value: Any) -> str:
     """A value as the operator wrote it in JSON, short."""
+    if isinstance(value, _Hidden):
+        return MASK
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, (list, tuple)):
@@ -156,8 +159,33 @@ def closest(word: str, known: Iterable[str]) -> str | None:
     by_lower = {k.lower(): k for k in known}
     if word.lower() in by_lower:
         return by_lower[word.lower()]
-    match = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
-    return by_lower[match[0]] if match else None
+    lower = word.lower()
+    matches = difflib.get_close_matches(lower, list(by_lower), n=5, cutoff=0.6)
+    if not matches:
+        return None
+    # difflib breaks a tie by the later name in the alphabet ("hots" -> "hsts", not "host");
+    # among the equally similar, the fewest keystrokes away wins, and between those the one
+    # with the same letters (fingers swap letters more often than they invent one).
+    def ratio(name: str) -> float:
+        return difflib.SequenceMatcher(None, lower, name).ratio()
+    best = ratio(matches[0])
+    tied = [m for m in matches if ratio(m) == best]
+    return by_lower[min(tied, key=lambda m: (_edits(lower, m), sorted(m) != sorted(lower)))]
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions and swaps of
+    two neighbouring characters, each one edit."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 def did_you_mean(word: str, known: Iterable[str]) -> str:
@@ -244,6 +272,7 @@ def plain_errors(errors: Sequence[Mapping[str, Any]], document: Any,
         kind = error["type"]
         location = clean_location(tuple(error["loc"]), document,
                                   keep_last=kind in ("missing", "extra_forbidden"))
+        error = _hide_secret(error, location)
         cause = (error.get("ctx") or {}).get("error")
         at = getattr(cause, "path", None)
         if isinstance(at, str) and at:
@@ -272,5 +301,18 @@ def plain_errors(errors: Sequence[Mapping[str, Any]], document: Any,
             problem = messages[location]
         else:
             problem = f"expected {one_of(expected[location])}, got {show(inputs[location])}"
-        out.append(ConfigError(json_path((*prefix, *location)), problem))
+        out.append(ConfigError(json_path((*prefix, *location)), mask_uri_pins(problem)))
     return out
+
+
+class _Hidden:
+    """A secret's value where a message would show what was written."""
+
+
+def _hide_secret(error: Mapping[str, Any], location: tuple[Any, ...]) -> Mapping[str, Any]:
+    """The error with its input hidden when it sits under a secret's key (`hsm.pin`, a
+    provider's `pkcs11-module-token-pin`): problems are printed to terminals, journals and a
+    reload's status file, and never show a secret, as `-T` does not."""
+    if any(isinstance(part, str) and is_secret_key(part) for part in location):
+        return {**error, "input": _Hidden()}
+    return error

@@ -62,6 +62,20 @@ def check_url_path(value: str) -> str:
 UrlPath = Annotated[str, AfterValidator(check_url_path)]
 
 
+def check_name(value: str) -> str:
+    """An upstream's name, an SNI name or a route's host: what routes and lookups compare
+    against. Empty or blank, it is a typo that matched nothing (an SNI set never chosen) or
+    something unintended (a route host "" matches only requests without a Host header)."""
+    if not value.strip():
+        raise ValueError("must not be empty" if not value else f"{value!r} is blank")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value[:80]!r} holds whitespace or a control character")
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+
+
 class AtPath(ValueError):
     """A problem found by a check over several keys, located at one of them: the loader
     reports it under `path` (relative to where the check runs), not at the section."""
@@ -165,6 +179,7 @@ class ServerSection(ListenerSettings):
     max_connections: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
     # The master's pid (written atomically, removed on a clean exit) and, next to it, its
     # status file: what `qproxy reload|stop|quit|reopen-logs|status` use without systemd.
+    # The process's, not a listener's: `listeners[].pid_file` is an unknown key.
     pid_file: str | None = None
     # The drain of a worker generation (reload, stop), for every listener: in-flight HTTP
     # requests and open TCP sessions get this long before they are closed.
@@ -247,7 +262,7 @@ class CertificatesSection(Section):
     server_key: str | None = None
     server_key_uri: str | None = None
     keypairs: tuple[KeyPair, ...] = ()
-    sni: dict[str, tuple[KeyPair, ...]] = {}
+    sni: dict[Name, tuple[KeyPair, ...]] = {}
     ca_bundle: str | None = None
     verify_client: bool | Literal["optional"] = False
     verify_depth: Annotated[int, Field(ge=0, le=100)] = 3
@@ -376,8 +391,23 @@ class HealthCheck(Section):
     timeout: PositiveFloat = 2.0
 
 
+def check_server(value: str) -> str:
+    """Each server on its own, so that every wrong one is named (servers[2]) in one run."""
+    parse_host_port(value)
+    return value
+
+
+def check_some_servers(servers: tuple[str, ...]) -> tuple[str, ...]:
+    # Not Field(min_length=1): pydantic counts after dropping the wrong entries, and a list
+    # whose only server is mistyped would also be reported as empty.
+    if not servers:
+        raise ValueError("needs at least 1 entry")
+    return servers
+
+
 class UpstreamSection(Section):
-    servers: Annotated[tuple[str, ...], Field(min_length=1)]
+    servers: Annotated[tuple[Annotated[str, AfterValidator(check_server)], ...],
+                       AfterValidator(check_some_servers)]
     connect_timeout: PositiveFloat = 5.0
     read_timeout: PositiveFloat = 60.0
     # How long a pooled keep-alive connection to the backend may sit unused.
@@ -392,13 +422,6 @@ class UpstreamSection(Section):
     # nginx's proxy_buffers: response body held per connection for a client slower than the
     # backend; past it, reading from the backend pauses.
     response_buffer_size: Annotated[int, Field(ge=4096, le=64 * 1024 * 1024)] = 64 * 1024
-
-    @field_validator("servers")
-    @classmethod
-    def _host_port(cls, servers: tuple[str, ...]) -> tuple[str, ...]:
-        for server in servers:
-            parse_host_port(server)
-        return servers
 
 
 # Response header hygiene (issue 15): names are RFC 9110 tokens; values one line of visible
@@ -451,7 +474,7 @@ class HstsSection(Section):
 
 
 class Route(Section):
-    host: str | None = None
+    host: Name | None = None
     path_prefix: UrlPath = "/"
     upstream: str
     # nginx's proxy_request_buffering: the request body is read whole (memory, then a temp
@@ -530,27 +553,15 @@ class ServerConfig(Section):
     logging: LoggingSection = LoggingSection()
     metrics: MetricsSection = MetricsSection()
     fips: FipsSection = FipsSection()
-    upstreams: Annotated[dict[str, UpstreamSection], Field(min_length=1)]
+    upstreams: Annotated[dict[Name, UpstreamSection], Field(min_length=1)]
     routes: tuple[Route, ...] = ()
     listeners: tuple[ListenerSection, ...] = ()
 
     @model_validator(mode="after")
     def _routes_name_upstreams(self) -> "ServerConfig":
-        known = ", ".join(sorted(self.upstreams))
-        for index, listener in enumerate(self.listeners):
-            if listener.upstream is not None and listener.upstream not in self.upstreams:
-                match = difflib.get_close_matches(listener.upstream, list(self.upstreams), n=1)
-                hint = f"; did you mean {match[0]!r}?" if match else ""
-                raise AtPath(f"listeners[{index}].upstream", f"no upstream named "
-                             f"{listener.upstream!r} (known: {known}){hint}")
-        for prefix, routes in [("", self.routes)] + [
-                (f"listeners[{i}].", l.routes) for i, l in enumerate(self.listeners) if l.routes]:
-            for index, route in enumerate(routes):
-                if route.upstream not in self.upstreams:
-                    match = difflib.get_close_matches(route.upstream, list(self.upstreams), n=1)
-                    hint = f"; did you mean {match[0]!r}?" if match else ""
-                    raise AtPath(f"{prefix}routes[{index}].upstream", f"no upstream named "
-                                 f"{route.upstream!r} (known: {known}){hint}")
+        for problem in upstream_references(self.model_dump(include={"upstreams", "routes",
+                                                                    "listeners"})):
+            raise problem
         if not self.routes and len(self.http_upstreams()) > 1:
             raise AtPath("routes", "several upstreams need routes saying which path goes where")
         if not self.routes and not self.http_upstreams():
@@ -590,27 +601,8 @@ class ServerConfig(Section):
                                  "would be refused)")
 
     def _listeners_distinct(self) -> None:
-        names = {DEFAULT_LISTENER: "server"}
-        bound = {(_address_key(self.server.listen_address), self.server.listen_port): "server"}
-        for index, listener in enumerate(self.listeners):
-            path = f"listeners[{index}]"
-            if listener.name in names:
-                raise AtPath(f"{path}.name", f"{listener.name!r} is taken (by "
-                             f"{names[listener.name]}); each listener needs its own name")
-            names[listener.name] = path
-            key = (_address_key(listener.listen_address), listener.listen_port)
-            if listener.listen_port != 0 and key in bound:
-                raise AtPath(f"{path}.listen_port", f"{listener.listen_address}:"
-                             f"{listener.listen_port} is already {bound[key]}'s address")
-            if listener.listen_port != 0:
-                # A wildcard takes the port on every address it covers: the second bind
-                # would fail at start (after --test-config said yes) or fail the reload.
-                for (address, port), owner in bound.items():
-                    if port == listener.listen_port and _covers(address, key[0]):
-                        raise AtPath(f"{path}.listen_address", f"{listener.listen_address}:"
-                                     f"{port} overlaps {owner}'s {address}:{port} (a wildcard "
-                                     "address holds the port on every address it covers)")
-            bound[key] = path
+        for problem in listener_clashes(self.model_dump(include={"server", "listeners"})):
+            raise problem
 
     def http_upstreams(self) -> list[str]:
         """Upstreams the default routes may name: those no tcp listener relays to."""
@@ -635,6 +627,84 @@ def _covers(one: str, other: str) -> bool:
         if wild.is_unspecified and (wild.version == 6 or addr.version == 4):
             return True
     return False
+
+
+def upstream_references(document: object) -> list[AtPath]:
+    """Every listener upstream and route upstream that names no key of `upstreams`, with the
+    closest one. Reads plain JSON data, so that the loader lists these in the same run as a
+    document's other problems (the model's own check runs only once every field is valid)."""
+    if not isinstance(document, dict) or not isinstance(document.get("upstreams"), dict):
+        return []
+    names = [str(name) for name in document["upstreams"]]
+    known = ", ".join(sorted(names))
+    listeners = document.get("listeners")
+    listeners = listeners if isinstance(listeners, (list, tuple)) else []
+    references = []
+    for index, listener in enumerate(listeners):
+        if isinstance(listener, dict):
+            references.append((f"listeners[{index}].upstream", listener.get("upstream")))
+    for prefix, routes in [("", document.get("routes"))] + [
+            (f"listeners[{i}].", l.get("routes")) for i, l in enumerate(listeners)
+            if isinstance(l, dict)]:
+        for index, route in enumerate(routes if isinstance(routes, (list, tuple)) else []):
+            if isinstance(route, dict):
+                references.append((f"{prefix}routes[{index}].upstream", route.get("upstream")))
+    problems = []
+    for path, name in references:
+        if isinstance(name, str) and name not in names:
+            match = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {match[0]!r}?" if match else ""
+            problems.append(AtPath(path, f"no upstream named {name!r} (known: {known}){hint}"))
+    return problems
+
+
+def listener_clashes(document: object) -> list[AtPath]:
+    """Every listener whose name or address another one has already. Plain JSON data, for
+    the same reason as upstream_references: listed with a document's other problems."""
+    if not isinstance(document, dict):
+        return []
+    server = document.get("server")
+    server = server if isinstance(server, dict) else {}
+    address = server.get("listen_address", "0.0.0.0")
+    port = server.get("listen_port", 8443)
+    names: dict[str, str] = {DEFAULT_LISTENER: "server"}
+    bound: dict[tuple[str, int], str] = {}
+    if isinstance(address, str) and isinstance(port, int):
+        bound[(_address_key(address), port)] = "server"
+    listeners = document.get("listeners")
+    problems = []
+    for index, listener in enumerate(listeners if isinstance(listeners, (list, tuple)) else []):
+        if not isinstance(listener, dict):
+            continue
+        path = f"listeners[{index}]"
+        name = listener.get("name")
+        if isinstance(name, str):
+            if name in names:
+                problems.append(AtPath(f"{path}.name", f"{name!r} is taken (by {names[name]}); "
+                                       "each listener needs its own name"))
+            else:
+                names[name] = path
+        address = listener.get("listen_address", "0.0.0.0")
+        port = listener.get("listen_port")
+        if not isinstance(address, str) or not isinstance(port, int) or isinstance(port, bool):
+            continue
+        key = (_address_key(address), port)
+        if port != 0 and key in bound:
+            problems.append(AtPath(f"{path}.listen_port", f"{address}:{port} is already "
+                                   f"{bound[key]}'s address"))
+            continue
+        # A wildcard takes the port on every address it covers: the second bind would fail
+        # at start (after --test-config said yes) or fail the reload.
+        overlap = next((f"{owner}'s {other}:{port}" for (other, other_port), owner
+                        in bound.items() if port != 0 and other_port == port
+                        and _covers(other, key[0])), None)
+        if overlap is not None:
+            problems.append(AtPath(f"{path}.listen_address", f"{address}:{port} overlaps "
+                                   f"{overlap} (a wildcard address holds the port on every "
+                                   "address it covers)"))
+            continue
+        bound.setdefault(key, path)
+    return problems
 
 
 def _address_key(address: str) -> str:

@@ -95,9 +95,21 @@ def master_pid(pid_file: str) -> int:
     except OSError as exc:
         raise PidFileError(f"cannot read the pid file {pid_file!r}: {exc.strerror}") from None
     if not is_master_process(pid):
-        raise StalePidFile(f"stale pid file {pid_file!r}: process {pid} is not running "
-                           "(qtls-server ended without removing it)")
+        raise StalePidFile(f"stale pid file {pid_file!r}: " + (
+            f"process {pid} is not a qtls-server master (the pid was reused after "
+            "qtls-server ended without removing the file)" if _alive(pid) else
+            f"process {pid} is not running (qtls-server ended without removing it)"))
     return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def send(pid: int, signum: int) -> None:

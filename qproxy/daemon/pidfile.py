@@ -58,7 +58,10 @@ def is_master_process(pid: int) -> bool:
     """Whether `pid` is alive and looks like a qtls-server master (not a reused pid).
 
     A process we may not signal (EPERM) is alive; its command line decides whether it is
-    ours. Where /proc cannot tell (another user's process under hidepid), alive is enough."""
+    ours: it runs qtls-server (or `qproxy serve`), and its parent is not a process with the
+    same command line (a worker, the metrics process and the OCSP fetcher are forks of the
+    master; a wrapper such as `timeout 60 qtls-server` or `tini -- qtls-server` is not).
+    Where /proc cannot tell (another user's process under hidepid), alive is enough."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,12 +69,35 @@ def is_master_process(pid: int) -> bool:
     except PermissionError:
         pass
     try:
+        status = Path(f"/proc/{pid}/stat").read_bytes()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False
     except OSError:
         return True
-    return b"qtls-server" in cmdline or b"qproxy" in cmdline
+    if not runs_qtls_server(cmdline):
+        return False
+    # The parent pid is the second field after the command name in parentheses, which may
+    # itself hold spaces and parentheses: split after the last ')'.
+    fields = status[status.rfind(b")") + 1:].split()
+    parent = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+    try:
+        return parent <= 1 or Path(f"/proc/{parent}/cmdline").read_bytes() != cmdline
+    except OSError:
+        return True
+
+
+def runs_qtls_server(cmdline: bytes) -> bool:
+    """A /proc cmdline (NUL-separated argv) of qtls-server: `[python] .../qtls-server ...`,
+    `qproxy serve ...` or `python -m qproxy serve ...`; not merely one that mentions
+    qproxy (`tail -f /var/log/qproxy.log`, an editor, `qproxy status` itself)."""
+    argv = [os.path.basename(arg) for arg in cmdline.split(b"\0")]
+    for index, arg in enumerate(argv):
+        if arg == b"qtls-server":
+            return True
+        if arg == b"qproxy" and argv[index + 1:index + 2] == [b"serve"]:
+            return True
+    return False
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -40,12 +40,26 @@ def console_format(section: LoggingSection, stream: Any) -> str:
     return "console" if _is_terminal(stream) else "json"
 
 
+def _control_escaped(text: str) -> str:
+    """`text` with control characters as escapes ('\\x1b'): what a client chose (its SNI, a
+    path) must not move the operator's cursor, retitle the terminal or hide a line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _escape_controls(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    # JSON escapes them itself; console lines are written as they are, colors and all.
+    return {key: _control_escaped(value) if isinstance(value, str) else value
+            for key, value in event.items()}
+
+
 def _formatter(fmt: str = "json", colors: bool = False) -> structlog.stdlib.ProcessorFormatter:
     renderer: Any
     if fmt == "console":
         # Colors only for a terminal: escape codes in a file or the journal are noise.
         renderer = structlog.dev.ConsoleRenderer(colors=colors, sort_keys=False)
-        exc_info: list[Any] = []  # the console renderer formats tracebacks itself
+        exc_info: list[Any] = [_escape_controls]  # it formats tracebacks itself
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
         exc_info = [structlog.processors.format_exc_info]

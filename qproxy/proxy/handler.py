@@ -127,7 +127,8 @@ class ProxyHandler:
             denial = access.on_route(route, admission)
             if denial is not None:
                 exchange.upstream = route.upstream
-                return self._refuse(responder, request, exchange, denial, "route")
+                return self._refuse(responder, request, exchange, denial, "route",
+                                    self._headers_of(route))
         upstream = self._upstreams[route.upstream]
         exchange.upstream = route.upstream
         headers = self._headers_of(route)
@@ -169,15 +170,16 @@ class ProxyHandler:
                    f"{PHRASES.get(error.status, 'Error')}: {error}", headers)
 
     def _refuse(self, responder: HttpProtocol, request: HttpRequest, exchange: Exchange,
-                denial: Denial, scope: str) -> None:
+                denial: Denial, scope: str, headers: ResponseHeaders | None = None) -> None:
         """403, 429 (with Retry-After) or 503; the connection is closed after a refusal
-        decided for the whole connection (its address or its connection count)."""
+        decided for the whole connection (its address or its connection count). A route's
+        refusal carries the route's headers where they go on errors (add_headers_always)."""
         status = denial.reason.status
         exchange.status = status
         exchange.denied = denial.reason.label
         if self._denial_logger is not None:
             self._denial_logger(request, denial, scope)
-        fields = list(_TEXT)
+        fields = list(_TEXT) if headers is None else headers.apply(status, _TEXT)
         if denial.retry_after is not None:
             fields.append((b"Retry-After", str(denial.retry_after).encode()))
         if denial.for_connection:
