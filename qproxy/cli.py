@@ -42,18 +42,27 @@ def _version_option(ctx: click.Context, _param: click.Parameter, value: bool) ->
         ctx.exit(0)
 
 
-def _dump(path: str) -> int:
-    """nginx -T: the checks of --test-config, then the effective configuration on stdout."""
-    from .config.dump import dump
+def _tested(path: str):
+    """The checks of --test-config, told on stderr as `nginx -t` does; None if they failed."""
     from .daemon.prepare import Purpose, prepare
 
     try:
         prepared = prepare(path, Purpose.TEST)
     except QProxyError as exc:
         click.echo(f"qtls-server: configuration test failed\n{exc}", err=True)
-        return 1
+        return None
     for warning in prepared.warnings:
         click.echo(f"warning: {warning}", err=True)
+    return prepared
+
+
+def _dump(path: str) -> int:
+    """nginx -T: the checks of --test-config, then the effective configuration on stdout."""
+    from .config.dump import dump
+
+    prepared = _tested(path)
+    if prepared is None:
+        return 1
     click.echo(f"qtls-server: configuration file {path} test is successful", err=True)
     click.echo(f"# effective configuration of {path} (defaults filled in, ${{VAR}} expanded, "
                "secrets masked)", err=True)
@@ -62,15 +71,9 @@ def _dump(path: str) -> int:
 
 
 def _check(path: str) -> int:
-    from .daemon.prepare import Purpose, prepare
-
-    try:
-        prepared = prepare(path, Purpose.TEST)
-    except QProxyError as exc:
-        click.echo(f"qtls-server: configuration test failed\n{exc}", err=True)
+    prepared = _tested(path)
+    if prepared is None:
         return 1
-    for warning in prepared.warnings:
-        click.echo(f"warning: {warning}", err=True)
     for line in _served_summary(prepared):  # stderr, with the verdict, as `nginx -t` does
         click.echo(line, err=True)
     click.echo(f"qtls-server: configuration file {path} test is successful", err=True)
