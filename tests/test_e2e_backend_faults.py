@@ -303,6 +303,10 @@ def _records_of_response(port: int, request: bytes) -> int:
                 data = tls.recv(65536)
             except SSL.WantReadError:
                 continue  # a session ticket, say: none of the response
+            except SSL.ZeroReturnError:
+                # Our close_notify after the answer (Connection: close), when it came in the
+                # same read as the answer's record: not part of the response.
+                break
             records += 1
             got += data
     sock.close()
